@@ -1,0 +1,54 @@
+// The training loop: micro-batches with gradient accumulation, AdamW with global grad-norm
+// clipping and a warmup + decay schedule, periodic validation, console and JSONL metrics, and a
+// loss-curve image at the end.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moda/config.hpp"
+#include "moda/model.hpp"
+
+namespace moda {
+
+// Learning rate at optimizer step `step` (0-based): linear warmup to the peak over
+// warmup_steps, then cosine / linear decay to min_lr at total_steps (constant: stays at peak).
+double learning_rate(const ScheduleConfig& schedule, double peak, int64_t step);
+
+struct GradientStats {
+  double norm = 0;  // global L2 norm over all parameters
+  bool finite = true;
+  std::string first_bad;  // name of the first tensor holding NaN or inf
+};
+GradientStats gradient_stats(Model& model);
+
+// One AdamW step over the flat buffers: decay on [0, decay_end), none after; the gradient is
+// multiplied by grad_scale (clipping and nothing else) first.
+void adamw_step(Model& model, const OptimizerConfig& opt, double lr, int64_t step,
+                double grad_scale);
+
+struct StepRecord {
+  int64_t step = 0;  // 1-based optimizer step just completed
+  double loss = NAN, lr = 0, grad_norm = 0, tokens_per_s = 0, mfu = 0, seconds = 0;
+  double val_loss = NAN;  // NaN unless validated at this step
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  int64_t skipped_steps = 0;
+  std::vector<StepRecord> history;
+  double final_val_loss = NAN;
+};
+
+struct TrainOptions {
+  bool log_to_console = true;
+};
+
+TrainSummary train(const Config& config, const TrainOptions& options);
+
+// Writes a PNG line chart of the training loss (and validation points) to `path`.
+void write_loss_plot(const std::string& path, const std::vector<StepRecord>& history);
+
+}  // namespace moda

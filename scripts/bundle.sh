@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds a self-contained folder (dist/) with the moda binary, the test binary and every shared
+# library they need that a bare GPU machine (Ubuntu 24.04 + CUDA, no Debian -dev packages) lacks.
+# Usage: scripts/bundle.sh [build-dir] [out-dir]
+# Run the result with: dist/moda ... (a wrapper that sets LD_LIBRARY_PATH to dist/lib).
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+build="${1:-$repo/build}"
+out="${2:-$repo/dist}"
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/lib"
+for exe in moda moda_tests; do
+  [[ -x "$build/$exe" ]] && cp "$build/$exe" "$out/bin/"
+done
+# Libraries outside glibc, the C++ runtime and the CUDA driver: those the GPU machine has.
+for exe in "$out"/bin/*; do
+  ldd "$exe" | awk '/=> \// {print $3}' | while read -r lib; do
+    case "$(basename "$lib")" in
+      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libstdc++.so*|libgcc_s.so*) ;;
+      *) cp -nL "$lib" "$out/lib/" ;;
+    esac
+  done
+done
+for exe in moda moda_tests; do
+  [[ -x "$out/bin/$exe" ]] || continue
+  cat > "$out/$exe" <<WRAP
+#!/usr/bin/env bash
+here="\$(cd "\$(dirname "\$0")" && pwd)"
+export LD_LIBRARY_PATH="\$here/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "\$here/bin/$exe" "\$@"
+WRAP
+  chmod +x "$out/$exe"
+done
+du -sh "$out"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds moda (with CUDA where nvcc is present, so kernels compile) and runs the CPU test suite,
+# then builds the CPU tests again under AddressSanitizer + UndefinedBehaviorSanitizer and runs
+# them. GPU tests (ctest label "gpu") run only where a GPU is visible: scripts/gpu_test.sh.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+jobs="$(nproc)"
+"$repo/scripts/fetch_tokenizers.sh" || echo "moda: tokenizer rank files unavailable; their golden tests will skip" >&2
+
+echo "== build (release) and CPU tests"
+"$repo/scripts/build.sh" build
+ctest --test-dir build -L cpu --output-on-failure -j "$jobs"
+
+echo "== CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+"$repo/scripts/build.sh" build-asan -DMODA_SANITIZE=ON -DMODA_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan -L cpu --output-on-failure -j "$jobs"

@@ -1,0 +1,12 @@
+// Each subcommand of the `moda` binary lives in its own file and registers itself on the app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace moda::cli {
+
+void register_train(CLI::App& app);
+void register_info(CLI::App& app);
+void register_tokenize(CLI::App& app);
+
+}  // namespace moda::cli

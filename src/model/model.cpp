@@ -1,0 +1,530 @@
+// The model graph: forward and backward of OLMo2 / MoDA as explicit backend op calls.
+//
+// Residual stream buffers res[0..2N]: res[2l] enters layer l, res[2l+1] leaves its attention,
+// res[2N] leaves the last layer. Under pre-norm these are the sums x + branch; under reordered
+// and post they are the sublayer outputs. Backward walks the layers top-down, so every reader of
+// a depth slot has added its gradient into d_slot_* before the slot's producer consumes it.
+#include "moda/model.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <stdexcept>
+
+namespace moda {
+
+namespace {
+
+// Buffers are requested by role and size, then carved from one allocation per role.
+class ArenaPlan {
+ public:
+  void take(Tensor& target, Role role, int64_t numel) {
+    // Keep every slice 64-element aligned so vectorized kernels can use wide loads.
+    const int64_t aligned = (numel + 63) / 64 * 64;
+    requests_.push_back({&target, role, numel, totals_[role]});
+    totals_[role] += aligned;
+  }
+  void allocate(Backend& backend) {
+    for (auto& [role, total] : totals_) bases_[role] = backend.alloc(role, total);
+    for (const Request& r : requests_) *r.target = bases_[r.role].slice(r.offset, r.numel);
+  }
+  void release(Backend& backend) {
+    for (auto& [role, base] : bases_) backend.release(base);
+  }
+  int64_t bytes(const std::map<Role, DType>& dtypes) const {
+    int64_t b = 0;
+    for (const auto& [role, total] : totals_)
+      b += total * static_cast<int64_t>(dtype_size(dtypes.at(role)));
+    return b;
+  }
+
+ private:
+  struct Request {
+    Tensor* target;
+    Role role;
+    int64_t numel, offset;
+  };
+  std::vector<Request> requests_;
+  std::map<Role, int64_t> totals_;
+  std::map<Role, Tensor> bases_;
+};
+
+}  // namespace
+
+struct LayerActs {
+  Tensor attn_in_norm, attn_rstd;  // pre-norm: RMSNorm(res[2l]); rstd of the attention norm
+  Tensor qkv_raw, q, k_seq, v_seq, q_rstd, k_rstd, attn_slot_rstd;
+  Tensor attn_out, lse, attn_proj, sum_attn;
+  Tensor mlp_in_norm, mlp_rstd, mlp_raw, ffn_slot_rstd, act, mlp_proj, sum_mlp;
+};
+
+struct ModelBuffers {
+  ArenaPlan arena;
+  Tensor inputs, targets;
+  std::vector<Tensor> res;
+  std::vector<LayerActs> layers;
+  Tensor slot_k, slot_v;
+  Tensor final_out, final_rstd, ce, ce_lse;
+  Tensor branch_scratch;
+  Tensor d_res, d_branch, d_top, d_normed, d_attn_out, d_q, d_k_seq, d_v_seq, d_qkv_raw, d_act,
+      d_mlp_raw, d_slot_k, d_slot_v;
+
+  ModelBuffers(const ModelShape& s, int64_t batch, int64_t seq_len) {
+    const int64_t R = batch * seq_len, D = s.d_model, N = s.n_layers, kvw = s.kv_width();
+    const bool pre = s.placement == NormPlacement::pre;
+    const bool reordered = s.placement == NormPlacement::reordered;
+    const bool post = s.placement == NormPlacement::post;
+    res.resize(static_cast<size_t>(2 * N + 1));
+    layers.resize(static_cast<size_t>(N));
+    arena.take(inputs, Role::index, R);
+    arena.take(targets, Role::index, R);
+    for (Tensor& t : res) arena.take(t, Role::activation, R * D);
+    const int64_t slot_elems = R * kvw;
+    if (s.slot_buffers() > 0) {
+      arena.take(slot_k, Role::activation, s.slot_buffers() * slot_elems);
+      arena.take(slot_v, Role::activation, s.slot_buffers() * slot_elems);
+      arena.take(d_slot_k, Role::accum, s.slot_buffers() * slot_elems);
+      arena.take(d_slot_v, Role::accum, s.slot_buffers() * slot_elems);
+    }
+    int64_t qkv_max = 0, mlp_max = 0;
+    for (int64_t l = 0; l < N; ++l) {
+      LayerActs& a = layers[static_cast<size_t>(l)];
+      if (pre) arena.take(a.attn_in_norm, Role::activation, R * D);
+      arena.take(a.attn_rstd, Role::stat, R);
+      arena.take(a.qkv_raw, Role::activation, R * s.qkv_rows(l));
+      arena.take(a.q, Role::activation, R * s.q_width());
+      if (!s.kv_in_slot()) {
+        arena.take(a.k_seq, Role::activation, slot_elems);
+        arena.take(a.v_seq, Role::activation, slot_elems);
+      }
+      arena.take(a.q_rstd, Role::stat, R);
+      arena.take(a.k_rstd, Role::stat, R);
+      if (s.has_attn_slot_proj(l)) arena.take(a.attn_slot_rstd, Role::stat, R);
+      arena.take(a.attn_out, Role::activation, R * s.q_width());
+      arena.take(a.lse, Role::stat, R * s.q_heads);
+      if (reordered) {
+        arena.take(a.attn_proj, Role::activation, R * D);
+        arena.take(a.mlp_proj, Role::activation, R * D);
+      }
+      if (post) {
+        arena.take(a.sum_attn, Role::activation, R * D);
+        arena.take(a.sum_mlp, Role::activation, R * D);
+      }
+      if (pre) arena.take(a.mlp_in_norm, Role::activation, R * D);
+      arena.take(a.mlp_rstd, Role::stat, R);
+      arena.take(a.mlp_raw, Role::activation, R * s.mlp_in_rows(l));
+      if (s.has_ffn_slot(l)) arena.take(a.ffn_slot_rstd, Role::stat, R);
+      arena.take(a.act, Role::activation, R * s.mlp_hidden);
+      qkv_max = std::max(qkv_max, s.qkv_rows(l));
+      mlp_max = std::max(mlp_max, s.mlp_in_rows(l));
+    }
+    if (!post) arena.take(final_out, Role::activation, R * D);
+    arena.take(final_rstd, Role::stat, R);
+    arena.take(ce, Role::stat, R);
+    arena.take(ce_lse, Role::stat, R);
+    if (!reordered) arena.take(branch_scratch, Role::activation, R * D);
+    // Backward scratch, shared by all layers.
+    arena.take(d_res, Role::activation, R * D);
+    arena.take(d_branch, Role::activation, R * D);
+    arena.take(d_top, Role::activation, R * D);
+    arena.take(d_normed, Role::activation, R * D);
+    arena.take(d_attn_out, Role::activation, R * s.q_width());
+    arena.take(d_q, Role::accum, R * s.q_width());
+    if (!s.kv_in_slot()) {
+      arena.take(d_k_seq, Role::accum, slot_elems);
+      arena.take(d_v_seq, Role::accum, slot_elems);
+    }
+    arena.take(d_qkv_raw, Role::activation, R * qkv_max);
+    arena.take(d_act, Role::activation, R * s.mlp_hidden);
+    arena.take(d_mlp_raw, Role::activation, R * mlp_max);
+  }
+
+  Tensor slot(const Tensor& base, int64_t index, int64_t slot_elems) const {
+    return base.slice(index * slot_elems, slot_elems);
+  }
+};
+
+MemoryPlan plan_memory(const Config& config, int64_t micro_batch, int64_t seq_len,
+                       DType weight_dtype, DType master_dtype, DType activation_dtype,
+                       DType accum_dtype, DType stat_dtype) {
+  const ModelShape shape(config);
+  const ParamLayout layout(shape);
+  MemoryPlan plan;
+  plan.params = 4 * layout.total() * static_cast<int64_t>(dtype_size(master_dtype));
+  plan.weights = layout.total() * static_cast<int64_t>(dtype_size(weight_dtype));
+  const ModelBuffers probe(shape, micro_batch, seq_len);
+  plan.activations = probe.arena.bytes({{Role::index, DType::i32},
+                                        {Role::activation, activation_dtype},
+                                        {Role::accum, accum_dtype},
+                                        {Role::stat, stat_dtype}});
+  return plan;
+}
+
+Model::Model(const Config& config, Backend& backend, int64_t micro_batch, int64_t seq_len)
+    : config_(config),
+      shape_(config),
+      layout_(shape_),
+      backend_(backend),
+      batch_(micro_batch),
+      seq_len_(seq_len),
+      rows_(micro_batch * seq_len) {
+  if (seq_len > config.model.max_seq_len) {
+    throw std::invalid_argument(fmt::format("sequence length {} exceeds model.max_seq_len {}",
+                                            seq_len, config.model.max_seq_len));
+  }
+  master_ = backend_.alloc(Role::master, layout_.total());
+  grads_ = backend_.alloc(Role::master, layout_.total());
+  adam_m_ = backend_.alloc(Role::master, layout_.total());
+  adam_v_ = backend_.alloc(Role::master, layout_.total());
+  weights_ = backend_.alloc(Role::weight, layout_.total());
+  buf_ = std::make_unique<ModelBuffers>(shape_, batch_, seq_len_);
+  buf_->arena.allocate(backend_);
+  backend_.init_rope(config.model.max_seq_len, shape_.head_dim, config.model.rope_theta);
+}
+
+Model::~Model() {
+  buf_->arena.release(backend_);
+  for (Tensor* t : {&master_, &grads_, &adam_m_, &adam_v_, &weights_}) backend_.release(*t);
+}
+
+void Model::init_parameters(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> values(static_cast<size_t>(layout_.total()));
+  const double std_dev = config_.model.init_std;
+  for (const ParamInfo& p : layout_.params()) {
+    const bool is_norm = p.shape.size() == 1;
+    for (int64_t i = 0; i < p.numel; ++i) {
+      double x = 1.0;
+      if (!is_norm) {
+        do {
+          x = normal(rng);
+        } while (std::abs(x) > 3.0);
+        x *= std_dev;
+      }
+      values[static_cast<size_t>(p.offset + i)] = x;
+    }
+  }
+  set_parameters(values);
+}
+
+std::vector<double> Model::parameters() {
+  std::vector<double> out(static_cast<size_t>(layout_.total()));
+  backend_.download(master_, out);
+  return out;
+}
+
+void Model::set_parameters(std::span<const double> values) {
+  if (static_cast<int64_t>(values.size()) != layout_.total()) {
+    throw std::invalid_argument("set_parameters: wrong number of values");
+  }
+  backend_.upload(master_, values);
+  backend_.copy(weights_, master_);
+}
+
+std::vector<double> Model::gradients() {
+  std::vector<double> out(static_cast<size_t>(layout_.total()));
+  backend_.download(grads_, out);
+  return out;
+}
+
+void Model::zero_gradients() { backend_.zero(grads_); }
+
+void Model::forward_pass(std::span<const int32_t> tokens) {
+  ModelBuffers& b = *buf_;
+  const ModelShape& s = shape_;
+  const int64_t R = rows_, D = s.d_model, N = s.n_layers, T = seq_len_;
+  const int64_t slot_elems = R * s.kv_width();
+  const double eps = config_.model.norm_eps;
+  if (static_cast<int64_t>(tokens.size()) != batch_ * (T + 1)) {
+    throw std::invalid_argument(fmt::format("expected {} tokens ({} x {}), got {}",
+                                            batch_ * (T + 1), batch_, T + 1, tokens.size()));
+  }
+  std::vector<int32_t> inputs(static_cast<size_t>(R)), targets(static_cast<size_t>(R));
+  for (int64_t bi = 0; bi < batch_; ++bi) {
+    for (int64_t t = 0; t < T; ++t) {
+      inputs[static_cast<size_t>(bi * T + t)] = tokens[static_cast<size_t>(bi * (T + 1) + t)];
+      targets[static_cast<size_t>(bi * T + t)] = tokens[static_cast<size_t>(bi * (T + 1) + t + 1)];
+    }
+  }
+  backend_.upload_tokens(b.inputs, inputs);
+  backend_.upload_tokens(b.targets, targets);
+
+  const bool pre = s.placement == NormPlacement::pre;
+  const int64_t Vp = s.padded_vocab;
+  backend_.embedding_forward(b.inputs, w(layout_.embedding(), Vp * D), b.res[0], R, D);
+  if (pre) {
+    const LayerParams& p0 = layout_.layer(0);
+    backend_.rmsnorm_forward(b.res[0], w(p0.attn_norm, D), b.layers[0].attn_in_norm,
+                             b.layers[0].attn_rstd, R, D, eps);
+  }
+  for (int64_t l = 0; l < N; ++l) {
+    const LayerParams& p = layout_.layer(l);
+    LayerActs& a = b.layers[static_cast<size_t>(l)];
+    const Tensor& x = b.res[static_cast<size_t>(2 * l)];
+    const Tensor& h = b.res[static_cast<size_t>(2 * l + 1)];
+    const Tensor& x_next = b.res[static_cast<size_t>(2 * l + 2)];
+    if (s.kv_in_slot()) {
+      a.k_seq = b.slot(b.slot_k, s.attn_slot(l), slot_elems);
+      a.v_seq = b.slot(b.slot_v, s.attn_slot(l), slot_elems);
+    }
+    // ---- attention ----
+    const Tensor& attn_in = pre ? a.attn_in_norm : x;
+    const int64_t qkv_rows = s.qkv_rows(l);
+    backend_.matmul(a.qkv_raw, attn_in, w(p.qkv, qkv_rows * D), R, qkv_rows, D, false);
+    const Backend::QkvLayout qkv{R, T, qkv_rows, 0, s.q_heads, s.kv_heads, s.head_dim, eps};
+    backend_.qkv_norm_rope_forward(qkv, a.qkv_raw, w(p.q_norm, s.q_width()),
+                                   w(p.k_norm, s.kv_width()), a.q, a.k_seq, a.v_seq, a.q_rstd,
+                                   a.k_rstd);
+    if (s.has_attn_slot_proj(l)) {
+      const Backend::QkvLayout slot{R, T,          qkv_rows,   s.q_width() + 2 * s.kv_width(),
+                                    0, s.kv_heads, s.head_dim, eps};
+      backend_.qkv_norm_rope_forward(slot, a.qkv_raw, Tensor{}, w(p.attn_slot_k_norm, s.kv_width()),
+                                     Tensor{}, b.slot(b.slot_k, s.attn_slot(l), slot_elems),
+                                     b.slot(b.slot_v, s.attn_slot(l), slot_elems), Tensor{},
+                                     a.attn_slot_rstd);
+    }
+    const AttentionShape shape{batch_,          T,         s.q_heads, s.kv_heads, s.head_dim,
+                               s.slots_read(l), slot_elems};
+    backend_.attention_forward(shape, a.q, a.k_seq, a.v_seq, b.slot_k, b.slot_v, a.attn_out, a.lse);
+    const Tensor& attn_branch = a.attn_proj.empty() ? b.branch_scratch : a.attn_proj;
+    backend_.matmul(attn_branch, a.attn_out, w(p.out, D * s.q_width()), R, D, s.q_width(), false);
+    switch (s.placement) {
+      case NormPlacement::pre:
+        backend_.residual_norm_forward(ResidualNorm::add_then_norm, x, attn_branch,
+                                       w(p.mlp_norm, D), h, a.mlp_in_norm, a.mlp_rstd, R, D, eps);
+        break;
+      case NormPlacement::reordered:
+        backend_.residual_norm_forward(ResidualNorm::norm_then_add, x, attn_branch,
+                                       w(p.attn_norm, D), Tensor{}, h, a.attn_rstd, R, D, eps);
+        break;
+      case NormPlacement::post:
+        backend_.residual_norm_forward(ResidualNorm::add_then_norm, x, attn_branch,
+                                       w(p.attn_norm, D), a.sum_attn, h, a.attn_rstd, R, D, eps);
+        break;
+    }
+    // ---- MLP ----
+    const Tensor& mlp_in = pre ? a.mlp_in_norm : h;
+    const int64_t mlp_rows = s.mlp_in_rows(l), F = s.mlp_hidden;
+    backend_.matmul(a.mlp_raw, mlp_in, w(p.mlp_in, mlp_rows * D), R, mlp_rows, D, false);
+    if (s.has_ffn_slot(l)) {
+      const Backend::QkvLayout slot{R, T, mlp_rows, 2 * F, 0, s.kv_heads, s.head_dim, eps};
+      backend_.qkv_norm_rope_forward(slot, a.mlp_raw, Tensor{}, w(p.ffn_slot_k_norm, s.kv_width()),
+                                     Tensor{}, b.slot(b.slot_k, s.ffn_slot(l), slot_elems),
+                                     b.slot(b.slot_v, s.ffn_slot(l), slot_elems), Tensor{},
+                                     a.ffn_slot_rstd);
+    }
+    backend_.swiglu_forward(a.mlp_raw, a.act, R, F, mlp_rows);
+    const Tensor& mlp_branch = a.mlp_proj.empty() ? b.branch_scratch : a.mlp_proj;
+    backend_.matmul(mlp_branch, a.act, w(p.down, D * F), R, D, F, false);
+    switch (s.placement) {
+      case NormPlacement::pre: {
+        const bool last = l + 1 == N;
+        const int64_t next_norm = last ? layout_.final_norm() : layout_.layer(l + 1).attn_norm;
+        LayerActs* next = last ? nullptr : &b.layers[static_cast<size_t>(l + 1)];
+        backend_.residual_norm_forward(ResidualNorm::add_then_norm, h, mlp_branch, w(next_norm, D),
+                                       x_next, last ? b.final_out : next->attn_in_norm,
+                                       last ? b.final_rstd : next->attn_rstd, R, D, eps);
+        break;
+      }
+      case NormPlacement::reordered:
+        backend_.residual_norm_forward(ResidualNorm::norm_then_add, h, mlp_branch, w(p.mlp_norm, D),
+                                       Tensor{}, x_next, a.mlp_rstd, R, D, eps);
+        break;
+      case NormPlacement::post:
+        backend_.residual_norm_forward(ResidualNorm::add_then_norm, h, mlp_branch, w(p.mlp_norm, D),
+                                       a.sum_mlp, x_next, a.mlp_rstd, R, D, eps);
+        break;
+    }
+  }
+  if (s.placement == NormPlacement::reordered) {
+    backend_.rmsnorm_forward(b.res[static_cast<size_t>(2 * N)], w(layout_.final_norm(), D),
+                             b.final_out, b.final_rstd, R, D, eps);
+  }
+}
+
+namespace {
+
+// The normalized output of the last layer that the LM head reads (post-norm has no final norm).
+const Tensor& final_hidden(const ModelShape& s, const std::vector<Tensor>& res,
+                           const Tensor& final_out) {
+  return s.placement == NormPlacement::post ? res.back() : final_out;
+}
+
+}  // namespace
+
+void Model::backward_pass(double loss_scale) {
+  ModelBuffers& b = *buf_;
+  const ModelShape& s = shape_;
+  const int64_t R = rows_, D = s.d_model, N = s.n_layers, T = seq_len_, Vp = s.padded_vocab;
+  const int64_t slot_elems = R * s.kv_width();
+  const bool pre = s.placement == NormPlacement::pre;
+  const bool post = s.placement == NormPlacement::post;
+  const Tensor& top = final_hidden(s, b.res, b.final_out);
+
+  backend_.lm_head_cross_entropy(top, w(layout_.lm_head(), Vp * D), b.targets, b.ce, b.ce_lse,
+                                 post ? b.d_res : b.d_top, g(layout_.lm_head(), Vp * D), R, D, Vp,
+                                 config_.optimizer.z_loss, loss_scale);
+  // d_res becomes the gradient of res[2N].
+  if (s.placement == NormPlacement::reordered) {
+    backend_.rmsnorm_backward(b.d_top, b.res.back(), w(layout_.final_norm(), D), b.final_rstd,
+                              b.d_res, g(layout_.final_norm(), D), R, D, false);
+  } else if (pre) {
+    backend_.residual_norm_backward(ResidualNorm::add_then_norm, b.d_top, b.res.back(),
+                                    w(layout_.final_norm(), D), b.final_rstd, b.d_res,
+                                    g(layout_.final_norm(), D), R, D, false);
+  }
+  if (s.slot_buffers() > 0) {
+    backend_.zero(b.d_slot_k);
+    backend_.zero(b.d_slot_v);
+  }
+  Tensor d_res = b.d_res, d_branch = b.d_branch;
+  for (int64_t l = N - 1; l >= 0; --l) {
+    const LayerParams& p = layout_.layer(l);
+    LayerActs& a = b.layers[static_cast<size_t>(l)];
+    const Tensor& x = b.res[static_cast<size_t>(2 * l)];
+    const Tensor& h = b.res[static_cast<size_t>(2 * l + 1)];
+    const int64_t F = s.mlp_hidden, mlp_rows = s.mlp_in_rows(l), qkv_rows = s.qkv_rows(l);
+    // ---- MLP ----
+    // Gradient of the MLP branch output.
+    Tensor d_mlp_branch = d_res;
+    if (s.placement == NormPlacement::reordered) {
+      backend_.residual_norm_backward(ResidualNorm::norm_then_add, d_res, a.mlp_proj,
+                                      w(p.mlp_norm, D), a.mlp_rstd, d_branch, g(p.mlp_norm, D), R,
+                                      D, false);
+      d_mlp_branch = d_branch;
+    } else if (post) {
+      backend_.residual_norm_backward(ResidualNorm::add_then_norm, d_res, a.sum_mlp,
+                                      w(p.mlp_norm, D), a.mlp_rstd, d_branch, g(p.mlp_norm, D), R,
+                                      D, false);
+      d_mlp_branch = d_branch;
+    }
+    backend_.matmul_backward(d_mlp_branch, a.act, w(p.down, D * F), b.d_act, g(p.down, D * F), R, D,
+                             F, false);
+    backend_.swiglu_backward(b.d_act, a.mlp_raw, b.d_mlp_raw, R, F, mlp_rows);
+    if (s.has_ffn_slot(l)) {
+      const Backend::QkvLayout slot{R, T,          mlp_rows,   2 * F,
+                                    0, s.kv_heads, s.head_dim, config_.model.norm_eps};
+      backend_.qkv_norm_rope_backward(slot, a.mlp_raw, Tensor{}, w(p.ffn_slot_k_norm, s.kv_width()),
+                                      Tensor{}, a.ffn_slot_rstd, Tensor{},
+                                      b.slot(b.d_slot_k, s.ffn_slot(l), slot_elems),
+                                      b.slot(b.d_slot_v, s.ffn_slot(l), slot_elems), b.d_mlp_raw,
+                                      Tensor{}, g(p.ffn_slot_k_norm, s.kv_width()));
+    }
+    if (pre) {
+      backend_.matmul_backward(b.d_mlp_raw, a.mlp_in_norm, w(p.mlp_in, mlp_rows * D), b.d_normed,
+                               g(p.mlp_in, mlp_rows * D), R, mlp_rows, D, false);
+      backend_.residual_norm_backward(ResidualNorm::add_then_norm, b.d_normed, h, w(p.mlp_norm, D),
+                                      a.mlp_rstd, d_res, g(p.mlp_norm, D), R, D, true);
+    } else if (post) {
+      // d_branch holds the gradient of the pre-norm sum = gradient of h through the residual.
+      backend_.matmul_backward(b.d_mlp_raw, h, w(p.mlp_in, mlp_rows * D), d_branch,
+                               g(p.mlp_in, mlp_rows * D), R, mlp_rows, D, true);
+      std::swap(d_res, d_branch);
+    } else {
+      backend_.matmul_backward(b.d_mlp_raw, h, w(p.mlp_in, mlp_rows * D), d_res,
+                               g(p.mlp_in, mlp_rows * D), R, mlp_rows, D, true);
+    }
+    // ---- attention ---- (d_res is the gradient of h)
+    Tensor d_attn_branch = d_res;
+    if (s.placement == NormPlacement::reordered) {
+      backend_.residual_norm_backward(ResidualNorm::norm_then_add, d_res, a.attn_proj,
+                                      w(p.attn_norm, D), a.attn_rstd, d_branch, g(p.attn_norm, D),
+                                      R, D, false);
+      d_attn_branch = d_branch;
+    } else if (post) {
+      backend_.residual_norm_backward(ResidualNorm::add_then_norm, d_res, a.sum_attn,
+                                      w(p.attn_norm, D), a.attn_rstd, d_branch, g(p.attn_norm, D),
+                                      R, D, false);
+      d_attn_branch = d_branch;
+    }
+    backend_.matmul_backward(d_attn_branch, a.attn_out, w(p.out, D * s.q_width()), b.d_attn_out,
+                             g(p.out, D * s.q_width()), R, D, s.q_width(), false);
+    Tensor d_k = b.d_k_seq, d_v = b.d_v_seq;
+    if (s.kv_in_slot()) {
+      d_k = b.slot(b.d_slot_k, s.attn_slot(l), slot_elems);
+      d_v = b.slot(b.d_slot_v, s.attn_slot(l), slot_elems);
+    } else {
+      backend_.zero(d_k);
+      backend_.zero(d_v);
+    }
+    const AttentionShape shape{batch_,          T,         s.q_heads, s.kv_heads, s.head_dim,
+                               s.slots_read(l), slot_elems};
+    backend_.attention_backward(shape, b.d_attn_out, a.q, a.k_seq, a.v_seq, b.slot_k, b.slot_v,
+                                a.attn_out, a.lse, b.d_q, d_k, d_v, b.d_slot_k, b.d_slot_v);
+    const double eps = config_.model.norm_eps;
+    if (s.has_attn_slot_proj(l)) {
+      const Backend::QkvLayout slot{R, T,          qkv_rows,   s.q_width() + 2 * s.kv_width(),
+                                    0, s.kv_heads, s.head_dim, eps};
+      backend_.qkv_norm_rope_backward(
+          slot, a.qkv_raw, Tensor{}, w(p.attn_slot_k_norm, s.kv_width()), Tensor{},
+          a.attn_slot_rstd, Tensor{}, b.slot(b.d_slot_k, s.attn_slot(l), slot_elems),
+          b.slot(b.d_slot_v, s.attn_slot(l), slot_elems), b.d_qkv_raw, Tensor{},
+          g(p.attn_slot_k_norm, s.kv_width()));
+    }
+    const Backend::QkvLayout qkv{R, T, qkv_rows, 0, s.q_heads, s.kv_heads, s.head_dim, eps};
+    backend_.qkv_norm_rope_backward(
+        qkv, a.qkv_raw, w(p.q_norm, s.q_width()), w(p.k_norm, s.kv_width()), a.q_rstd, a.k_rstd,
+        b.d_q, d_k, d_v, b.d_qkv_raw, g(p.q_norm, s.q_width()), g(p.k_norm, s.kv_width()));
+    if (pre) {
+      backend_.matmul_backward(b.d_qkv_raw, a.attn_in_norm, w(p.qkv, qkv_rows * D), b.d_normed,
+                               g(p.qkv, qkv_rows * D), R, qkv_rows, D, false);
+      backend_.residual_norm_backward(ResidualNorm::add_then_norm, b.d_normed, x, w(p.attn_norm, D),
+                                      a.attn_rstd, d_res, g(p.attn_norm, D), R, D, true);
+    } else if (post) {
+      backend_.matmul_backward(b.d_qkv_raw, x, w(p.qkv, qkv_rows * D), d_branch,
+                               g(p.qkv, qkv_rows * D), R, qkv_rows, D, true);
+      std::swap(d_res, d_branch);
+    } else {
+      backend_.matmul_backward(b.d_qkv_raw, x, w(p.qkv, qkv_rows * D), d_res,
+                               g(p.qkv, qkv_rows * D), R, qkv_rows, D, true);
+    }
+  }
+  backend_.embedding_backward(b.inputs, d_res, g(layout_.embedding(), Vp * D), R, D);
+}
+
+LossSums Model::read_loss() {
+  std::vector<double> ce(static_cast<size_t>(rows_)), lse(static_cast<size_t>(rows_));
+  backend_.download(buf_->ce, ce);
+  backend_.download(buf_->ce_lse, lse);
+  LossSums sums;
+  for (size_t i = 0; i < ce.size(); ++i) {
+    sums.ce += ce[i];
+    sums.lse_sq += lse[i] * lse[i];
+  }
+  sums.tokens = rows_;
+  return sums;
+}
+
+LossSums Model::forward_backward(std::span<const int32_t> tokens, double loss_scale) {
+  forward_pass(tokens);
+  backward_pass(loss_scale);
+  return read_loss();
+}
+
+LossSums Model::forward(std::span<const int32_t> tokens) {
+  forward_pass(tokens);
+  const ModelShape& s = shape_;
+  const Tensor& top = final_hidden(s, buf_->res, buf_->final_out);
+  backend_.lm_head_cross_entropy(top, w(layout_.lm_head(), s.padded_vocab * s.d_model),
+                                 buf_->targets, buf_->ce, buf_->ce_lse, Tensor{}, Tensor{}, rows_,
+                                 s.d_model, s.padded_vocab, config_.optimizer.z_loss, 1.0);
+  return read_loss();
+}
+
+std::vector<double> Model::logits(std::span<const int32_t> tokens) {
+  forward_pass(tokens);
+  const ModelShape& s = shape_;
+  const Tensor& top = final_hidden(s, buf_->res, buf_->final_out);
+  Tensor out = backend_.alloc(Role::stat, rows_ * s.padded_vocab);
+  backend_.lm_head_logits(top, w(layout_.lm_head(), s.padded_vocab * s.d_model), out, rows_,
+                          s.d_model, s.padded_vocab);
+  std::vector<double> host(static_cast<size_t>(out.numel));
+  backend_.download(out, host);
+  backend_.release(out);
+  return host;
+}
+
+}  // namespace moda

@@ -1,0 +1,179 @@
+// The training loop of `moda train`.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "moda/backend.hpp"
+#include "moda/data.hpp"
+#include "moda/train.hpp"
+
+namespace moda {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string resolve_device(DeviceKind kind) {
+  switch (kind) {
+    case DeviceKind::cpu:
+      return "cpu";
+    case DeviceKind::cuda:
+      return "cuda";
+    case DeviceKind::auto_detect:
+      return cuda_available() ? "cuda" : "cpu";
+  }
+  return "cpu";
+}
+
+// Mean cross-entropy over up to `batches` micro-batches of the validation store, always the same
+// windows (unshuffled, from the start) so that values are comparable across steps.
+double validation_loss(Model& model, const std::shared_ptr<const TokenStore>& store,
+                       int64_t batches) {
+  BatchLoader loader(store, model.seq_len(), model.micro_batch(), 0, 0, 1, false);
+  const int64_t available = std::max<int64_t>(loader.windows_per_epoch() / model.micro_batch(), 1);
+  const int64_t n = std::min(batches, available);
+  std::vector<int32_t> tokens(static_cast<size_t>(model.micro_batch() * (model.seq_len() + 1)));
+  double ce = 0;
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    loader.next(tokens.data());
+    const LossSums s = model.forward(tokens);
+    ce += s.ce;
+    count += s.tokens;
+  }
+  return ce / static_cast<double>(count);
+}
+
+std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null"; }
+
+}  // namespace
+
+TrainSummary train(const Config& config, const TrainOptions& options) {
+  const int64_t T = config.batch.seq_len, B = config.batch.micro_batch;
+  const int world = 1;
+  const int64_t accum = config.batch.global_batch / (B * world);
+  const std::string device = resolve_device(config.runtime.device);
+  auto backend = make_backend(device, static_cast<int>(config.runtime.threads));
+
+  Dataset data = open_dataset(config.data, T);
+  if (data.vocab_size > config.model.vocab_size) {
+    throw std::runtime_error(fmt::format(
+        "{}: model.vocab_size ({}) is smaller than the {} tokenizer's vocabulary ({})",
+        config.source, config.model.vocab_size, config.data.tokenizer, data.vocab_size));
+  }
+  Model model(config, *backend, B, T);
+  model.init_parameters(config.runtime.seed);
+  BatchLoader loader(data.train, T, B, config.data.seed, 0, world, true);
+
+  const std::filesystem::path dir(config.logging.dir);
+  std::filesystem::create_directories(dir);
+  { std::ofstream(dir / "config.yaml") << to_yaml(config); }
+  std::ofstream metrics(dir / "metrics.jsonl", std::ios::trunc);
+  if (!metrics)
+    throw std::runtime_error(fmt::format("cannot write {}", (dir / "metrics.jsonl").string()));
+
+  const ParamCounts counts = count_params(model.shape());
+  const double flops_token = flops_per_token(config, T);
+  const int64_t tokens_per_step = config.batch.global_batch * T;
+  if (options.log_to_console) {
+    spdlog::info("resolved config ({}):\n{}", config.source, to_yaml(config));
+    spdlog::info("backend: {}", backend->name());
+    spdlog::info("model: {} parameters ({} non-embedding), {:.3g} GFLOP/token", counts.total,
+                 counts.non_embedding, flops_token / 1e9);
+    spdlog::info("data: train {} tokens ({}), val {}", data.train->size(), data.train->describe(),
+                 data.val ? fmt::format("{} tokens", data.val->size()) : "none");
+    spdlog::info(
+        "batch: {} x {} tokens per micro-batch, {} micro-batches per step, {} tokens per step", B,
+        T, accum, tokens_per_step);
+  }
+
+  TrainSummary summary;
+  std::vector<int32_t> tokens(static_cast<size_t>(B * (T + 1)));
+  const double loss_scale = 1.0 / static_cast<double>(tokens_per_step);
+  const int64_t total = config.schedule.total_steps;
+  for (int64_t step = 0; step < total; ++step) {
+    const auto t0 = Clock::now();
+    model.zero_gradients();
+    LossSums sums;
+    for (int64_t m = 0; m < accum; ++m) {
+      loader.next(tokens.data());
+      const LossSums s = model.forward_backward(tokens, loss_scale);
+      sums.ce += s.ce;
+      sums.lse_sq += s.lse_sq;
+      sums.tokens += s.tokens;
+    }
+    StepRecord rec;
+    rec.step = step + 1;
+    rec.loss = sums.ce / static_cast<double>(sums.tokens);
+    const GradientStats grad = gradient_stats(model);
+    rec.grad_norm = grad.norm;
+    rec.lr = learning_rate(config.schedule, config.optimizer.lr, step);
+    if (!std::isfinite(rec.loss) || !grad.finite) {
+      const std::string what =
+          !std::isfinite(rec.loss)
+              ? fmt::format("loss is {}", rec.loss)
+              : fmt::format("gradient of tensor '{}' holds NaN or inf", grad.first_bad);
+      if (config.runtime.nan_policy == NanPolicy::stop) {
+        throw std::runtime_error(
+            fmt::format("step {}: {}; stopping (runtime.nan_policy: stop)", rec.step, what));
+      }
+      ++summary.skipped_steps;
+      spdlog::warn("step {}: {}; step skipped ({} of at most {})", rec.step, what,
+                   summary.skipped_steps, config.runtime.max_skipped_steps);
+      if (summary.skipped_steps > config.runtime.max_skipped_steps) {
+        throw std::runtime_error(
+            fmt::format("step {}: {} non-finite steps skipped, more than "
+                        "runtime.max_skipped_steps ({}); stopping",
+                        rec.step, summary.skipped_steps, config.runtime.max_skipped_steps));
+      }
+      continue;
+    }
+    const double clip = config.optimizer.grad_clip;
+    const double scale = clip > 0 && grad.norm > clip ? clip / grad.norm : 1.0;
+    adamw_step(model, config.optimizer, rec.lr, step + 1, scale);
+    backend->synchronize();
+    rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    rec.tokens_per_s = static_cast<double>(tokens_per_step) / rec.seconds;
+    const double peak = backend->peak_flops();
+    rec.mfu = peak > 0 ? rec.tokens_per_s * flops_token / peak : NAN;
+
+    const bool last = step + 1 == total;
+    const int64_t vi = config.logging.val_interval;
+    if (data.val && (last || (vi > 0 && rec.step % vi == 0))) {
+      rec.val_loss = validation_loss(model, data.val, config.logging.val_batches);
+      summary.final_val_loss = rec.val_loss;
+    }
+    metrics << fmt::format(
+        "{{\"step\": {}, \"loss\": {}, \"val_loss\": {}, \"lr\": {}, \"grad_norm\": {}, "
+        "\"tokens\": {}, \"tokens_per_s\": {}, \"mfu\": {}, \"step_seconds\": {}}}\n",
+        rec.step, json_number(rec.loss), json_number(rec.val_loss), json_number(rec.lr),
+        json_number(rec.grad_norm), rec.step * tokens_per_step, json_number(rec.tokens_per_s),
+        json_number(rec.mfu), json_number(rec.seconds));
+    metrics.flush();
+    if (options.log_to_console && (rec.step % config.logging.interval == 0 || rec.step == 1 ||
+                                   last || std::isfinite(rec.val_loss))) {
+      spdlog::info(
+          "step {:>6}/{} | loss {:.4f}{} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | MFU {} | "
+          "{:.3f} s",
+          rec.step, total, rec.loss,
+          std::isfinite(rec.val_loss) ? fmt::format(" | val {:.4f}", rec.val_loss) : "", rec.lr,
+          rec.grad_norm, rec.tokens_per_s,
+          std::isfinite(rec.mfu) ? fmt::format("{:.1f}%", 100 * rec.mfu) : "n/a", rec.seconds);
+    }
+    summary.history.push_back(rec);
+    summary.steps = rec.step;
+  }
+  if (config.logging.plot && !summary.history.empty()) {
+    write_loss_plot((dir / "loss.png").string(), summary.history);
+    if (options.log_to_console)
+      spdlog::info("wrote {} and {}", (dir / "metrics.jsonl").string(),
+                   (dir / "loss.png").string());
+  }
+  return summary;
+}
+
+}  // namespace moda

@@ -1,0 +1,69 @@
+// Shared helpers of the test suite: random data, relative error, small configs.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "moda/config.hpp"
+
+namespace moda::test {
+
+inline std::vector<double> random_normal(size_t n, uint64_t seed, double std_dev = 1.0,
+                                         double mean = 0.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> dist(mean, std_dev);
+  std::vector<double> v(n);
+  for (double& x : v) x = dist(rng);
+  return v;
+}
+
+inline std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> v(n);
+  for (int32_t& x : v) x = dist(rng);
+  return v;
+}
+
+// ||a - b|| / ||b||; NaN anywhere gives infinity so it never passes a tolerance.
+inline double rel_error(std::span<const double> a, std::span<const double> b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return INFINITY;
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
+}
+
+struct Variant {
+  NormPlacement placement = NormPlacement::reordered;
+  bool moda = false, ffn_kv = false, attn_kv_proj = false;
+  int64_t group = 1;
+};
+
+// A small model of every variant: 3 layers, Hk = 2, Hq = 2G, head_dim 4, vocabulary 20 padded
+// to 24. Validation is skipped (the byte tokenizer's vocabulary floor does not apply here).
+inline Config tiny_variant_config(const Variant& v, int64_t head_dim = 4) {
+  Config c;
+  c.model.n_layers = 3;
+  c.model.n_kv_heads = 2;
+  c.model.n_heads = 2 * v.group;
+  c.model.d_model = c.model.n_heads * head_dim;
+  c.model.mlp_hidden = 12;
+  c.model.vocab_size = 20;
+  c.model.vocab_multiple = 8;
+  c.model.max_seq_len = 16;
+  c.model.rope_theta = 100.0;
+  c.model.norm_placement = v.placement;
+  c.moda.enabled = v.moda;
+  c.moda.ffn_kv = v.ffn_kv;
+  c.moda.attn_kv_proj = v.attn_kv_proj;
+  c.optimizer.z_loss = 1e-2;
+  return c;
+}
+
+}  // namespace moda::test
