@@ -17,6 +17,8 @@ for exe in "$out"/bin/*; do
   ldd "$exe" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
       libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libstdc++.so*|libgcc_s.so*) ;;
+      # The GPU machine has the CUDA toolkit's libraries (cuBLASLt alone is 541 MB).
+      libcublas*|libcudart*|libnccl*) ;;
       *) cp -nL "$lib" "$out/lib/" ;;
     esac
   done
@@ -26,7 +28,7 @@ for exe in moda moda_tests; do
   cat > "$out/$exe" <<WRAP
 #!/usr/bin/env bash
 here="\$(cd "\$(dirname "\$0")" && pwd)"
-export LD_LIBRARY_PATH="\$here/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="\$here/lib:/usr/local/cuda/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec "\$here/bin/$exe" "\$@"
 WRAP
   chmod +x "$out/$exe"

@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config
           libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libabsl-dev
-          libopenmpi-dev openmpi-bin libpcre2-dev zlib1g-dev)
+          libopenmpi-dev openmpi-bin libpcre2-dev zlib1g-dev npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

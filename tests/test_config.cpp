@@ -100,6 +100,7 @@ Config every_field_changed() {
   c.runtime.threads = 2;
   c.runtime.nan_policy = moda::NanPolicy::skip;
   c.runtime.max_skipped_steps = 0;
+  c.runtime.zero1 = true;
   return c;
 }
 
@@ -198,6 +199,7 @@ TEST_CASE("to_yaml round-trips a config with every field changed") {
   CHECK(parsed.logging.plot == false);
   CHECK(parsed.runtime.device == moda::DeviceKind::cuda);
   CHECK(parsed.runtime.nan_policy == moda::NanPolicy::skip);
+  CHECK(parsed.runtime.zero1);
 }
 
 TEST_CASE("to_yaml writes doubles as floats, sections in struct order") {

@@ -96,7 +96,10 @@ struct RuntimeConfig {
   uint64_t seed = 42;   // weight init and anything else random
   int64_t threads = 0;  // OpenMP threads for the CPU backend; 0 = all cores
   NanPolicy nan_policy = NanPolicy::stop;
-  int64_t max_skipped_steps = 10;  // with nan_policy skip: stop after this many skips
+  int64_t max_skipped_steps = 10;  // with nan_policy skip: stop once more steps were skipped
+  // Data parallelism: shard the optimizer update over ranks (reduce-scatter the gradients,
+  // update one shard per rank, all-gather the parameters) instead of all-reducing.
+  bool zero1 = false;
 };
 
 struct Config {

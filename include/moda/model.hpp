@@ -110,8 +110,10 @@ struct ModelBuffers;  // the activation arena (src/model/model.cpp)
 class Model {
  public:
   // Allocates parameters, optimizer state and the activation arena for micro-batches of
-  // [micro_batch, seq_len].
-  Model(const Config& config, Backend& backend, int64_t micro_batch, int64_t seq_len);
+  // [micro_batch, seq_len]. The flat buffers are padded to a multiple of `shards` x 64 elements
+  // so they split into equal data-parallel shards (ZeRO-1).
+  Model(const Config& config, Backend& backend, int64_t micro_batch, int64_t seq_len,
+        int64_t shards = 1);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -137,7 +139,9 @@ class Model {
   // Logits [micro_batch * seq_len, padded_vocab] of the inputs tokens[b, 0..seq_len).
   std::vector<double> logits(std::span<const int32_t> tokens);
 
-  // Flat buffers (master role) for the optimizer and checkpoints.
+  // Elements per data-parallel shard of the flat buffers (their padded size / shards).
+  int64_t shard_size() const { return master_.numel / shards_; }
+  // Flat buffers (master role, padded) for the optimizer and checkpoints.
   const Tensor& master() const { return master_; }
   const Tensor& grads() const { return grads_; }
   const Tensor& adam_m() const { return adam_m_; }
@@ -155,7 +159,7 @@ class Model {
   ModelShape shape_;
   ParamLayout layout_;
   Backend& backend_;
-  int64_t batch_, seq_len_, rows_;
+  int64_t batch_, seq_len_, rows_, shards_;
   Tensor master_, grads_, adam_m_, adam_v_, weights_;
   std::unique_ptr<ModelBuffers> buf_;
 };

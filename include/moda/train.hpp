@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,12 +23,16 @@ struct GradientStats {
   bool finite = true;
   std::string first_bad;  // name of the first tensor holding NaN or inf
 };
-GradientStats gradient_stats(Model& model);
+// Squared norms of each parameter tensor's part inside [begin, end) of the flat gradient buffer
+// (a ZeRO-1 shard; the whole buffer otherwise), in layout order.
+std::vector<double> gradient_square_sums(Model& model, int64_t begin, int64_t end);
+// Norm and first non-finite tensor from per-tensor squared norms (summed over ranks).
+GradientStats gradient_stats(const Model& model, std::span<const double> square_sums);
 
-// One AdamW step over the flat buffers: decay on [0, decay_end), none after; the gradient is
-// multiplied by grad_scale (clipping and nothing else) first.
+// One AdamW step over [begin, end) of the flat buffers: decay on [0, decay_end), none after;
+// the gradient is multiplied by grad_scale (clipping and nothing else) first.
 void adamw_step(Model& model, const OptimizerConfig& opt, double lr, int64_t step,
-                double grad_scale);
+                double grad_scale, int64_t begin, int64_t end);
 
 struct StepRecord {
   int64_t step = 0;  // 1-based optimizer step just completed

@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "cli/commands.hpp"
+#include "moda/dist.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"moda: pretraining of OLMo2 and Mixture-of-Depths Attention (MoDA) language models"};
@@ -18,6 +19,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
+    moda::abort_other_ranks(1);
     return 1;
   }
   return 0;

@@ -239,6 +239,7 @@ std::vector<config_detail::Field> make_fields() {
   runtime("threads", &RuntimeConfig::threads);
   runtime("nan_policy", &RuntimeConfig::nan_policy);
   runtime("max_skipped_steps", &RuntimeConfig::max_skipped_steps);
+  runtime("zero1", &RuntimeConfig::zero1);
 
   return table;
 }

@@ -1,7 +1,6 @@
 // Builds the train and validation token stores of a config's data section: the embedded KJV
 // excerpt or text files (tokenized at start, one document per file / per blank-line-separated
 // chapter of the excerpt), or pre-tokenized shards (memory-mapped).
-#include <absl/hash/hash.h>
 #include <absl/strings/str_split.h>
 #include <fmt/format.h>
 
@@ -33,13 +32,6 @@ std::string read_text_file(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-// A document goes to validation when a hash of its index falls under the held-out fraction:
-// stable under adding documents at the end, and independent of the training shuffle.
-bool held_out(size_t index, uint64_t seed, double fraction) {
-  const size_t h = absl::HashOf(index, seed);
-  return static_cast<double>(h % 1000000) < fraction * 1e6;
 }
 
 }  // namespace
@@ -92,7 +84,9 @@ Dataset open_dataset(const DataConfig& data, int64_t seq_len) {
     const std::vector<std::string> docs = text_documents(data.train);
     std::vector<size_t> train_ids, val_ids;
     for (size_t i = 0; i < docs.size(); ++i) {
-      (data.val.empty() && held_out(i, data.seed, data.val_fraction) ? val_ids : train_ids)
+      (data.val.empty() && is_val_document(data.seed, static_cast<int64_t>(i), data.val_fraction)
+           ? val_ids
+           : train_ids)
           .push_back(i);
     }
     ds.train = std::make_shared<MemoryTokenStore>(

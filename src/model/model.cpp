@@ -162,23 +162,27 @@ MemoryPlan plan_memory(const Config& config, int64_t micro_batch, int64_t seq_le
   return plan;
 }
 
-Model::Model(const Config& config, Backend& backend, int64_t micro_batch, int64_t seq_len)
+Model::Model(const Config& config, Backend& backend, int64_t micro_batch, int64_t seq_len,
+             int64_t shards)
     : config_(config),
       shape_(config),
       layout_(shape_),
       backend_(backend),
       batch_(micro_batch),
       seq_len_(seq_len),
-      rows_(micro_batch * seq_len) {
+      rows_(micro_batch * seq_len),
+      shards_(shards) {
   if (seq_len > config.model.max_seq_len) {
     throw std::invalid_argument(fmt::format("sequence length {} exceeds model.max_seq_len {}",
                                             seq_len, config.model.max_seq_len));
   }
-  master_ = backend_.alloc(Role::master, layout_.total());
-  grads_ = backend_.alloc(Role::master, layout_.total());
-  adam_m_ = backend_.alloc(Role::master, layout_.total());
-  adam_v_ = backend_.alloc(Role::master, layout_.total());
-  weights_ = backend_.alloc(Role::weight, layout_.total());
+  const int64_t unit = 64 * shards;
+  const int64_t padded = (layout_.total() + unit - 1) / unit * unit;
+  master_ = backend_.alloc(Role::master, padded);
+  grads_ = backend_.alloc(Role::master, padded);
+  adam_m_ = backend_.alloc(Role::master, padded);
+  adam_v_ = backend_.alloc(Role::master, padded);
+  weights_ = backend_.alloc(Role::weight, padded);
   buf_ = std::make_unique<ModelBuffers>(shape_, batch_, seq_len_);
   buf_->arena.allocate(backend_);
   backend_.init_rope(config.model.max_seq_len, shape_.head_dim, config.model.rope_theta);
@@ -212,7 +216,7 @@ void Model::init_parameters(uint64_t seed) {
 
 std::vector<double> Model::parameters() {
   std::vector<double> out(static_cast<size_t>(layout_.total()));
-  backend_.download(master_, out);
+  backend_.download(master_.slice(0, layout_.total()), out);
   return out;
 }
 
@@ -220,13 +224,13 @@ void Model::set_parameters(std::span<const double> values) {
   if (static_cast<int64_t>(values.size()) != layout_.total()) {
     throw std::invalid_argument("set_parameters: wrong number of values");
   }
-  backend_.upload(master_, values);
+  backend_.upload(master_.slice(0, layout_.total()), values);
   backend_.copy(weights_, master_);
 }
 
 std::vector<double> Model::gradients() {
   std::vector<double> out(static_cast<size_t>(layout_.total()));
-  backend_.download(grads_, out);
+  backend_.download(grads_.slice(0, layout_.total()), out);
   return out;
 }
 

@@ -1,31 +1,40 @@
-// Global gradient norm (per tensor, so a non-finite gradient can be named) and AdamW.
+// Gradient norms (per tensor, so a non-finite gradient can be named) and AdamW over a range of
+// the flat buffers (all of it, or this rank's ZeRO-1 shard).
+#include <algorithm>
 #include <cmath>
 
 #include "moda/train.hpp"
 
 namespace moda {
 
-GradientStats gradient_stats(Model& model) {
+std::vector<double> gradient_square_sums(Model& model, int64_t begin, int64_t end) {
   const auto& params = model.layout().params();
   std::vector<std::pair<int64_t, int64_t>> segments;
   segments.reserve(params.size());
-  for (const ParamInfo& p : params) segments.emplace_back(p.offset, p.numel);
-  const std::vector<double> sums = model.backend().segment_sum_squares(model.grads(), segments);
+  for (const ParamInfo& p : params) {
+    const int64_t lo = std::max(p.offset, begin), hi = std::min(p.offset + p.numel, end);
+    segments.emplace_back(lo, std::max<int64_t>(hi - lo, 0));
+  }
+  return model.backend().segment_sum_squares(model.grads(), segments);
+}
+
+GradientStats gradient_stats(const Model& model, std::span<const double> square_sums) {
+  const auto& params = model.layout().params();
   GradientStats stats;
   double total = 0;
-  for (size_t i = 0; i < sums.size(); ++i) {
-    if (!std::isfinite(sums[i]) && stats.finite) {
+  for (size_t i = 0; i < square_sums.size(); ++i) {
+    if (!std::isfinite(square_sums[i]) && stats.finite) {
       stats.finite = false;
       stats.first_bad = params[i].name;
     }
-    total += sums[i];
+    total += square_sums[i];
   }
   stats.norm = std::sqrt(total);
   return stats;
 }
 
 void adamw_step(Model& model, const OptimizerConfig& opt, double lr, int64_t step,
-                double grad_scale) {
+                double grad_scale, int64_t begin, int64_t end) {
   AdamWArgs args;
   args.lr = lr;
   args.beta1 = opt.beta1;
@@ -33,14 +42,18 @@ void adamw_step(Model& model, const OptimizerConfig& opt, double lr, int64_t ste
   args.eps = opt.eps;
   args.step = step;
   args.grad_scale = grad_scale;
-  const ParamLayout& layout = model.layout();
   Backend& be = model.backend();
-  args.weight_decay = opt.weight_decay;
-  be.adamw(model.master(), model.grads(), model.adam_m(), model.adam_v(), model.weights(), 0,
-           layout.decay_end(), args);
-  args.weight_decay = 0.0;
-  be.adamw(model.master(), model.grads(), model.adam_m(), model.adam_v(), model.weights(),
-           layout.decay_end(), layout.total() - layout.decay_end(), args);
+  const int64_t decay_end = model.layout().decay_end(), total = model.layout().total();
+  auto update = [&](int64_t lo, int64_t hi, double decay) {
+    lo = std::max(lo, begin);
+    hi = std::min(hi, end);
+    if (hi <= lo) return;
+    args.weight_decay = decay;
+    be.adamw(model.master(), model.grads(), model.adam_m(), model.adam_v(), model.weights(), lo,
+             hi - lo, args);
+  };
+  update(0, decay_end, opt.weight_decay);
+  update(decay_end, total, 0.0);
 }
 
 }  // namespace moda

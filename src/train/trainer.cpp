@@ -9,6 +9,7 @@
 
 #include "moda/backend.hpp"
 #include "moda/data.hpp"
+#include "moda/dist.hpp"
 #include "moda/train.hpp"
 
 namespace moda {
@@ -54,9 +55,24 @@ std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{:.6g
 
 TrainSummary train(const Config& config, const TrainOptions& options) {
   const int64_t T = config.batch.seq_len, B = config.batch.micro_batch;
-  const int world = 1;
-  const int64_t accum = config.batch.global_batch / (B * world);
   const std::string device = resolve_device(config.runtime.device);
+  std::unique_ptr<Communicator> comm = make_communicator(device);
+  const int rank = comm->rank(), world = comm->world();
+  const bool lead = rank == 0;
+  if (config.batch.global_batch % (B * world) != 0) {
+    throw std::runtime_error(fmt::format(
+        "{}: batch.global_batch ({}) is not a multiple of batch.micro_batch ({}) x ranks ({})",
+        config.source, config.batch.global_batch, B, world));
+  }
+  // Every rank must run the same configuration: compare with rank 0's resolved YAML.
+  const std::string resolved = to_yaml(config);
+  if (comm->broadcast(resolved) != resolved) {
+    throw std::runtime_error(
+        fmt::format("rank {}: the resolved config differs from rank 0's "
+                    "(same file and --set on every rank?)",
+                    rank));
+  }
+  const int64_t accum = config.batch.global_batch / (B * world);
   auto backend = make_backend(device, static_cast<int>(config.runtime.threads));
 
   Dataset data = open_dataset(config.data, T);
@@ -65,23 +81,34 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
         "{}: model.vocab_size ({}) is smaller than the {} tokenizer's vocabulary ({})",
         config.source, config.model.vocab_size, config.data.tokenizer, data.vocab_size));
   }
-  Model model(config, *backend, B, T);
+  const bool zero1 = config.runtime.zero1 && world > 1;
+  Model model(config, *backend, B, T, world);
   model.init_parameters(config.runtime.seed);
-  BatchLoader loader(data.train, T, B, config.data.seed, 0, world, true);
+  BatchLoader loader(data.train, T, B, config.data.seed, rank, world, true);
+  // The range of the flat buffers this rank updates: its shard under ZeRO-1, else everything.
+  const int64_t shard = model.shard_size();
+  const int64_t own_begin = zero1 ? rank * shard : 0;
+  const int64_t own_end = zero1 ? (rank + 1) * shard : model.master().numel;
 
+  // Only rank 0 writes shared files and logs.
   const std::filesystem::path dir(config.logging.dir);
-  std::filesystem::create_directories(dir);
-  { std::ofstream(dir / "config.yaml") << to_yaml(config); }
-  std::ofstream metrics(dir / "metrics.jsonl", std::ios::trunc);
-  if (!metrics)
-    throw std::runtime_error(fmt::format("cannot write {}", (dir / "metrics.jsonl").string()));
+  std::ofstream metrics;
+  if (lead) {
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir / "config.yaml") << resolved;
+    metrics.open(dir / "metrics.jsonl", std::ios::trunc);
+    if (!metrics) {
+      throw std::runtime_error(fmt::format("cannot write {}", (dir / "metrics.jsonl").string()));
+    }
+  }
+  const bool console = options.log_to_console && lead;
 
   const ParamCounts counts = count_params(model.shape());
   const double flops_token = flops_per_token(config, T);
   const int64_t tokens_per_step = config.batch.global_batch * T;
-  if (options.log_to_console) {
-    spdlog::info("resolved config ({}):\n{}", config.source, to_yaml(config));
-    spdlog::info("backend: {}", backend->name());
+  if (console) {
+    spdlog::info("resolved config ({}):\n{}", config.source, resolved);
+    spdlog::info("backend: {}; {}{}", backend->name(), comm->name(), zero1 ? ", ZeRO-1" : "");
     spdlog::info("model: {} parameters ({} non-embedding), {:.3g} GFLOP/token", counts.total,
                  counts.non_embedding, flops_token / 1e9);
     spdlog::info("data: train {} tokens ({}), val {}", data.train->size(), data.train->describe(),
@@ -106,10 +133,20 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       sums.lse_sq += s.lse_sq;
       sums.tokens += s.tokens;
     }
+    // Sum the gradients over ranks: everywhere (all-reduce) or into each rank's shard.
+    if (zero1) {
+      comm->reduce_scatter_sum(model.grads(), shard);
+    } else {
+      comm->all_reduce_sum(model.grads());
+    }
+    double loss_sums[2] = {sums.ce, static_cast<double>(sums.tokens)};
+    comm->all_reduce_host(loss_sums);
+    std::vector<double> squares = gradient_square_sums(model, own_begin, own_end);
+    if (zero1) comm->all_reduce_host(squares);
     StepRecord rec;
     rec.step = step + 1;
-    rec.loss = sums.ce / static_cast<double>(sums.tokens);
-    const GradientStats grad = gradient_stats(model);
+    rec.loss = loss_sums[0] / loss_sums[1];
+    const GradientStats grad = gradient_stats(model, squares);
     rec.grad_norm = grad.norm;
     rec.lr = learning_rate(config.schedule, config.optimizer.lr, step);
     if (!std::isfinite(rec.loss) || !grad.finite) {
@@ -122,8 +159,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
             fmt::format("step {}: {}; stopping (runtime.nan_policy: stop)", rec.step, what));
       }
       ++summary.skipped_steps;
-      spdlog::warn("step {}: {}; step skipped ({} of at most {})", rec.step, what,
-                   summary.skipped_steps, config.runtime.max_skipped_steps);
+      if (lead)
+        spdlog::warn("step {}: {}; step skipped ({} of at most {})", rec.step, what,
+                     summary.skipped_steps, config.runtime.max_skipped_steps);
       if (summary.skipped_steps > config.runtime.max_skipped_steps) {
         throw std::runtime_error(
             fmt::format("step {}: {} non-finite steps skipped, more than "
@@ -134,7 +172,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
     const double clip = config.optimizer.grad_clip;
     const double scale = clip > 0 && grad.norm > clip ? clip / grad.norm : 1.0;
-    adamw_step(model, config.optimizer, rec.lr, step + 1, scale);
+    adamw_step(model, config.optimizer, rec.lr, step + 1, scale, own_begin, own_end);
+    if (zero1) {
+      comm->all_gather(model.master(), shard);
+      backend->copy(model.weights(), model.master());
+    }
     backend->synchronize();
     rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     rec.tokens_per_s = static_cast<double>(tokens_per_step) / rec.seconds;
@@ -143,19 +185,21 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
 
     const bool last = step + 1 == total;
     const int64_t vi = config.logging.val_interval;
-    if (data.val && (last || (vi > 0 && rec.step % vi == 0))) {
+    if (lead && data.val && (last || (vi > 0 && rec.step % vi == 0))) {
       rec.val_loss = validation_loss(model, data.val, config.logging.val_batches);
       summary.final_val_loss = rec.val_loss;
     }
-    metrics << fmt::format(
-        "{{\"step\": {}, \"loss\": {}, \"val_loss\": {}, \"lr\": {}, \"grad_norm\": {}, "
-        "\"tokens\": {}, \"tokens_per_s\": {}, \"mfu\": {}, \"step_seconds\": {}}}\n",
-        rec.step, json_number(rec.loss), json_number(rec.val_loss), json_number(rec.lr),
-        json_number(rec.grad_norm), rec.step * tokens_per_step, json_number(rec.tokens_per_s),
-        json_number(rec.mfu), json_number(rec.seconds));
-    metrics.flush();
-    if (options.log_to_console && (rec.step % config.logging.interval == 0 || rec.step == 1 ||
-                                   last || std::isfinite(rec.val_loss))) {
+    if (lead) {
+      metrics << fmt::format(
+          "{{\"step\": {}, \"loss\": {}, \"val_loss\": {}, \"lr\": {}, \"grad_norm\": {}, "
+          "\"tokens\": {}, \"tokens_per_s\": {}, \"mfu\": {}, \"step_seconds\": {}}}\n",
+          rec.step, json_number(rec.loss), json_number(rec.val_loss), json_number(rec.lr),
+          json_number(rec.grad_norm), rec.step * tokens_per_step, json_number(rec.tokens_per_s),
+          json_number(rec.mfu), json_number(rec.seconds));
+      metrics.flush();
+    }
+    if (console && (rec.step % config.logging.interval == 0 || rec.step == 1 || last ||
+                    std::isfinite(rec.val_loss))) {
       spdlog::info(
           "step {:>6}/{} | loss {:.4f}{} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | MFU {} | "
           "{:.3f} s",
@@ -167,9 +211,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     summary.history.push_back(rec);
     summary.steps = rec.step;
   }
-  if (config.logging.plot && !summary.history.empty()) {
+  if (lead && config.logging.plot && !summary.history.empty()) {
     write_loss_plot((dir / "loss.png").string(), summary.history);
-    if (options.log_to_console)
+    if (console)
       spdlog::info("wrote {} and {}", (dir / "metrics.jsonl").string(),
                    (dir / "loss.png").string());
   }

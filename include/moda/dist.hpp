@@ -1,0 +1,46 @@
+// Data-parallel communication. One interface, implementations: a single process (no MPI needed
+// at run time), MPI over host memory (the CPU backend's ranks, so the data-parallel path runs in
+// CI), and NCCL over device memory (GPU ranks, bootstrapped through MPI).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "moda/backend.hpp"
+
+namespace moda {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual int local_rank() const = 0;  // rank within the node: picks the GPU
+  virtual std::string name() const = 0;
+
+  // In-place sum over ranks of a float32 tensor (master role: gradients, parameters).
+  virtual void all_reduce_sum(const Tensor& values) = 0;
+  // `values` holds `world` equal shards of `shard` elements (the last padded by the caller's
+  // layout); after the call shard rank() holds the sum over ranks of that shard. Other shards
+  // are left unspecified.
+  virtual void reduce_scatter_sum(const Tensor& values, int64_t shard) = 0;
+  // Shard r of `values` comes from rank r; afterwards every rank holds all shards.
+  virtual void all_gather(const Tensor& values, int64_t shard) = 0;
+  // Host-side sum over ranks (losses, token counts, squared norms).
+  virtual void all_reduce_host(std::span<double> values) = 0;
+  // Rank 0's string, on every rank.
+  virtual std::string broadcast(const std::string& value) = 0;
+  virtual void barrier() = 0;
+};
+
+// Single-process when not launched by mpirun/srun; otherwise MPI (CPU backend) or NCCL (CUDA).
+// `device` is the resolved backend kind ("cpu", "cuda").
+std::unique_ptr<Communicator> make_communicator(const std::string& device);
+// After a fatal error in one rank: when several MPI ranks run, abort them all (MPI_Abort) so no
+// rank waits forever in a collective; otherwise does nothing.
+void abort_other_ranks(int exit_code);
+// True when the environment says this process is one of several ranks of an MPI launch.
+bool launched_by_mpi();
+
+}  // namespace moda

@@ -1,0 +1,898 @@
+// MoDA attention. One softmax over the causal sequence keys 0..t of the query's KV head and the
+// S depth slots of token t, computed in two parts that combine exactly through log-sum-exp:
+//
+// Forward
+//   1. sequence part: causal GQA attention -> o_seq, lse_seq. Head sizes 64 and 128 run a
+//      FlashAttention-2 style kernel on tensor cores (mma.sync m16n8k16 bf16, fp32 accumulate,
+//      64 x 64 tiles, K/V double-buffered with cp.async); any other even head size up to 256 runs
+//      a warp-per-query kernel. Without depth slots it writes the output directly; with them it
+//      writes o_seq (fp32) to the workspace.
+//   2. depth part (S > 0), one warp per (token, KV head): scores of the S slots for each of the
+//      G query heads, then lse = logaddexp(lse_seq, lse_depth) and
+//      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j.
+// Backward (dq overwritten; dk, dv and the depth gradients accumulated)
+//   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
+//      in the workspace), dq = the depth slots' contribution, and the slot gradients; the warp
+//      owns its token's slots, so they need no atomics.
+//   2. sequence part: FlashAttention-2 backward on tensor cores (one block per 64 keys of a KV
+//      head, looping over its G query heads and the query tiles at or after the keys; dK and dV
+//      stay in registers, dQ is added with fp32 atomics), or the warp-per-query fallback.
+#include <cmath>
+#include <initializer_list>
+#include <type_traits>
+
+#include "ops.cuh"
+
+namespace moda::cuda {
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct Dims {
+  int B, T, Hq, Hk, d, S, G;
+  int64_t slot_stride;
+  float scale;
+};
+
+Dims dims_of(const AttentionShape& s) {
+  return {static_cast<int>(s.batch),
+          static_cast<int>(s.seq_len),
+          static_cast<int>(s.q_heads),
+          static_cast<int>(s.kv_heads),
+          static_cast<int>(s.head_dim),
+          static_cast<int>(s.slots),
+          static_cast<int>(s.q_heads / s.kv_heads),
+          s.slot_stride,
+          static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)))};
+}
+
+// =============================== warp-per-vector kernels ===============================
+// A warp holds one head vector of d values: lane l owns the pairs at c = 2l + 64i, i < P.
+
+template <int P>
+__device__ __forceinline__ void load_head(const bf16* p, int d, float (&v)[P][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int c = 2 * lane + 64 * i;
+    float2 f = make_float2(0.0f, 0.0f);
+    if (c < d) f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p + c));
+    v[i][0] = f.x;
+    v[i][1] = f.y;
+  }
+}
+
+template <int P>
+__device__ __forceinline__ void load_head(const float* p, int d, float (&v)[P][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int c = 2 * lane + 64 * i;
+    float2 f = make_float2(0.0f, 0.0f);
+    if (c < d) f = *reinterpret_cast<const float2*>(p + c);
+    v[i][0] = f.x;
+    v[i][1] = f.y;
+  }
+}
+
+template <int P>
+__device__ __forceinline__ void store_head(bf16* p, int d, const float (&v)[P][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int c = 2 * lane + 64 * i;
+    if (c < d) *reinterpret_cast<__nv_bfloat162*>(p + c) = __floats2bfloat162_rn(v[i][0], v[i][1]);
+  }
+}
+
+template <int P>
+__device__ __forceinline__ void store_head(float* p, int d, const float (&v)[P][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int c = 2 * lane + 64 * i;
+    if (c < d) *reinterpret_cast<float2*>(p + c) = make_float2(v[i][0], v[i][1]);
+  }
+}
+
+// p[c] += v (plain read-modify-write: the caller owns the vector).
+template <int P>
+__device__ __forceinline__ void add_head(float* p, int d, const float (&v)[P][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int c = 2 * lane + 64 * i;
+    if (c < d) {
+      float2* q = reinterpret_cast<float2*>(p + c);
+      float2 x = *q;
+      x.x += v[i][0];
+      x.y += v[i][1];
+      *q = x;
+    }
+  }
+}
+
+template <int P>
+__device__ __forceinline__ void atomic_add_head(float* p, int d, const float (&v)[P][2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int c = 2 * lane + 64 * i;
+    if (c < d) atomic_add2(p + c, v[i][0], v[i][1]);
+  }
+}
+
+// This lane's share of a . b; warp_sum completes it.
+template <int P>
+__device__ __forceinline__ float partial_dot(const float (&a)[P][2], const float (&b)[P][2]) {
+  float s = 0;
+#pragma unroll
+  for (int i = 0; i < P; ++i) s += a[i][0] * b[i][0] + a[i][1] * b[i][1];
+  return s;
+}
+
+constexpr int kWarpsPerBlock = 4;
+
+// Shared floats per warp of the depth kernels, rounded up to 16 bytes so that every warp's
+// region keeps the alignment of its float2 accesses.
+__host__ __device__ inline int depth_forward_floats(const Dims& s) {
+  return (s.G * (s.d + s.S) + 3) / 4 * 4;  // queries [G][d], scores [G][S]
+}
+__host__ __device__ inline int depth_backward_floats(const Dims& s) {
+  return (3 * s.G * s.d + 2 * s.G + 3) / 4 * 4;  // q, dout, dq [G][d]; lse, delta [G]
+}
+
+// Sequence part, one warp per (row, query head), online softmax over keys 0..t.
+template <int P>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    seq_forward_warp(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                     const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ o_seq,
+                     float* __restrict__ lse) {
+  const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
+  if (w >= int64_t{s.B} * s.T * s.Hq) return;
+  const int h = static_cast<int>(w % s.Hq);
+  const int64_t row = w / s.Hq;
+  const int t = static_cast<int>(row % s.T);
+  const int64_t kv_stride = int64_t{s.Hk} * s.d;
+  const int64_t kv0 = (row - t) * kv_stride + int64_t{h / s.G} * s.d;
+  float qv[P][2], acc[P][2] = {};
+  load_head<P>(q + w * s.d, s.d, qv);
+  float m = -INFINITY, l = 0;
+  for (int j = 0; j <= t; ++j) {
+    float kj[P][2], vj[P][2];
+    load_head<P>(k + kv0 + j * kv_stride, s.d, kj);
+    load_head<P>(v + kv0 + j * kv_stride, s.d, vj);
+    const float sc = warp_sum(partial_dot<P>(qv, kj)) * s.scale;
+    const float m_new = fmaxf(m, sc);
+    const float corr = __expf(m - m_new), p = __expf(sc - m_new);
+    l = l * corr + p;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      acc[i][0] = acc[i][0] * corr + p * vj[i][0];
+      acc[i][1] = acc[i][1] * corr + p * vj[i][1];
+    }
+    m = m_new;
+  }
+  const float inv = 1.0f / l;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    acc[i][0] *= inv;
+    acc[i][1] *= inv;
+  }
+  if (o_seq != nullptr) {
+    store_head<P>(o_seq + w * s.d, s.d, acc);
+  } else {
+    store_head<P>(out + w * s.d, s.d, acc);
+  }
+  if (threadIdx.x % 32 == 0) lse[w] = m + logf(l);
+}
+
+// Sequence part of the backward, one warp per (row, query head); dk, dv by atomics, dq += .
+template <int P>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    seq_backward_warp(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                      const bf16* __restrict__ k, const bf16* __restrict__ v,
+                      const float* __restrict__ lse, const float* __restrict__ delta,
+                      float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv) {
+  const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
+  if (w >= int64_t{s.B} * s.T * s.Hq) return;
+  const int h = static_cast<int>(w % s.Hq);
+  const int64_t row = w / s.Hq;
+  const int t = static_cast<int>(row % s.T);
+  const int64_t kv_stride = int64_t{s.Hk} * s.d;
+  const int64_t kv0 = (row - t) * kv_stride + int64_t{h / s.G} * s.d;
+  float qv[P][2], go[P][2], gq[P][2] = {};
+  load_head<P>(q + w * s.d, s.d, qv);
+  load_head<P>(dout + w * s.d, s.d, go);
+  const float l = lse[w], dl = delta[w];
+  for (int j = 0; j <= t; ++j) {
+    float kj[P][2], vj[P][2];
+    load_head<P>(k + kv0 + j * kv_stride, s.d, kj);
+    load_head<P>(v + kv0 + j * kv_stride, s.d, vj);
+    float sc = partial_dot<P>(qv, kj), dp = partial_dot<P>(go, vj);
+    warp_sum2(sc, dp);
+    const float p = __expf(sc * s.scale - l);
+    const float ds = p * (dp - dl) * s.scale;
+    float gk[P][2], gv[P][2];
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        gq[i][e] += ds * kj[i][e];
+        gk[i][e] = ds * qv[i][e];
+        gv[i][e] = p * go[i][e];
+      }
+    }
+    atomic_add_head<P>(dk + kv0 + j * kv_stride, s.d, gk);
+    atomic_add_head<P>(dv + kv0 + j * kv_stride, s.d, gv);
+  }
+  add_head<P>(dq + w * s.d, s.d, gq);
+}
+
+// Depth part of the forward: one warp per (row, KV head), for its G query heads. Scores: lane j
+// computes slot j's dot products itself (slot rows are read whole, 16 bytes at a time when `vec`),
+// so no shuffle chain sits between a load and the next; then lanes go over dimensions to add
+// the slots' values. Shared memory per warp: the scaled queries [G][d] and scores [G][S].
+template <int P>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    depth_forward_warp(Dims s, bool vec, const bf16* __restrict__ q,
+                       const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
+                       const float* __restrict__ o_seq, bf16* __restrict__ out,
+                       float* __restrict__ lse) {
+  extern __shared__ float depth_fwd_smem[];
+  const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
+  if (w >= int64_t{s.B} * s.T * s.Hk) return;
+  const int lane = threadIdx.x % 32;
+  float* sq = depth_fwd_smem + (threadIdx.x / 32) * depth_forward_floats(s);
+  float* sc = sq + s.G * s.d;
+  const int kvh = static_cast<int>(w % s.Hk);
+  const int64_t row = w / s.Hk;
+  const int64_t slot0 = w * s.d;  // (row * Hk + kvh) * d
+  const int64_t qh0 = row * s.Hq + int64_t{kvh} * s.G;
+  for (int g = 0; g < s.G; ++g) {
+    float qv[P][2];
+    load_head<P>(q + (qh0 + g) * s.d, s.d, qv);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      qv[i][0] *= s.scale;
+      qv[i][1] *= s.scale;
+    }
+    store_head<P>(sq + g * s.d, s.d, qv);
+  }
+  __syncwarp();
+  for (int j = lane; j < s.S; j += 32) {
+    const bf16* kj = depth_k + j * s.slot_stride + slot0;
+    for (int g = 0; g < s.G; ++g) {
+      const float* qg = sq + g * s.d;
+      float acc = 0;
+      if (vec) {
+        for (int c = 0; c < s.d; c += 8) {
+          float kk[8];
+          load8(kj + c, kk);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc += qg[c + i] * kk[i];
+        }
+      } else {
+        for (int c = 0; c < s.d; c += 2) {
+          const float2 kk = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kj + c));
+          acc += qg[c] * kk.x + qg[c + 1] * kk.y;
+        }
+      }
+      sc[g * s.S + j] = acc;
+    }
+  }
+  __syncwarp();
+  for (int g = 0; g < s.G; ++g) {
+    const int64_t qh = qh0 + g;
+    const float* scg = sc + g * s.S;
+    const float l_seq = lse[qh];
+    float m = l_seq;
+    for (int j = lane; j < s.S; j += 32) m = fmaxf(m, scg[j]);
+    m = warp_max(m);
+    float part = 0;
+    for (int j = lane; j < s.S; j += 32) part += __expf(scg[j] - m);
+    const float l = m + logf(warp_sum(part) + __expf(l_seq - m));
+    float acc[P][2];
+    load_head<P>(o_seq + qh * s.d, s.d, acc);
+    const float keep = __expf(l_seq - l);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      acc[i][0] *= keep;
+      acc[i][1] *= keep;
+    }
+#pragma unroll 4
+    for (int j = 0; j < s.S; ++j) {
+      float vj[P][2];
+      load_head<P>(depth_v + j * s.slot_stride + slot0, s.d, vj);
+      const float p = __expf(scg[j] - l);
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        acc[i][0] += p * vj[i][0];
+        acc[i][1] += p * vj[i][1];
+      }
+    }
+    store_head<P>(out + qh * s.d, s.d, acc);
+    if (lane == 0) lse[qh] = l;
+  }
+}
+
+// Depth part of the backward and the backward's preprocessing: delta, dq := depth contribution,
+// d_depth_k/v += . Shared memory per warp: q, dout and dq of the G heads (fp32), lse and delta.
+template <int P>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    depth_backward_warp(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                        const bf16* __restrict__ out, const float* __restrict__ lse,
+                        const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
+                        float* __restrict__ dq, float* __restrict__ d_depth_k,
+                        float* __restrict__ d_depth_v, float* __restrict__ delta) {
+  extern __shared__ float warp_smem[];
+  const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
+  if (w >= int64_t{s.B} * s.T * s.Hk) return;
+  const int gd = s.G * s.d;
+  float* sq = warp_smem + (threadIdx.x / 32) * depth_backward_floats(s);
+  float* sgo = sq + gd;
+  float* sdq = sgo + gd;
+  float* slse = sdq + gd;
+  float* sdelta = slse + s.G;
+  const int kvh = static_cast<int>(w % s.Hk);
+  const int64_t row = w / s.Hk;
+  const int64_t slot0 = w * s.d;
+  const bool leader = threadIdx.x % 32 == 0;
+  for (int g = 0; g < s.G; ++g) {
+    const int64_t qh = row * s.Hq + int64_t{kvh} * s.G + g;
+    float qv[P][2], go[P][2], ov[P][2], zero[P][2] = {};
+    load_head<P>(q + qh * s.d, s.d, qv);
+    load_head<P>(dout + qh * s.d, s.d, go);
+    load_head<P>(out + qh * s.d, s.d, ov);
+    const float dl = warp_sum(partial_dot<P>(go, ov));
+    store_head<P>(sq + g * s.d, s.d, qv);
+    store_head<P>(sgo + g * s.d, s.d, go);
+    store_head<P>(sdq + g * s.d, s.d, zero);
+    if (leader) {
+      delta[qh] = dl;
+      sdelta[g] = dl;
+      slse[g] = lse[qh];
+    }
+  }
+  __syncwarp();
+  for (int j = 0; j < s.S; ++j) {
+    float kj[P][2], vj[P][2], gk[P][2] = {}, gv[P][2] = {};
+    load_head<P>(depth_k + j * s.slot_stride + slot0, s.d, kj);
+    load_head<P>(depth_v + j * s.slot_stride + slot0, s.d, vj);
+    for (int g = 0; g < s.G; ++g) {
+      float qv[P][2], go[P][2], gq[P][2];
+      load_head<P>(sq + g * s.d, s.d, qv);
+      load_head<P>(sgo + g * s.d, s.d, go);
+      float sc = partial_dot<P>(qv, kj), dp = partial_dot<P>(go, vj);
+      warp_sum2(sc, dp);
+      const float p = __expf(sc * s.scale - slse[g]);
+      const float ds = p * (dp - sdelta[g]) * s.scale;
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          gq[i][e] = ds * kj[i][e];
+          gk[i][e] += ds * qv[i][e];
+          gv[i][e] += p * go[i][e];
+        }
+      }
+      add_head<P>(sdq + g * s.d, s.d, gq);
+    }
+    add_head<P>(d_depth_k + j * s.slot_stride + slot0, s.d, gk);
+    add_head<P>(d_depth_v + j * s.slot_stride + slot0, s.d, gv);
+  }
+  for (int g = 0; g < s.G; ++g) {
+    const int64_t qh = row * s.Hq + int64_t{kvh} * s.G + g;
+    float gq[P][2];
+    load_head<P>(sdq + g * s.d, s.d, gq);
+    store_head<P>(dq + qh * s.d, s.d, gq);
+  }
+}
+
+// =============================== tensor-core kernels ===============================
+// Fragment layouts of mma.m16n8k16 (g = lane / 4, t4 = lane % 4):
+//   A 16x16: a0 (g, 2t4..+1)  a1 (g+8, 2t4..)  a2 (g, 2t4+8..)  a3 (g+8, 2t4+8..)
+//   B 16x8 : b0 (k 2t4..+1, n g)  b1 (k 2t4+8.., n g)
+//   C 16x8 : c0,c1 (g, 2t4..+1)  c2,c3 (g+8, 2t4..+1)
+// so two adjacent C tiles of P (16 x 16 keys) are exactly an A fragment (FlashAttention-2).
+// Shared-memory rows are padded by 8 elements (16 bytes), which makes ldmatrix conflict-free.
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// A fragment of k-step kk from the C fragments of n-tiles 2kk and 2kk+1.
+__device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&lo)[4],
+                                       const float (&hi)[4]) {
+  a[0] = pack_bf16(lo[0], lo[1]);
+  a[1] = pack_bf16(lo[2], lo[3]);
+  a[2] = pack_bf16(hi[0], hi[1]);
+  a[3] = pack_bf16(hi[2], hi[3]);
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Rows [r0, r0 + ROWS) of a [T, D] view with row stride `stride` into shared memory (row
+// stride D + 8); rows at or past T are zero-filled.
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int r0,
+                                          int T) {
+  constexpr int kChunks = D / 8;
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += blockDim.x) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const bool valid = r0 + r < T;
+    cp_async16(dst + r * (D + 8) + c, valid ? src + (r0 + r) * stride + c : src, valid);
+  }
+}
+
+constexpr int kTile = 64;  // query rows (forward) and keys (both directions) per block
+constexpr int kMmaThreads = 128;
+
+template <int D>
+constexpr size_t forward_smem() {
+  return sizeof(bf16) * 5 * kTile * (D + 8);  // Q, 2 x K, 2 x V
+}
+
+template <int D>
+__global__ void __launch_bounds__(kMmaThreads)
+    seq_forward_mma(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                    const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ o_seq,
+                    float* __restrict__ lse) {
+  constexpr int kS = D + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sq = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sk = sq + kTile * kS;
+  bf16* sv = sk + 2 * kTile * kS;
+  // The last query tiles have the most keys: start them first.
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int q0 = qt * kTile;
+  const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
+  const bf16* qb = q + (int64_t{b} * s.T * s.Hq + h) * D;
+  const bf16* kb = k + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
+  const bf16* vb = v + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
+  load_tile<D, kTile>(sq, qb, q_stride, q0, s.T);
+  load_tile<D, kTile>(sk, kb, kv_stride, 0, s.T);
+  load_tile<D, kTile>(sv, vb, kv_stride, 0, s.T);
+  cp_async_commit();
+
+  const float sl2 = s.scale * kLog2e;     // scores in log2 units
+  const int row_lo = q0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int n_kt = qt + 1;
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int buf = kt & 1;
+    if (kt + 1 < n_kt) {
+      load_tile<D, kTile>(sk + (buf ^ 1) * kTile * kS, kb, kv_stride, (kt + 1) * kTile, s.T);
+      load_tile<D, kTile>(sv + (buf ^ 1) * kTile * kS, vb, kv_stride, (kt + 1) * kTile, s.T);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (kt == 0) {
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        ldsm_x4(qf[ks], sq + (warp * 16 + lane % 16) * kS + ks * 16 + (lane / 16) * 8);
+      }
+    }
+    const bf16* skb = sk + buf * kTile * kS;
+    const bf16* svb = sv + buf * kTile * kS;
+    float sc[kTile / 8][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+#pragma unroll
+      for (int np = 0; np < kTile / 16; ++np) {
+        uint32_t bb[4];
+        ldsm_x4(bb,
+                skb + (np * 16 + lane % 8 + (lane / 16) * 8) * kS + ks * 16 + ((lane / 8) % 2) * 8);
+        mma16816(sc[2 * np], qf[ks], bb[0], bb[1]);
+        mma16816(sc[2 * np + 1], qf[ks], bb[2], bb[3]);
+      }
+    }
+    const bool diagonal = kt == qt;
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kTile / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = kt * kTile + nt * 8 + t4 * 2 + (e & 1);
+        float x = sc[nt][e] * sl2;
+        if (diagonal && key > row_lo + (e >> 1) * 8) x = -INFINITY;
+        sc[nt][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float m_new = fmaxf(m[i], mx[i]);
+      alpha[i] = exp2f(m[i] - m_new);
+      m[i] = m_new;
+      l[i] *= alpha[i];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kTile / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(sc[nt][e] - m[e >> 1]);
+        sc[nt][e] = p;
+        l[e >> 1] += p;
+      }
+    }
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      o[dn][0] *= alpha[0];
+      o[dn][1] *= alpha[0];
+      o[dn][2] *= alpha[1];
+      o[dn][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      uint32_t a[4];
+      c_to_a(a, sc[2 * kk], sc[2 * kk + 1]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t bb[4];
+        ldsm_x4_t(
+            bb, svb + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kS + dp * 16 + (lane / 16) * 8);
+        mma16816(o[2 * dp], a, bb[0], bb[1]);
+        mma16816(o[2 * dp + 1], a, bb[2], bb[3]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    const int row = row_lo + 8 * i;
+    if (row >= s.T) continue;
+    const float inv = 1.0f / l[i];
+    const int64_t at = ((int64_t{b} * s.T + row) * s.Hq + h) * D;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      const int col = dn * 8 + t4 * 2;
+      const float x0 = o[dn][2 * i] * inv, x1 = o[dn][2 * i + 1] * inv;
+      if (o_seq != nullptr) {
+        *reinterpret_cast<float2*>(o_seq + at + col) = make_float2(x0, x1);
+      } else {
+        *reinterpret_cast<__nv_bfloat162*>(out + at + col) = __floats2bfloat162_rn(x0, x1);
+      }
+    }
+    if (t4 == 0) lse[at / D] = (m[i] + log2f(l[i])) * kLn2;
+  }
+}
+
+template <int D, int BQ>
+constexpr size_t backward_smem() {
+  // K, V (64 rows), Q, dO (BQ rows), dS^T [64][BQ + 8], lse and delta of the query tile.
+  return sizeof(bf16) * (2 * kTile * (D + 8) + 2 * BQ * (D + 8) + kTile * (BQ + 8)) +
+         sizeof(float) * 2 * BQ;
+}
+
+// Keys [64 kt, 64 kt + 64) of one KV head; warp w owns keys 16w..16w+15 of the tile.
+template <int D, int BQ>
+__global__ void __launch_bounds__(kMmaThreads)
+    seq_backward_mma(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                     const bf16* __restrict__ k, const bf16* __restrict__ v,
+                     const float* __restrict__ lse, const float* __restrict__ delta,
+                     float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv) {
+  constexpr int kS = D + 8, kSS = BQ + 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sk = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sv = sk + kTile * kS;
+  bf16* sq = sv + kTile * kS;
+  bf16* sdo = sq + BQ * kS;
+  bf16* sds = sdo + BQ * kS;
+  float* slse = reinterpret_cast<float*>(sds + kTile * kSS);
+  float* sdelta = slse + BQ;
+  const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int k0 = kt * kTile;
+  const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
+  const int64_t kv_base = (int64_t{b} * s.T * s.Hk + kvh) * D;
+  load_tile<D, kTile>(sk, k + kv_base, kv_stride, k0, s.T);
+  load_tile<D, kTile>(sv, v + kv_base, kv_stride, k0, s.T);
+  cp_async_commit();
+
+  const float sl2 = s.scale * kLog2e;
+  const int key_lo = k0 + warp * 16 + g;  // this thread's keys: key_lo and key_lo + 8
+  float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
+  const int n_qt = (s.T + BQ - 1) / BQ;
+  // dQ = dS K: warps split the BQ x D output into 16-row by kCols blocks.
+  constexpr int kRowWarps = BQ / 16, kCols = D / (4 / kRowWarps);
+  const int m0 = (warp % kRowWarps) * 16, c0 = (warp / kRowWarps) * kCols;
+  for (int gi = 0; gi < s.G; ++gi) {
+    const int h = kvh * s.G + gi;
+    const int64_t q_base = (int64_t{b} * s.T * s.Hq + h) * D;
+    for (int qt = k0 / BQ; qt < n_qt; ++qt) {
+      const int q0 = qt * BQ;
+      load_tile<D, BQ>(sq, q + q_base, q_stride, q0, s.T);
+      load_tile<D, BQ>(sdo, dout + q_base, q_stride, q0, s.T);
+      cp_async_commit();
+      for (int i = threadIdx.x; i < BQ; i += kMmaThreads) {
+        const int row = q0 + i;
+        const int64_t at = (int64_t{b} * s.T + row) * s.Hq + h;
+        slse[i] = row < s.T ? lse[at] * kLog2e : INFINITY;  // p = 0 for rows past T
+        sdelta[i] = row < s.T ? delta[at] : 0.0f;
+      }
+      cp_async_wait<0>();
+      __syncthreads();
+
+      // S^T = K_w Q^T and dP^T = V_w dO^T: 16 keys x BQ queries.
+      float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t kf[4], vf[4];
+        ldsm_x4(kf, sk + (warp * 16 + lane % 16) * kS + ks * 16 + (lane / 16) * 8);
+        ldsm_x4(vf, sv + (warp * 16 + lane % 16) * kS + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int np = 0; np < BQ / 16; ++np) {
+          const int at =
+              (np * 16 + lane % 8 + (lane / 16) * 8) * kS + ks * 16 + ((lane / 8) % 2) * 8;
+          uint32_t bq[4], bo[4];
+          ldsm_x4(bq, sq + at);
+          ldsm_x4(bo, sdo + at);
+          mma16816(st[2 * np], kf, bq[0], bq[1]);
+          mma16816(st[2 * np + 1], kf, bq[2], bq[3]);
+          mma16816(dpt[2 * np], vf, bo[0], bo[1]);
+          mma16816(dpt[2 * np + 1], vf, bo[2], bo[3]);
+        }
+      }
+      // P^T and dS^T = P^T (dP^T - delta) * scale; causal: key > query gives p = 0.
+#pragma unroll
+      for (int nt = 0; nt < BQ / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = nt * 8 + t4 * 2 + (e & 1);
+          const int key = key_lo + (e >> 1) * 8;
+          const float p = key > q0 + qi ? 0.0f : exp2f(st[nt][e] * sl2 - slse[qi]);
+          st[nt][e] = p;
+          dpt[nt][e] = p * (dpt[nt][e] - sdelta[qi]) * s.scale;
+        }
+      }
+      // dV += P^T dO and dK += dS^T Q (k = the BQ queries).
+#pragma unroll
+      for (int kk = 0; kk < BQ / 16; ++kk) {
+        uint32_t pa[4], da[4];
+        c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+        c_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          const int at =
+              (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kS + dp * 16 + (lane / 16) * 8;
+          uint32_t bo[4], bq[4];
+          ldsm_x4_t(bo, sdo + at);
+          ldsm_x4_t(bq, sq + at);
+          mma16816(dv_acc[2 * dp], pa, bo[0], bo[1]);
+          mma16816(dv_acc[2 * dp + 1], pa, bo[2], bo[3]);
+          mma16816(dk_acc[2 * dp], da, bq[0], bq[1]);
+          mma16816(dk_acc[2 * dp + 1], da, bq[2], bq[3]);
+        }
+      }
+      // dS^T to shared memory (bf16), rows = keys, for dQ = dS K across all 64 keys.
+#pragma unroll
+      for (int nt = 0; nt < BQ / 8; ++nt) {
+        const int r = warp * 16 + g, c = nt * 8 + t4 * 2;
+        *reinterpret_cast<uint32_t*>(sds + r * kSS + c) = pack_bf16(dpt[nt][0], dpt[nt][1]);
+        *reinterpret_cast<uint32_t*>(sds + (r + 8) * kSS + c) = pack_bf16(dpt[nt][2], dpt[nt][3]);
+      }
+      __syncthreads();
+      float dqa[kCols / 8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4_t(a,
+                  sds + (kk * 16 + lane % 8 + (lane / 16) * 8) * kSS + m0 + ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int dp = 0; dp < kCols / 16; ++dp) {
+          uint32_t bk[4];
+          ldsm_x4_t(bk, sk + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kS + c0 + dp * 16 +
+                            (lane / 16) * 8);
+          mma16816(dqa[2 * dp], a, bk[0], bk[1]);
+          mma16816(dqa[2 * dp + 1], a, bk[2], bk[3]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = q0 + m0 + g + 8 * i;
+        if (row >= s.T) continue;
+        float* dst = dq + q_base + int64_t{row} * q_stride + c0;
+#pragma unroll
+        for (int nt = 0; nt < kCols / 8; ++nt) {
+          atomic_add2(dst + nt * 8 + t4 * 2, dqa[nt][2 * i], dqa[nt][2 * i + 1]);
+        }
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int key = key_lo + 8 * i;
+    if (key >= s.T) continue;
+    const int64_t at = kv_base + int64_t{key} * kv_stride;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int col = nt * 8 + t4 * 2;
+      float2* pk = reinterpret_cast<float2*>(dk + at + col);
+      float2* pv = reinterpret_cast<float2*>(dv + at + col);
+      float2 xk = *pk, xv = *pv;
+      xk.x += dk_acc[nt][2 * i];
+      xk.y += dk_acc[nt][2 * i + 1];
+      xv.x += dv_acc[nt][2 * i];
+      xv.y += dv_acc[nt][2 * i + 1];
+      *pk = xk;
+      *pv = xv;
+    }
+  }
+}
+
+// =============================== dispatch ===============================
+
+template <class F>
+void with_pairs(int d, F&& f) {
+  if (d <= 64) {
+    f(std::integral_constant<int, 1>{});
+  } else if (d <= 128) {
+    f(std::integral_constant<int, 2>{});
+  } else {
+    f(std::integral_constant<int, 4>{});
+  }
+}
+
+void check_shape(const AttentionShape& s) {
+  if (s.head_dim <= 0 || s.head_dim % 2 != 0 || s.head_dim > 256) {
+    throw std::invalid_argument("cuda attention: head_dim must be even and at most 256, got " +
+                                std::to_string(s.head_dim));
+  }
+  if (s.kv_heads <= 0 || s.q_heads % s.kv_heads != 0) {
+    throw std::invalid_argument("cuda attention: q_heads must be a multiple of kv_heads");
+  }
+}
+
+bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
+  if (s.head_dim != 64 && s.head_dim != 128) return false;
+  for (const void* p : ptrs) {
+    if (!aligned16(p)) return false;
+  }
+  return true;
+}
+
+unsigned warp_blocks(int64_t warps) {
+  return static_cast<unsigned>(ceil_div(warps, kWarpsPerBlock));
+}
+
+}  // namespace
+
+int64_t attention_forward_workspace(const AttentionShape& s) {
+  return s.slots > 0 ? s.batch * s.seq_len * s.q_heads * s.head_dim : 0;
+}
+
+int64_t attention_backward_workspace(const AttentionShape& s) {
+  return s.batch * s.seq_len * s.q_heads;
+}
+
+void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
+                       const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
+                       float* workspace, cudaStream_t stream) {
+  check_shape(shape);
+  const Dims s = dims_of(shape);
+  const int64_t rows = int64_t{s.B} * s.T;
+  if (rows == 0) return;
+  float* o_seq = s.S > 0 ? workspace : nullptr;
+  if (use_mma(shape, {q, k, v, out})) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kTile)), static_cast<unsigned>(s.Hq),
+                    static_cast<unsigned>(s.B));
+    const auto launch = [&](auto kernel, size_t smem) {
+      allow_smem(kernel, smem);
+      kernel<<<grid, kMmaThreads, smem, stream>>>(s, q, k, v, out, o_seq, lse);
+    };
+    if (s.d == 64) {
+      launch(seq_forward_mma<64>, forward_smem<64>());
+    } else {
+      launch(seq_forward_mma<128>, forward_smem<128>());
+    }
+  } else {
+    with_pairs(s.d, [&](auto p) {
+      seq_forward_warp<decltype(p)::value>
+          <<<warp_blocks(rows * s.Hq), kWarpsPerBlock * 32, 0, stream>>>(s, q, k, v, out, o_seq,
+                                                                         lse);
+    });
+  }
+  MODA_LAUNCH_CHECK();
+  if (s.S == 0) return;
+  const size_t smem = sizeof(float) * kWarpsPerBlock * static_cast<size_t>(depth_forward_floats(s));
+  const bool vec = s.d % 8 == 0 && s.slot_stride % 8 == 0 && aligned16(depth_k);
+  with_pairs(s.d, [&](auto p) {
+    auto kernel = depth_forward_warp<decltype(p)::value>;
+    allow_smem(kernel, smem);
+    kernel<<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, smem, stream>>>(
+        s, vec, q, depth_k, depth_v, o_seq, out, lse);
+  });
+  MODA_LAUNCH_CHECK();
+}
+
+void attention_backward(const AttentionShape& shape, const bf16* dout, const bf16* q, const bf16* k,
+                        const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
+                        const float* lse, float* dq, float* dk, float* dv, float* d_depth_k,
+                        float* d_depth_v, float* workspace, cudaStream_t stream) {
+  check_shape(shape);
+  const Dims s = dims_of(shape);
+  const int64_t rows = int64_t{s.B} * s.T;
+  if (rows == 0) return;
+  float* delta = workspace;
+  const size_t smem =
+      sizeof(float) * kWarpsPerBlock * static_cast<size_t>(depth_backward_floats(s));
+  with_pairs(s.d, [&](auto p) {
+    auto kernel = depth_backward_warp<decltype(p)::value>;
+    allow_smem(kernel, smem);
+    kernel<<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, smem, stream>>>(
+        s, dout, q, out, lse, depth_k, depth_v, dq, d_depth_k, d_depth_v, delta);
+  });
+  MODA_LAUNCH_CHECK();
+  if (use_mma(shape, {dout, q, k, v})) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kTile)), static_cast<unsigned>(s.Hk),
+                    static_cast<unsigned>(s.B));
+    const auto launch = [&](auto kernel, size_t smem_bytes) {
+      allow_smem(kernel, smem_bytes);
+      kernel<<<grid, kMmaThreads, smem_bytes, stream>>>(s, dout, q, k, v, lse, delta, dq, dk, dv);
+    };
+    // 128-wide heads take 32-query tiles to keep dK, dV and the score tiles in registers.
+    if (s.d == 64) {
+      launch(seq_backward_mma<64, 64>, backward_smem<64, 64>());
+    } else {
+      launch(seq_backward_mma<128, 32>, backward_smem<128, 32>());
+    }
+  } else {
+    with_pairs(s.d, [&](auto p) {
+      seq_backward_warp<decltype(p)::value>
+          <<<warp_blocks(rows * s.Hq), kWarpsPerBlock * 32, 0, stream>>>(s, dout, q, k, v, lse,
+                                                                         delta, dq, dk, dv);
+    });
+  }
+  MODA_LAUNCH_CHECK();
+}
+
+}  // namespace moda::cuda

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# End-to-end training throughput on one GPU: the tiny default, then the 700M and 1.5B OLMo2 and
+# MoDA (+ FFN KV) configs of configs/paper/ for a few steps each, on the embedded corpus (byte
+# tokens; the model keeps its full 100K vocabulary, so every layer costs what it costs on real
+# data). Prints the trainer's own log lines; the steady-state tokens/s is the median of the
+# steps after the first few.
+# Usage: scripts/gpu_train_bench.sh [dist-dir] [steps]
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+dist="${1:-$repo/dist-cuda}"
+steps="${2:-12}"
+out="${OUT:-/tmp/moda_bench}"
+mkdir -p "$out"
+common=(--set runtime.device=cuda --set "data.train=[embedded]" --set "data.val=[]"
+        --set data.tokenizer=byte --set schedule.total_steps="$steps" --set schedule.warmup_steps=2
+        --set logging.val_interval=0 --set logging.val_batches=1 --set logging.interval=1
+        --set logging.plot=false)
+run() {
+  local name="$1"; shift
+  echo "== $name"
+  "$dist/moda" train "$@" "${common[@]}" --set logging.dir="$out/$name" > "$out/$name.log" 2>&1 || {
+    tail -5 "$out/$name.log"; return 0; }
+  grep -E "backend:|model:" "$out/$name.log" | sed 's/^.*\] //'
+  # Median tokens/s over steps 4.. (the first steps include cuBLASLt autotuning).
+  python3 - "$out/$name/metrics.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+steady = [r for r in rows if r["step"] > 3] or rows
+tps = statistics.median(r["tokens_per_s"] for r in steady)
+mfu = statistics.median(r["mfu"] for r in steady if r["mfu"] is not None) if steady[0]["mfu"] is not None else float("nan")
+print(f"   steps {len(rows)}, loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}, median {tps:,.0f} tok/s, MFU {100*mfu:.1f}%")
+PY
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader 2>/dev/null | head -1 || true
+}
+"$dist/moda" train --set runtime.device=cuda --set logging.dir="$out/tiny" > "$out/tiny.log" 2>&1 && \
+  grep -E "step +(1|50|100|150)/" "$out/tiny.log" | sed 's/^.*\] //'
+p="$repo/configs/paper"
+run olmo2_700m --config "$p/table3_row1_olmo2_36l.yaml" --set batch.micro_batch=4 --set batch.global_batch=4
+run moda_700m --config "$p/table3_row4_moda_ffn_kv.yaml" --set batch.micro_batch=4 --set batch.global_batch=4
+run olmo2_1p5b --config "$p/olmo2_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2
+run moda_1p5b --config "$p/moda_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2

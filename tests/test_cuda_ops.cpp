@@ -1,0 +1,864 @@
+// GPU tests: every op of the CUDA backend against the float64 CPU backend on random data, and
+// whole models (every variant) on both backends with the same parameters and tokens. Inputs are
+// rounded through the GPU's storage dtype first, and a backward op gets the GPU forward's saved
+// outputs on both sides, so the errors measure one op's GPU arithmetic alone. Errors are
+// ||gpu - ref|| / ||ref|| in double; for fp32 outputs that accumulate (+=) they are taken over
+// the added part only (a bf16 output is rounded as a whole, so it is compared as a whole).
+//
+// Tolerances (bf16 storage rounds each value by up to 2^-9 relative, ~1.6e-3 RMS):
+//   bf16 outputs of one op                      5e-3 (one rounding of the result)
+//   attention outputs and gradients             1e-2 (P and dS pass through bf16 for the MMAs)
+//   LM head dx, dW                              1e-2 (logit gradients are bf16 for the GEMMs)
+//   fp32 outputs from identical bf16 inputs     1e-5 (fp32 accumulation only); 1e-4 where an
+//                                               fp32 sum runs over rows in another order
+//   rstd of add_then_norm                       2e-3 (the GPU normalizes the bf16-rounded sum)
+//   AdamW (fp32 state)                          1e-6
+//   whole model: logits 2e-2, loss 5e-3, each parameter gradient 5e-2 (three layers of bf16
+//   activations between input and loss)
+// Each check prints its measured error; the "[.][gpu_bench]" case times the ops at the 700M
+// shape (it is hidden: run it by its tag).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moda/backend.hpp"
+#include "moda/model.hpp"
+#include "test_util.hpp"
+
+#ifdef MODA_HAVE_CUDA
+#include "moda/cuda_backend.hpp"
+#endif
+
+using namespace moda;
+
+namespace {
+
+bool gpu_visible() {
+#ifdef MODA_HAVE_CUDA
+  return cuda_device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+#define MODA_REQUIRE_GPU()                    \
+  do {                                        \
+    if (!gpu_visible()) {                     \
+      WARN("moda: no GPU visible, skipping"); \
+      return;                                 \
+    }                                         \
+  } while (0)
+
+constexpr double kBf16Tol = 5e-3;
+constexpr double kAttnTol = 1e-2;
+constexpr double kF32Tol = 1e-5;
+
+// One tensor on each backend with identical contents.
+struct Twin {
+  Tensor gpu, cpu;
+};
+
+class Harness {
+ public:
+  Harness() : Harness(make_backend("cuda", 0)) {}
+  explicit Harness(std::unique_ptr<Backend> gpu)
+      : gpu_(std::move(gpu)), cpu_(make_backend("cpu64", 0)) {}
+  ~Harness() {
+    for (Twin& t : twins_) {
+      gpu_->release(t.gpu);
+      cpu_->release(t.cpu);
+    }
+  }
+  Backend& gpu() { return *gpu_; }
+  Backend& cpu() { return *cpu_; }
+
+  // The values as the GPU stores them in `role`, given to the CPU side as well.
+  Twin values(Role role, std::span<const double> v) {
+    const auto n = static_cast<int64_t>(v.size());
+    Twin t{gpu_->alloc(role, n), cpu_->alloc(role, n)};
+    gpu_->upload(t.gpu, v);
+    cpu_->upload(t.cpu, gpu_values(t));
+    twins_.push_back(t);
+    return t;
+  }
+  Twin random(Role role, int64_t n, uint64_t seed, double std_dev = 1.0, double mean = 0.0) {
+    return values(role, test::random_normal(static_cast<size_t>(n), seed, std_dev, mean));
+  }
+  Twin tokens(std::span<const int32_t> ids) {
+    const auto n = static_cast<int64_t>(ids.size());
+    Twin t{gpu_->alloc(Role::index, n), cpu_->alloc(Role::index, n)};
+    gpu_->upload_tokens(t.gpu, ids);
+    cpu_->upload_tokens(t.cpu, ids);
+    twins_.push_back(t);
+    return t;
+  }
+
+  std::vector<double> gpu_values(const Twin& t) {
+    std::vector<double> v(static_cast<size_t>(t.gpu.numel));
+    gpu_->download(t.gpu, v);
+    return v;
+  }
+  std::vector<double> cpu_values(const Twin& t) {
+    std::vector<double> v(static_cast<size_t>(t.cpu.numel));
+    cpu_->download(t.cpu, v);
+    return v;
+  }
+  // Gives the CPU side what the GPU side holds (a forward's outputs before a backward).
+  void share_gpu(const Twin& t) { cpu_->upload(t.cpu, gpu_values(t)); }
+  // ||gpu - base||
+  double gpu_norm(const Twin& t, const std::vector<double>& base) {
+    const std::vector<double> g = gpu_values(t);
+    double ss = 0;
+    for (size_t i = 0; i < g.size(); ++i) ss += (g[i] - base[i]) * (g[i] - base[i]);
+    return std::sqrt(ss);
+  }
+
+  // Checks ||gpu - cpu|| / ||cpu - base|| (base: what an accumulating output held before).
+  void check(const Twin& t, double tol, const std::string& what,
+             const std::vector<double>& base = {}) {
+    std::vector<double> g = gpu_values(t), c = cpu_values(t);
+    if (!base.empty()) {
+      for (size_t i = 0; i < g.size(); ++i) {
+        g[i] -= base[i];
+        c[i] -= base[i];
+      }
+    }
+    const double err = test::rel_error(g, c);
+    fmt::print("moda gpu: {:<70} rel err {:.3e} (tol {:.0e})\n", what, err, tol);
+    INFO(what << ": relative error " << err << " above " << tol);
+    CHECK(err <= tol);
+  }
+
+ private:
+  std::unique_ptr<Backend> gpu_, cpu_;
+  std::vector<Twin> twins_;
+};
+
+}  // namespace
+
+TEST_CASE("cuda backend: memory, transfers and dtype conversion", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  auto gpu = make_backend("cuda", 0);
+  CHECK(gpu->dtype_of(Role::weight) == DType::bf16);
+  CHECK(gpu->dtype_of(Role::activation) == DType::bf16);
+  CHECK(gpu->dtype_of(Role::master) == DType::f32);
+  CHECK(gpu->dtype_of(Role::accum) == DType::f32);
+  CHECK(gpu->dtype_of(Role::stat) == DType::f32);
+  CHECK(gpu->dtype_of(Role::index) == DType::i32);
+
+  const int64_t n = 1001;
+  const std::vector<double> values = test::random_normal(static_cast<size_t>(n), 3, 10.0);
+  std::vector<double> back(static_cast<size_t>(n), -1.0);
+  Tensor f = gpu->alloc(Role::master, n);
+  gpu->download(f, back);
+  CHECK(std::all_of(back.begin(), back.end(), [](double x) { return x == 0.0; }));
+  gpu->upload(f, values);
+  gpu->download(f, back);
+  for (int64_t i = 0; i < n; ++i) {
+    REQUIRE(back[i] == static_cast<double>(static_cast<float>(values[i])));
+  }
+
+  Tensor b = gpu->alloc(Role::weight, n);
+  gpu->upload(b, values);
+  std::vector<double> rounded(static_cast<size_t>(n));
+  gpu->download(b, rounded);
+  double worst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    worst = std::max(worst, std::abs(rounded[i] - values[i]) / std::abs(values[i]));
+  }
+  CHECK(worst <= std::ldexp(1.0, -8));
+
+  // fp32 -> bf16 copy rounds like the upload; bf16 -> fp32 is exact.
+  Tensor b2 = gpu->alloc(Role::activation, n);
+  gpu->copy(b2, f);
+  gpu->download(b2, back);
+  CHECK(back == rounded);
+  gpu->copy(f, b);
+  gpu->download(f, back);
+  CHECK(back == rounded);
+
+  // zero() of a slice touches only the slice.
+  gpu->zero(f.slice(100, 50));
+  gpu->download(f, back);
+  for (int64_t i = 0; i < n; ++i) {
+    REQUIRE(back[i] == (i >= 100 && i < 150 ? 0.0 : rounded[i]));
+  }
+
+  Tensor tok = gpu->alloc(Role::index, 7);
+  const std::vector<int32_t> ids{5, 0, 99, 3, 3, 100351, 42};
+  gpu->upload_tokens(tok, ids);
+  gpu->download(tok, back = std::vector<double>(7));
+  for (size_t i = 0; i < ids.size(); ++i) REQUIRE(back[i] == ids[i]);
+
+  CHECK_THROWS(gpu->copy(f, tok.slice(0, 5)));
+  for (Tensor* t : {&f, &b, &b2, &tok}) gpu->release(*t);
+}
+
+TEST_CASE("cuda backend: embedding", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  for (int64_t dim : {64, 12}) {
+    Harness h;
+    const int64_t rows = 37, vocab = 20;
+    const auto ids = test::random_tokens(static_cast<size_t>(rows), vocab, 7);
+    Twin tok = h.tokens(ids);
+    Twin table = h.random(Role::weight, vocab * dim, 1);
+    Twin out = h.random(Role::activation, rows * dim, 2);
+    for (Backend* be : {&h.gpu(), &h.cpu()}) {
+      const bool g = be == &h.gpu();
+      be->embedding_forward(g ? tok.gpu : tok.cpu, g ? table.gpu : table.cpu, g ? out.gpu : out.cpu,
+                            rows, dim);
+    }
+    h.check(out, 0.0, fmt::format("embedding forward dim={}", dim));
+    Twin dout = h.random(Role::activation, rows * dim, 3);
+    Twin dtable = h.random(Role::master, vocab * dim, 4);
+    const auto base = h.cpu_values(dtable);
+    h.gpu().embedding_backward(tok.gpu, dout.gpu, dtable.gpu, rows, dim);
+    h.cpu().embedding_backward(tok.cpu, dout.cpu, dtable.cpu, rows, dim);
+    h.check(dtable, kF32Tol, fmt::format("embedding backward dim={}", dim), base);
+  }
+}
+
+TEST_CASE("cuda backend: matmul forward and backward", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  struct Shape {
+    int64_t m, n, k;
+  };
+  for (const Shape& s : {Shape{37, 50, 24}, Shape{1, 8, 16}, Shape{65, 129, 72},
+                         Shape{128, 256, 128}, Shape{33, 1000, 64}, Shape{7, 13, 5}}) {
+    for (bool acc : {false, true}) {
+      Harness h;
+      const std::string tag = fmt::format("m={} n={} k={} accumulate={}", s.m, s.n, s.k, acc);
+      const double wstd = 1.0 / std::sqrt(static_cast<double>(s.k));
+      Twin x = h.random(Role::activation, s.m * s.k, 1);
+      Twin w = h.random(Role::weight, s.n * s.k, 2, wstd);
+      Twin y = h.random(Role::activation, s.m * s.n, 3);
+      Twin y32 = h.random(Role::stat, s.m * s.n, 4);
+      const auto y32_base = h.cpu_values(y32);
+      for (Backend* be : {&h.gpu(), &h.cpu()}) {
+        const bool g = be == &h.gpu();
+        be->matmul(g ? y.gpu : y.cpu, g ? x.gpu : x.cpu, g ? w.gpu : w.cpu, s.m, s.n, s.k, acc);
+        be->matmul(g ? y32.gpu : y32.cpu, g ? x.gpu : x.cpu, g ? w.gpu : w.cpu, s.m, s.n, s.k, acc);
+      }
+      h.check(y, kBf16Tol, "matmul bf16 out " + tag);
+      h.check(y32, kF32Tol, "matmul fp32 out " + tag, acc ? y32_base : std::vector<double>{});
+
+      Twin dy = h.random(Role::activation, s.m * s.n, 5);
+      Twin dx = h.random(Role::activation, s.m * s.k, 6);
+      Twin dw = h.random(Role::master, s.n * s.k, 7);
+      const auto dw_base = h.cpu_values(dw);
+      for (Backend* be : {&h.gpu(), &h.cpu()}) {
+        const bool g = be == &h.gpu();
+        be->matmul_backward(g ? dy.gpu : dy.cpu, g ? x.gpu : x.cpu, g ? w.gpu : w.cpu,
+                            g ? dx.gpu : dx.cpu, g ? dw.gpu : dw.cpu, s.m, s.n, s.k, acc);
+      }
+      h.check(dx, kBf16Tol, "matmul din " + tag);
+      h.check(dw, kF32Tol, "matmul dweight " + tag, dw_base);
+      // Without din: the weight gradient alone.
+      const auto dw_base2 = h.cpu_values(dw);
+      for (Backend* be : {&h.gpu(), &h.cpu()}) {
+        const bool g = be == &h.gpu();
+        be->matmul_backward(g ? dy.gpu : dy.cpu, g ? x.gpu : x.cpu, g ? w.gpu : w.cpu, Tensor{},
+                            g ? dw.gpu : dw.cpu, s.m, s.n, s.k, false);
+      }
+      h.check(dw, kF32Tol, "matmul dweight only " + tag, dw_base2);
+    }
+  }
+}
+
+TEST_CASE("cuda backend: rmsnorm and fused residual norms", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  const double eps = 1e-6;
+  for (int64_t cols : {64, 100, 1024}) {
+    Harness h;
+    const int64_t rows = 37, n = rows * cols;
+    Twin x = h.random(Role::activation, n, 1, 2.0);
+    Twin br = h.random(Role::activation, n, 2);
+    Twin w = h.random(Role::weight, cols, 3, 0.2, 1.0);
+    Twin out = h.random(Role::activation, n, 4);
+    Twin sum = h.random(Role::activation, n, 5);
+    Twin rstd = h.random(Role::stat, rows, 6);
+    const auto run_both = [&](const std::function<void(Backend&, bool)>& f) {
+      f(h.gpu(), true);
+      f(h.cpu(), false);
+    };
+    const auto T = [](const Twin& t, bool g) { return g ? t.gpu : t.cpu; };
+    run_both([&](Backend& be, bool g) {
+      be.rmsnorm_forward(T(x, g), T(w, g), T(out, g), T(rstd, g), rows, cols, eps);
+    });
+    h.check(out, kBf16Tol, fmt::format("rmsnorm forward cols={}", cols));
+    h.check(rstd, kF32Tol, fmt::format("rmsnorm rstd cols={}", cols));
+    run_both([&](Backend& be, bool g) {
+      be.residual_norm_forward(ResidualNorm::norm_then_add, T(x, g), T(br, g), T(w, g), Tensor{},
+                               T(out, g), T(rstd, g), rows, cols, eps);
+    });
+    h.check(out, kBf16Tol, fmt::format("norm_then_add forward cols={}", cols));
+    h.check(rstd, kF32Tol, fmt::format("norm_then_add rstd cols={}", cols));
+    run_both([&](Backend& be, bool g) {
+      be.residual_norm_forward(ResidualNorm::add_then_norm, T(x, g), T(br, g), T(w, g), T(sum, g),
+                               T(out, g), T(rstd, g), rows, cols, eps);
+    });
+    h.check(sum, kBf16Tol, fmt::format("add_then_norm sum cols={}", cols));
+    h.check(out, kBf16Tol, fmt::format("add_then_norm forward cols={}", cols));
+    h.check(rstd, 2e-3, fmt::format("add_then_norm rstd cols={} (of the rounded sum)", cols));
+    // The backward reads the forward's saved sum and rstd: the GPU's, on both sides.
+    h.share_gpu(sum);
+    h.share_gpu(rstd);
+    for (bool acc : {false, true}) {
+      Twin dy = h.random(Role::activation, n, 7);
+      Twin dx = h.random(Role::activation, n, 8);
+      Twin dw = h.random(Role::master, cols, 9);
+      const auto dw_base = h.cpu_values(dw);
+      run_both([&](Backend& be, bool g) {
+        be.residual_norm_backward(ResidualNorm::add_then_norm, T(dy, g), T(sum, g), T(w, g),
+                                  T(rstd, g), T(dx, g), T(dw, g), rows, cols, acc);
+      });
+      const std::string tag = fmt::format("cols={} accumulate={}", cols, acc);
+      h.check(dx, kBf16Tol, "rmsnorm backward din " + tag);
+      h.check(dw, 1e-4, "rmsnorm backward dweight " + tag, dw_base);
+    }
+  }
+}
+
+TEST_CASE("cuda backend: QK-norm + RoPE", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  struct Case {
+    int64_t d, nq, nk, col0, extra;
+  };
+  // Vector path (d/2 % 8 == 0, aligned columns), scalar paths (small heads, odd offsets), and
+  // depth projections (nq = 0) at an offset inside a wider row.
+  for (const Case& c :
+       {Case{64, 4, 2, 0, 0}, Case{128, 2, 1, 0, 16}, Case{16, 6, 2, 0, 0}, Case{8, 6, 2, 0, 0},
+        Case{4, 2, 2, 0, 3}, Case{64, 0, 2, 256, 0}, Case{64, 4, 2, 3, 5}}) {
+    Harness h;
+    const int64_t B = 2, T = 17, rows = B * T;
+    const int64_t qw = c.nq * c.d, kw = c.nk * c.d;
+    const int64_t ld = c.col0 + qw + 2 * kw + c.extra;
+    const std::string tag =
+        fmt::format("d={} q_heads={} kv_heads={} col0={} ld={}", c.d, c.nq, c.nk, c.col0, ld);
+    for (Backend* be : {&h.gpu(), &h.cpu()}) be->init_rope(32, c.d, 10000.0);
+    const Backend::QkvLayout l{rows, T, ld, c.col0, c.nq, c.nk, c.d, 1e-6};
+    Twin raw = h.random(Role::activation, rows * ld, 1, 2.0);
+    Twin qwt = h.random(Role::weight, std::max<int64_t>(qw, 1), 2, 0.2, 1.0);
+    Twin kwt = h.random(Role::weight, kw, 3, 0.2, 1.0);
+    Twin q = h.random(Role::activation, std::max<int64_t>(rows * qw, 1), 4);
+    Twin k = h.random(Role::activation, rows * kw, 5);
+    Twin v = h.random(Role::activation, rows * kw, 6);
+    Twin qr = h.random(Role::stat, rows, 7);
+    Twin kr = h.random(Role::stat, rows, 8);
+    const auto T_ = [&](const Twin& t, bool g) { return g ? t.gpu : t.cpu; };
+    const auto Q = [&](const Twin& t, bool g) { return c.nq > 0 ? T_(t, g) : Tensor{}; };
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      be.qkv_norm_rope_forward(l, T_(raw, g), Q(qwt, g), T_(kwt, g), Q(q, g), T_(k, g), T_(v, g),
+                               Q(qr, g), T_(kr, g));
+    }
+    if (c.nq > 0) {
+      h.check(q, kBf16Tol, "qkv forward q " + tag);
+      h.check(qr, kF32Tol, "qkv forward q_rstd " + tag);
+    }
+    h.check(k, kBf16Tol, "qkv forward k " + tag);
+    h.check(kr, kF32Tol, "qkv forward k_rstd " + tag);
+    h.check(v, 0.0, "qkv forward v " + tag);
+
+    h.share_gpu(qr);
+    h.share_gpu(kr);
+    Twin dq = h.random(Role::accum, std::max<int64_t>(rows * qw, 1), 9);
+    Twin dk = h.random(Role::accum, rows * kw, 10);
+    Twin dv = h.random(Role::accum, rows * kw, 11);
+    Twin draw = h.random(Role::activation, rows * ld, 12);
+    Twin dqw = h.random(Role::master, std::max<int64_t>(qw, 1), 13);
+    Twin dkw = h.random(Role::master, kw, 14);
+    const auto dqw_base = h.cpu_values(dqw), dkw_base = h.cpu_values(dkw);
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      be.qkv_norm_rope_backward(l, T_(raw, g), Q(qwt, g), T_(kwt, g), Q(qr, g), T_(kr, g), Q(dq, g),
+                                T_(dk, g), T_(dv, g), T_(draw, g), Q(dqw, g), T_(dkw, g));
+    }
+    h.check(draw, kBf16Tol, "qkv backward draw " + tag);
+    if (c.nq > 0) h.check(dqw, 1e-4, "qkv backward dq_weight " + tag, dqw_base);
+    h.check(dkw, 1e-4, "qkv backward dk_weight " + tag, dkw_base);
+  }
+}
+
+TEST_CASE("cuda backend: SwiGLU", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  for (auto [hidden, extra] : {std::pair<int64_t, int64_t>{64, 0}, {64, 32}, {12, 5}}) {
+    Harness h;
+    const int64_t rows = 37, ld = 2 * hidden + extra;
+    const std::string tag = fmt::format("hidden={} ld={}", hidden, ld);
+    Twin in = h.random(Role::activation, rows * ld, 1, 2.0);
+    Twin out = h.random(Role::activation, rows * hidden, 2);
+    Twin dout = h.random(Role::activation, rows * hidden, 3);
+    Twin din = h.random(Role::activation, rows * ld, 4);
+    h.gpu().swiglu_forward(in.gpu, out.gpu, rows, hidden, ld);
+    h.cpu().swiglu_forward(in.cpu, out.cpu, rows, hidden, ld);
+    h.check(out, kBf16Tol, "swiglu forward " + tag);
+    h.gpu().swiglu_backward(dout.gpu, in.gpu, din.gpu, rows, hidden, ld);
+    h.cpu().swiglu_backward(dout.cpu, in.cpu, din.cpu, rows, hidden, ld);
+    h.check(din, kBf16Tol, "swiglu backward " + tag);
+  }
+}
+
+TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  // 64 and 128 take the tensor-core kernels, 8 and 4 the warp kernels.
+  for (int64_t d : {64, 128, 8, 4}) {
+    for (int64_t group : {1, 2, 3}) {
+      for (int64_t slots : {0, 1, 3}) {
+        for (int64_t T : {1, 33, 130}) {
+          Harness h;
+          const int64_t B = 2, Hk = 2, Hq = Hk * group, R = B * T;
+          const int64_t qn = R * Hq * d, kn = R * Hk * d;
+          // A gap between slots checks that slot_stride, not the slot size, is used.
+          const int64_t stride = kn + 64, depth_n = slots > 0 ? (slots - 1) * stride + kn : 0;
+          const AttentionShape shape{B, T, Hq, Hk, d, slots, stride};
+          const std::string tag = fmt::format("d={} G={} S={} T={}", d, group, slots, T);
+          Twin q = h.random(Role::activation, qn, 1);
+          Twin k = h.random(Role::activation, kn, 2);
+          Twin v = h.random(Role::activation, kn, 3);
+          Twin dk_s = h.random(Role::activation, std::max<int64_t>(depth_n, 1), 4);
+          Twin dv_s = h.random(Role::activation, std::max<int64_t>(depth_n, 1), 5);
+          Twin out = h.random(Role::activation, qn, 6);
+          Twin lse = h.random(Role::stat, R * Hq, 7);
+          const auto S_ = [&](const Twin& t, bool g) {
+            return slots > 0 ? (g ? t.gpu : t.cpu) : Tensor{};
+          };
+          for (bool g : {true, false}) {
+            Backend& be = g ? h.gpu() : h.cpu();
+            be.attention_forward(shape, g ? q.gpu : q.cpu, g ? k.gpu : k.cpu, g ? v.gpu : v.cpu,
+                                 S_(dk_s, g), S_(dv_s, g), g ? out.gpu : out.cpu,
+                                 g ? lse.gpu : lse.cpu);
+          }
+          h.check(out, kAttnTol, "attention forward out " + tag);
+          h.check(lse, 1e-4, "attention forward lse " + tag);
+          h.share_gpu(out);
+          h.share_gpu(lse);
+
+          Twin dout = h.random(Role::activation, qn, 8);
+          Twin dq = h.random(Role::accum, qn, 9);
+          Twin dk = h.random(Role::accum, kn, 10, 0.1);
+          Twin dv = h.random(Role::accum, kn, 11, 0.1);
+          Twin ddk = h.random(Role::accum, std::max<int64_t>(depth_n, 1), 12, 0.1);
+          Twin ddv = h.random(Role::accum, std::max<int64_t>(depth_n, 1), 13, 0.1);
+          const auto dk_base = h.cpu_values(dk), dv_base = h.cpu_values(dv);
+          const auto ddk_base = h.cpu_values(ddk), ddv_base = h.cpu_values(ddv);
+          for (bool g : {true, false}) {
+            Backend& be = g ? h.gpu() : h.cpu();
+            const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+            be.attention_backward(shape, P(dout), P(q), P(k), P(v), S_(dk_s, g), S_(dv_s, g),
+                                  P(out), P(lse), P(dq), P(dk), P(dv), S_(ddk, g), S_(ddv, g));
+          }
+          h.check(dv, kAttnTol, "attention backward dv " + tag, dv_base);
+          if (T == 1 && slots == 0) {
+            // One key per query: p = 1 and dp = delta, so dq and dk are zero up to rounding.
+            const double scale = h.gpu_norm(dv, dv_base);
+            const auto zeros = std::vector<double>(static_cast<size_t>(qn), 0.0);
+            CHECK(h.gpu_norm(dq, zeros) <= 1e-2 * scale);
+            CHECK(h.gpu_norm(dk, dk_base) <= 1e-2 * scale);
+          } else {
+            h.check(dq, kAttnTol, "attention backward dq " + tag);
+            h.check(dk, kAttnTol, "attention backward dk " + tag, dk_base);
+          }
+          if (slots > 0) {
+            // Only slot rows are compared: the gap between slots must stay untouched too.
+            h.check(ddk, kAttnTol, "attention backward d_depth_k " + tag, ddk_base);
+            h.check(ddv, kAttnTol, "attention backward d_depth_v " + tag, ddv_base);
+          }
+        }
+      }
+    }
+  }
+}
+
+#ifdef MODA_HAVE_CUDA
+TEST_CASE("cuda backend: LM head + cross-entropy + z-loss", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  struct Case {
+    int64_t rows, dim, vocab;
+    size_t budget;  // 0: the default workspace
+  };
+  // Vector and scalar row paths, several row chunks, and the full padded dolma2 vocabulary.
+  for (const Case& c : {Case{37, 64, 1000, 0}, Case{37, 64, 999, 0}, Case{37, 48, 1000, 48000},
+                        Case{64, 64, 100352, 0}}) {
+    CudaBackendOptions options;
+    if (c.budget > 0) options.lm_head_workspace_bytes = c.budget;
+    Harness h(make_cuda_backend(options));
+    const std::string tag =
+        fmt::format("rows={} dim={} vocab={} workspace={}", c.rows, c.dim, c.vocab, c.budget);
+    const double z = 1e-2, scale = 1.0 / static_cast<double>(c.rows);
+    Twin x = h.random(Role::activation, c.rows * c.dim, 1);
+    Twin w =
+        h.random(Role::weight, c.vocab * c.dim, 2, 2.0 / std::sqrt(static_cast<double>(c.dim)));
+    Twin tgt = h.tokens(test::random_tokens(static_cast<size_t>(c.rows), c.vocab, 3));
+    Twin ce = h.random(Role::stat, c.rows, 4);
+    Twin lse = h.random(Role::stat, c.rows, 5);
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+      be.lm_head_cross_entropy(P(x), P(w), P(tgt), P(ce), P(lse), Tensor{}, Tensor{}, c.rows, c.dim,
+                               c.vocab, z, scale);
+    }
+    h.check(ce, 1e-4, "lm head forward ce " + tag);
+    h.check(lse, 1e-4, "lm head forward lse " + tag);
+
+    Twin dx = h.random(Role::activation, c.rows * c.dim, 6);
+    Twin dw = h.random(Role::master, c.vocab * c.dim, 7, 0.01);
+    const auto dw_base = h.cpu_values(dw);
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+      be.lm_head_cross_entropy(P(x), P(w), P(tgt), P(ce), P(lse), P(dx), P(dw), c.rows, c.dim,
+                               c.vocab, z, scale);
+    }
+    h.check(ce, 1e-4, "lm head ce " + tag);
+    h.check(lse, 1e-4, "lm head lse " + tag);
+    h.check(dx, 1e-2, "lm head dx " + tag);
+    h.check(dw, 1e-2, "lm head dweight " + tag, dw_base);
+
+    Twin logits = h.random(Role::stat, c.rows * c.vocab, 8);
+    h.gpu().lm_head_logits(x.gpu, w.gpu, logits.gpu, c.rows, c.dim, c.vocab);
+    h.cpu().lm_head_logits(x.cpu, w.cpu, logits.cpu, c.rows, c.dim, c.vocab);
+    h.check(logits, kF32Tol, "lm head logits " + tag);
+  }
+}
+#endif
+
+TEST_CASE("cuda backend: AdamW and segment sums of squares", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  Harness h;
+  const int64_t n = 1003;
+  Twin master = h.random(Role::master, n, 1);
+  Twin grad = h.random(Role::master, n, 2);
+  Twin m = h.random(Role::master, n, 3, 0.1);
+  auto v_init = test::random_normal(static_cast<size_t>(n), 4, 0.1);
+  for (double& x : v_init) x = x * x;
+  Twin v = h.values(Role::master, v_init);
+  Twin weights = h.random(Role::weight, n, 5);
+  AdamWArgs args;
+  args.lr = 1e-2;
+  args.weight_decay = 0.1;
+  args.step = 7;
+  args.grad_scale = 0.5;
+  // A misaligned range (scalar kernel), then an aligned one (vector kernel).
+  for (auto [offset, count] : {std::pair<int64_t, int64_t>{5, 990}, {0, 1000}}) {
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+      be.adamw(P(master), P(grad), P(m), P(v), P(weights), offset, count, args);
+    }
+    const std::string tag = fmt::format("offset={} count={}", offset, count);
+    h.check(master, 1e-6, "adamw master " + tag);
+    h.check(m, 1e-6, "adamw m " + tag);
+    h.check(v, 1e-6, "adamw v " + tag);
+    h.check(weights, kBf16Tol, "adamw bf16 weights " + tag);
+  }
+
+  const int64_t big = (int64_t{1} << 20) + 17;
+  Twin values = h.random(Role::master, big, 6);
+  const std::vector<std::pair<int64_t, int64_t>> segments{
+      {0, big}, {5, 0}, {7, 100}, {500, 503}, {4096, 4096 * 3 + 1}, {big - 1, 1}};
+  const auto gs = h.gpu().segment_sum_squares(values.gpu, segments);
+  const auto cs = h.cpu().segment_sum_squares(values.cpu, segments);
+  REQUIRE(gs.size() == cs.size());
+  for (size_t i = 0; i < gs.size(); ++i) {
+    INFO("segment " << i);
+    CHECK(std::abs(gs[i] - cs[i]) <= 1e-6 * std::max(cs[i], 1e-30));
+  }
+}
+
+namespace {
+
+struct Parity {
+  double logits = 0, loss = 0, worst_grad = 0;
+  std::string worst_name;
+};
+
+Parity model_parity(const test::Variant& v) {
+  Config config = test::tiny_variant_config(v, 64);
+  config.model.max_seq_len = 64;
+  config.model.mlp_hidden = 256;
+  config.model.vocab_size = 300;
+  config.model.vocab_multiple = 128;
+  const int64_t B = 2, T = 33;
+  auto gpu = make_backend("cuda", 0);
+  auto cpu = make_backend("cpu64", 0);
+  Model gm(config, *gpu, B, T);
+  Model cm(config, *cpu, B, T);
+  const ParamLayout& layout = gm.layout();
+  gm.init_parameters(17);
+  std::vector<double> theta = gm.parameters();
+  // Norm weights around 1 but not 1, so their gradients and scaling paths are exercised.
+  const auto noise = test::random_normal(theta.size(), 18, 0.2);
+  for (const ParamInfo& p : layout.params()) {
+    if (p.shape.size() != 1) continue;
+    for (int64_t i = 0; i < p.numel; ++i) {
+      theta[static_cast<size_t>(p.offset + i)] += noise[static_cast<size_t>(p.offset + i)];
+    }
+  }
+  // bf16-representable parameters: the GPU's compute copy then equals the CPU's weights.
+  Tensor round = gpu->alloc(Role::weight, layout.total());
+  gpu->upload(round, theta);
+  gpu->download(round, theta);
+  gpu->release(round);
+  gm.set_parameters(theta);
+  cm.set_parameters(theta);
+
+  const auto tokens =
+      test::random_tokens(static_cast<size_t>(B * (T + 1)), config.model.vocab_size, 19);
+  const double scale = 1.0 / static_cast<double>(B * T), z = config.optimizer.z_loss;
+  gm.zero_gradients();
+  cm.zero_gradients();
+  const LossSums gl = gm.forward_backward(tokens, scale);
+  const LossSums cl = cm.forward_backward(tokens, scale);
+  const std::vector<double> gg = gm.gradients(), cg = cm.gradients();
+  Parity r;
+  r.logits = test::rel_error(gm.logits(tokens), cm.logits(tokens));
+  const double gloss = scale * (gl.ce + z * gl.lse_sq), closs = scale * (cl.ce + z * cl.lse_sq);
+  r.loss = std::abs(gloss - closs) / std::abs(closs);
+  for (const ParamInfo& p : layout.params()) {
+    const auto at = static_cast<size_t>(p.offset), len = static_cast<size_t>(p.numel);
+    const double e =
+        test::rel_error(std::span(gg).subspan(at, len), std::span(cg).subspan(at, len));
+    INFO(fmt::format("gradient of {}: relative error {:.3e}", p.name, e));
+    CHECK(e <= 5e-2);
+    if (e > r.worst_grad || !std::isfinite(e)) {
+      r.worst_grad = e;
+      r.worst_name = p.name;
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("cuda backend: whole model matches cpu64 in every variant", "[gpu][model]") {
+  MODA_REQUIRE_GPU();
+  for (NormPlacement placement :
+       {NormPlacement::reordered, NormPlacement::pre, NormPlacement::post}) {
+    for (int64_t group : {1, 2, 3}) {
+      for (int mode = 0; mode < 5; ++mode) {
+        test::Variant v;
+        v.placement = placement;
+        v.group = group;
+        v.moda = mode > 0;
+        v.ffn_kv = mode == 2 || mode == 4;
+        v.attn_kv_proj = mode >= 3;
+        const std::string tag =
+            fmt::format("{} G={} moda={} ffn_kv={} attn_kv_proj={}", to_string(placement), group,
+                        v.moda, v.ffn_kv, v.attn_kv_proj);
+        INFO(tag);
+        const Parity r = model_parity(v);
+        fmt::print("moda gpu: model {:<50} logits {:.2e} loss {:.2e} worst grad {:.2e} ({})\n", tag,
+                   r.logits, r.loss, r.worst_grad, r.worst_name);
+        CHECK(r.logits <= 2e-2);
+        CHECK(r.loss <= 5e-3);
+      }
+    }
+  }
+}
+
+#ifdef MODA_HAVE_CUDA
+namespace {
+
+// Milliseconds per call: one warm-up call, then `reps` calls between two synchronizations (the
+// launches queue up, so host overhead hides behind the GPU work).
+double time_ms(Backend& be, const std::function<void()>& f, int reps = 20) {
+  f();
+  be.synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) f();
+  be.synchronize();
+  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double, std::milli>(t1 - t0).count() / reps;
+}
+
+void report_bandwidth(const std::string& op, double ms, double bytes) {
+  fmt::print("bench: {:<44} {:8.3f} ms  {:7.0f} GB/s  ({:.0f}% of 3.0 TB/s)\n", op, ms,
+             bytes / ms * 1e-6, bytes / ms * 1e-6 / 30.0);
+}
+
+}  // namespace
+
+TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
+  MODA_REQUIRE_GPU();
+  const int64_t D = 1024, Hq = 16, Hk = 8, d = 64, F = 4096, T = 4096, B = 4, R = B * T;
+  const int64_t V = 100352;
+  struct Linear {
+    const char* name;
+    int64_t n, k;
+  };
+  for (const Linear& l :
+       {Linear{"attn.qkv", Hq * d + 2 * Hk * d, D},
+        Linear{"attn.qkv + slot proj", Hq * d + 4 * Hk * d, D}, Linear{"attn.out", D, Hq * d},
+        Linear{"mlp.in", 2 * F, D}, Linear{"mlp.in + ffn kv", 2 * F + 2 * Hk * d, D},
+        Linear{"mlp.down", D, F}}) {
+    for (const GemmAlgoTiming& t : cuda_time_gemm_algorithms(R, l.n, l.k)) {
+      fmt::print(
+          "bench: gemm {:<20} {:<11} m={} n={} k={}: tuned {:.3f} ms ({:.0f} TFLOP/s, "
+          "candidate {}), heuristic {:.3f} ms, best of {} {:.3f} ms, tuned/best {:.3f}\n",
+          l.name, t.op, R, l.n, l.k, t.chosen_ms, t.tflops, t.chosen, t.heuristic_ms, t.candidates,
+          t.best_ms, t.chosen_ms / t.best_ms);
+    }
+  }
+
+  auto gpu = make_backend("cuda", 0);
+  Backend& g = *gpu;
+  std::vector<Tensor> owned;
+  // Random contents (never zeros): 1M random values, then doubled by device copies.
+  const auto alloc = [&](Role role, int64_t n) {
+    Tensor t = g.alloc(role, n);
+    int64_t filled = std::min<int64_t>(n, 1 << 20);
+    g.upload(t.slice(0, filled),
+             test::random_normal(static_cast<size_t>(filled), owned.size() + 1));
+    for (; filled < n; filled += std::min(filled, n - filled)) {
+      const int64_t c = std::min(filled, n - filled);
+      g.copy(t.slice(filled, c), t.slice(0, c));
+    }
+    owned.push_back(t);
+    return t;
+  };
+  const double bf = 2, f32 = 4;
+  {
+    Tensor x = alloc(Role::activation, R * D), br = alloc(Role::activation, R * D);
+    Tensor w = alloc(Role::weight, D), out = alloc(Role::activation, R * D);
+    Tensor sum = alloc(Role::activation, R * D), rstd = alloc(Role::stat, R);
+    Tensor dw = alloc(Role::master, D);
+    report_bandwidth("rmsnorm forward [16384 x 1024]",
+                     time_ms(g, [&] { g.rmsnorm_forward(x, w, out, rstd, R, D, 1e-6); }),
+                     2 * R * D * bf);
+    report_bandwidth("residual add_then_norm forward",
+                     time_ms(g,
+                             [&] {
+                               g.residual_norm_forward(ResidualNorm::add_then_norm, x, br, w, sum,
+                                                       out, rstd, R, D, 1e-6);
+                             }),
+                     4 * R * D * bf);
+    report_bandwidth("residual norm_then_add forward",
+                     time_ms(g,
+                             [&] {
+                               g.residual_norm_forward(ResidualNorm::norm_then_add, x, br, w,
+                                                       Tensor{}, out, rstd, R, D, 1e-6);
+                             }),
+                     3 * R * D * bf);
+    report_bandwidth("rmsnorm backward (accumulate)",
+                     time_ms(g, [&] { g.rmsnorm_backward(br, x, w, rstd, out, dw, R, D, true); }),
+                     4 * R * D * bf);
+    Tensor tok = g.alloc(Role::index, R);
+    g.upload_tokens(tok, test::random_tokens(static_cast<size_t>(R), 50000, 3));
+    owned.push_back(tok);
+    Tensor table = alloc(Role::weight, 50304 * D), dtable = alloc(Role::master, 50304 * D);
+    report_bandwidth("embedding forward",
+                     time_ms(g, [&] { g.embedding_forward(tok, table, out, R, D); }),
+                     2 * R * D * bf);
+    report_bandwidth("embedding backward (fp32 atomics)",
+                     time_ms(g, [&] { g.embedding_backward(tok, x, dtable, R, D); }),
+                     R * D * (bf + 2 * f32));
+  }
+  {
+    const int64_t qkv = Hq * d + 2 * Hk * d, qw = Hq * d, kw = Hk * d;
+    g.init_rope(T, d, 500000.0);
+    Tensor raw = alloc(Role::activation, R * qkv), draw = alloc(Role::activation, R * qkv);
+    Tensor qn = alloc(Role::weight, qw), kn = alloc(Role::weight, kw);
+    Tensor q = alloc(Role::activation, R * qw), k = alloc(Role::activation, R * kw);
+    Tensor v = alloc(Role::activation, R * kw);
+    Tensor qr = alloc(Role::stat, R), kr = alloc(Role::stat, R);
+    Tensor dq = alloc(Role::accum, R * qw), dk = alloc(Role::accum, R * kw);
+    Tensor dv = alloc(Role::accum, R * kw);
+    Tensor dqn = alloc(Role::master, qw), dkn = alloc(Role::master, kw);
+    const Backend::QkvLayout l{R, T, qkv, 0, Hq, Hk, d, 1e-6};
+    report_bandwidth("qkv norm + rope forward",
+                     time_ms(g, [&] { g.qkv_norm_rope_forward(l, raw, qn, kn, q, k, v, qr, kr); }),
+                     2 * R * qkv * bf);
+    report_bandwidth(
+        "qkv norm + rope backward",
+        time_ms(
+            g,
+            [&] { g.qkv_norm_rope_backward(l, raw, qn, kn, qr, kr, dq, dk, dv, draw, dqn, dkn); }),
+        R * qkv * (2 * bf + f32));
+  }
+  {
+    Tensor in = alloc(Role::activation, R * 2 * F), din = alloc(Role::activation, R * 2 * F);
+    Tensor act = alloc(Role::activation, R * F);
+    report_bandwidth("swiglu forward", time_ms(g, [&] { g.swiglu_forward(in, act, R, F, 2 * F); }),
+                     3 * R * F * bf);
+    report_bandwidth("swiglu backward",
+                     time_ms(g, [&] { g.swiglu_backward(act, in, din, R, F, 2 * F); }),
+                     5 * R * F * bf);
+  }
+  for (Tensor& t : owned) g.release(t);
+  owned.clear();
+  {
+    const int64_t P = 700'000'000;
+    Tensor master = alloc(Role::master, P), grad = alloc(Role::master, P);
+    Tensor m = alloc(Role::master, P), v = g.alloc(Role::master, P);
+    owned.push_back(v);  // second moments must be >= 0: start from zeros, the timing is the same
+    Tensor w = alloc(Role::weight, P);
+    AdamWArgs args;
+    args.lr = 1e-4;
+    report_bandwidth("adamw (700M params)",
+                     time_ms(
+                         g, [&] { g.adamw(master, grad, m, v, w, 0, P, args); }, 5),
+                     P * (7 * f32 + bf));
+    const std::vector<std::pair<int64_t, int64_t>> seg{{0, P / 2}, {P / 2, P - P / 2}};
+    report_bandwidth("segment sum of squares (700M)",
+                     time_ms(
+                         g, [&] { g.segment_sum_squares(grad, seg); }, 5),
+                     P * f32);
+  }
+  for (Tensor& t : owned) g.release(t);
+  owned.clear();
+  {
+    Tensor x = alloc(Role::activation, R * D), w = alloc(Role::weight, V * D);
+    Tensor tok = g.alloc(Role::index, R);
+    g.upload_tokens(tok, test::random_tokens(static_cast<size_t>(R), V, 4));
+    owned.push_back(tok);
+    Tensor ce = alloc(Role::stat, R), lse = alloc(Role::stat, R);
+    Tensor dx = alloc(Role::activation, R * D), dw = alloc(Role::master, V * D);
+    const double ms = time_ms(
+        g, [&] { g.lm_head_cross_entropy(x, w, tok, ce, lse, dx, dw, R, D, V, 1e-4, 1.0 / R); }, 3);
+    fmt::print("bench: {:<44} {:8.3f} ms  {:.0f} TFLOP/s (3 GEMMs of {} x {} x {})\n",
+               "lm head + CE fwd+bwd (V=100352)", ms, 6.0 * R * V * D / ms * 1e-9, R, V, D);
+  }
+  for (Tensor& t : owned) g.release(t);
+  owned.clear();
+  for (int64_t S : {0, 72}) {
+    const int64_t kn = R * Hk * d;
+    Tensor q = alloc(Role::activation, R * Hq * d), k = alloc(Role::activation, kn);
+    Tensor v = alloc(Role::activation, kn), out = alloc(Role::activation, R * Hq * d);
+    Tensor lse = alloc(Role::stat, R * Hq), dout = alloc(Role::activation, R * Hq * d);
+    Tensor dq = alloc(Role::accum, R * Hq * d), dk = alloc(Role::accum, kn);
+    Tensor dv = alloc(Role::accum, kn);
+    Tensor sk, sv, dsk, dsv;
+    if (S > 0) {
+      sk = alloc(Role::activation, S * kn);
+      sv = alloc(Role::activation, S * kn);
+      dsk = alloc(Role::accum, S * kn);
+      dsv = alloc(Role::accum, S * kn);
+    }
+    const AttentionShape shape{B, T, Hq, Hk, d, S, kn};
+    const double flops = 4.0 * B * Hq * (T * (T + 1) / 2.0) * d;
+    const double fwd = time_ms(
+        g, [&] { g.attention_forward(shape, q, k, v, sk, sv, out, lse); }, 5);
+    const double bwd = time_ms(
+        g,
+        [&] { g.attention_backward(shape, dout, q, k, v, sk, sv, out, lse, dq, dk, dv, dsk, dsv); },
+        5);
+    fmt::print(
+        "bench: attention forward  S={:<3} {:8.3f} ms  ({:.0f} TFLOP/s on the causal part; "
+        "depth K/V {:.2f} GB)\n",
+        S, fwd, flops / fwd * 1e-9, 2.0 * S * kn * bf * 1e-9);
+    fmt::print(
+        "bench: attention backward S={:<3} {:8.3f} ms  ({:.0f} TFLOP/s on the causal part)\n", S,
+        bwd, 2.5 * flops / bwd * 1e-9);
+    for (Tensor& t : owned) g.release(t);
+    owned.clear();
+  }
+}
+#endif
