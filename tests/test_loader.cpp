@@ -88,3 +88,28 @@ TEST_CASE("a store shorter than one window per rank is rejected with its name", 
   CHECK_THROWS_WITH(BatchLoader(counting_store(10), 16, 1, 0, 0, 1, true),
                     Catch::Contains("counting store") && Catch::Contains("fewer than one window"));
 }
+
+TEST_CASE("the prefetching loader yields the loader's batches and exact states", "[data]") {
+  auto store = counting_store(5 * 17 + 1);
+  BatchLoader plain(store, 5, 2, 3, 0, 1, true);
+  PrefetchLoader prefetch(BatchLoader(store, 5, 2, 3, 0, 1, true), 3);
+  std::vector<int32_t> a(2 * 6), b(2 * 6);
+  LoaderState mid;
+  for (int i = 0; i < 20; ++i) {
+    plain.next(a.data());
+    prefetch.next(b.data());
+    CHECK(a == b);
+    CHECK(prefetch.state().cursor == plain.state().cursor);
+    CHECK(prefetch.state().epoch == plain.state().epoch);
+    if (i == 9) mid = prefetch.state();
+  }
+  // Restoring an earlier state replays the same batches.
+  BatchLoader replay(store, 5, 2, 3, 0, 1, true);
+  replay.restore(mid);
+  prefetch.restore(mid);
+  for (int i = 0; i < 5; ++i) {
+    replay.next(a.data());
+    prefetch.next(b.data());
+    CHECK(a == b);
+  }
+}

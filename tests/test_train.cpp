@@ -22,6 +22,12 @@ Config small_config(const std::string& dir) {
   return c;
 }
 
+TrainOptions quiet_options() {
+  TrainOptions options;
+  options.log_to_console = false;
+  return options;
+}
+
 std::string temp_dir(const std::string& name) {
   auto p =
       std::filesystem::temp_directory_path() / fmt::format("moda_test_{}_{}", name, ::getpid());
@@ -48,7 +54,8 @@ TEST_CASE("learning-rate schedule: warmup, cosine and linear decay to the floor"
 }
 
 TEST_CASE("the same seed gives identical losses; another seed does not", "[train]") {
-  TrainOptions quiet{false};
+  TrainOptions quiet;
+  quiet.log_to_console = false;
   const TrainSummary a = train(small_config(temp_dir("seed_a")), quiet);
   const TrainSummary b = train(small_config(temp_dir("seed_b")), quiet);
   Config other = small_config(temp_dir("seed_c"));
@@ -65,7 +72,7 @@ TEST_CASE("the same seed gives identical losses; another seed does not", "[train
 
 TEST_CASE("a run writes metrics.jsonl with one line per step and a PNG loss curve", "[train]") {
   const std::string dir = temp_dir("metrics");
-  train(small_config(dir), TrainOptions{false});
+  train(small_config(dir), quiet_options());
   std::ifstream in(dir + "/metrics.jsonl");
   std::string line;
   int lines = 0;
@@ -89,11 +96,11 @@ TEST_CASE("a non-finite loss stops the run naming the step, or is skipped and co
   c.optimizer.lr = 1e30;
   c.schedule.warmup_steps = 0;
   c.optimizer.grad_clip = 0;
-  CHECK_THROWS_WITH(train(c, TrainOptions{false}),
+  CHECK_THROWS_WITH(train(c, quiet_options()),
                     Catch::Contains("step 2:") && Catch::Contains("runtime.nan_policy: stop"));
   c.runtime.nan_policy = NanPolicy::skip;
   c.runtime.max_skipped_steps = 2;
-  CHECK_THROWS_WITH(train(c, TrainOptions{false}), Catch::Contains("3 non-finite steps skipped"));
+  CHECK_THROWS_WITH(train(c, quiet_options()), Catch::Contains("3 non-finite steps skipped"));
 }
 
 TEST_CASE("100 steps of the embedded default bring the loss below 2.2 nats", "[train][slow]") {
@@ -103,7 +110,7 @@ TEST_CASE("100 steps of the embedded default bring the loss below 2.2 nats", "[t
   Config c = default_config();
   apply_overrides(c, {"schedule.total_steps=100", "logging.val_interval=0", "runtime.device=cpu",
                       "logging.dir=" + temp_dir("tiny100")});
-  const TrainSummary s = train(c, TrainOptions{false});
+  const TrainSummary s = train(c, quiet_options());
   REQUIRE(s.history.size() == 100);
   CHECK(s.history.front().loss > 5.0);
   CHECK(s.history.back().loss < 2.2);

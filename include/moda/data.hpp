@@ -69,6 +69,7 @@ class BatchLoader {
   void restore(const LoaderState& state);
   int64_t windows_per_epoch() const { return n_windows_; }
   int64_t windows_per_rank() const { return n_windows_ / world_; }
+  int64_t micro_batch_tokens() const { return micro_batch_ * (seq_len_ + 1); }
 
  private:
   void start_epoch(int64_t epoch);
@@ -80,6 +81,24 @@ class BatchLoader {
   int64_t n_windows_;
   std::vector<int64_t> order_;
   LoaderState state_;
+};
+
+// Prepares the next micro-batches of a BatchLoader on a background thread (reading memory-mapped
+// shards can page-fault; the GPU should not wait for it). The batch order is the loader's, and
+// state() is the state after the last batch handed out, so checkpoints stay exact.
+class PrefetchLoader {
+ public:
+  PrefetchLoader(BatchLoader loader, int64_t depth = 4);
+  ~PrefetchLoader();
+  PrefetchLoader(const PrefetchLoader&) = delete;
+  PrefetchLoader& operator=(const PrefetchLoader&) = delete;
+  void next(int32_t* out);
+  LoaderState state() const;
+  void restore(const LoaderState& state);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // Train and validation stores described by the data section of a config.

@@ -42,6 +42,8 @@ struct StepRecord {
 
 struct TrainSummary {
   int64_t steps = 0;
+  int64_t start_step = 0;    // > 0 when resumed from a checkpoint of that step
+  bool interrupted = false;  // stopped by SIGTERM / SIGINT after saving a checkpoint
   int64_t skipped_steps = 0;
   std::vector<StepRecord> history;
   double final_val_loss = NAN;
@@ -49,6 +51,9 @@ struct TrainSummary {
 
 struct TrainOptions {
   bool log_to_console = true;
+  // "" (start fresh), "auto" (newest complete checkpoint of the run, else fresh) or a
+  // checkpoint directory.
+  std::string resume;
 };
 
 TrainSummary train(const Config& config, const TrainOptions& options);

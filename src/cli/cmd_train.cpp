@@ -11,9 +11,20 @@ void register_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model from a YAML config");
   auto options = std::make_shared<ConfigOptions>();
   options->add_to(*cmd);
-  cmd->callback([options] {
+  auto resume = std::make_shared<std::string>();
+  cmd->add_option("--resume", *resume,
+                  "auto: continue from the newest complete checkpoint of the "
+                  "run (if any); or a "
+                  "checkpoint directory");
+  cmd->callback([options, resume] {
     const Config config = options->load();
-    const TrainSummary summary = train(config, TrainOptions{});
+    TrainOptions train_options;
+    train_options.resume = *resume;
+    const TrainSummary summary = train(config, train_options);
+    if (summary.interrupted) {
+      spdlog::info("interrupted after step {}; checkpoint saved", summary.steps);
+      return;
+    }
     spdlog::info("done: {} steps, final validation loss {:.4f}", summary.steps,
                  summary.final_val_loss);
   });

@@ -8,5 +8,8 @@ namespace moda::cli {
 void register_train(CLI::App& app);
 void register_info(CLI::App& app);
 void register_tokenize(CLI::App& app);
+void register_export(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_sample(CLI::App& app);
 
 }  // namespace moda::cli

@@ -13,6 +13,9 @@ int main(int argc, char** argv) {
   moda::cli::register_train(app);
   moda::cli::register_info(app);
   moda::cli::register_tokenize(app);
+  moda::cli::register_export(app);
+  moda::cli::register_eval(app);
+  moda::cli::register_sample(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,13 +1,17 @@
 // The training loop of `moda train`.
 #include <fmt/format.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
 #include "moda/backend.hpp"
+#include "moda/checkpoint.hpp"
 #include "moda/data.hpp"
 #include "moda/dist.hpp"
 #include "moda/train.hpp"
@@ -17,6 +21,32 @@ namespace moda {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// SIGTERM / SIGINT (preemption, Ctrl-C): the loop finishes its step, saves and returns.
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGINT, &sa, &old_int_);
+  }
+  ~StopSignals() {
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGINT, &old_int_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_term_ {};
+  struct sigaction old_int_ {};
+};
 
 std::string resolve_device(DeviceKind kind) {
   switch (kind) {
@@ -84,11 +114,90 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   const bool zero1 = config.runtime.zero1 && world > 1;
   Model model(config, *backend, B, T, world);
   model.init_parameters(config.runtime.seed);
-  BatchLoader loader(data.train, T, B, config.data.seed, rank, world, true);
+  PrefetchLoader loader(BatchLoader(data.train, T, B, config.data.seed, rank, world, true));
   // The range of the flat buffers this rank updates: its shard under ZeRO-1, else everything.
   const int64_t shard = model.shard_size();
   const int64_t own_begin = zero1 ? rank * shard : 0;
   const int64_t own_end = zero1 ? (rank + 1) * shard : model.master().numel;
+  const int64_t total_params = model.layout().total();
+  const std::string ckpt_root =
+      config.checkpoint.dir.empty()
+          ? (std::filesystem::path(config.logging.dir) / "checkpoints").string()
+          : config.checkpoint.dir;
+  TrainSummary summary;
+  std::string metrics_text;  // rank 0: metrics.jsonl so far, stored in every checkpoint
+  int64_t start = 0;
+  if (!options.resume.empty()) {
+    // Rank 0 finds (and verifies) the checkpoint; every rank loads the one it names.
+    std::string found = lead ? resolve_resume(options.resume, ckpt_root).value_or("") : "";
+    found = comm->broadcast(found);
+    if (!found.empty()) {
+      // Model-defining keys first: a changed shape is a ConfigError naming the keys.
+      const std::vector<ConfigChange> changes =
+          check_resume_config(load_checkpoint_meta(found).config_yaml, config);
+      const CheckpointState ck = load_checkpoint(found, ShardRange{0, total_params});
+      restore_model(model, ck.shard);
+      loader.restore(reshard_loader_state(ck.meta.loader, ck.meta.world, world));
+      start = ck.meta.step;
+      summary.start_step = start;
+      summary.skipped_steps = ck.meta.skipped_steps;
+      metrics_text = truncate_metrics_jsonl(ck.meta.metrics_jsonl, start);
+      summary.history = parse_metrics_jsonl(metrics_text);
+      if (options.log_to_console && lead) {
+        spdlog::info("resuming from {} (step {})", found, start);
+        for (const ConfigChange& c : changes) {
+          spdlog::info("resume: {} changed from {} to {}", c.key, c.before, c.after);
+        }
+      }
+    } else if (options.log_to_console && lead) {
+      spdlog::info("--resume {}: no checkpoint in {}; starting from step 0", options.resume,
+                   ckpt_root);
+    }
+  }
+  // Writes a checkpoint of the state after `step_done` steps (collective: every rank calls it).
+  auto save = [&](int64_t step_done) {
+    const std::string tag = comm->broadcast(std::to_string(::getpid()));
+    const std::string staging = checkpoint_staging_dir(ckpt_root, step_done, tag);
+    if (zero1) {
+      const int64_t begin = std::min(own_begin, total_params);
+      const int64_t end = std::min(own_end, total_params);
+      write_shard(staging, rank, world, total_params, capture_shard(model, {begin, end - begin}));
+    } else if (lead) {
+      write_shard(staging, 0, 1, total_params, capture_shard(model, {0, total_params}));
+    }
+    comm->barrier();
+    if (lead) {
+      CheckpointMeta meta;
+      meta.step = step_done;
+      meta.world = world;
+      meta.total_params = total_params;
+      meta.loader = loader.state();
+      meta.rng_seed = config.runtime.seed;
+      meta.skipped_steps = summary.skipped_steps;
+      meta.config_yaml = to_yaml(config);
+      meta.metrics_jsonl = metrics_text;
+      const std::string saved = finalize_checkpoint(ckpt_root, staging, meta);
+      prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every);
+      if (options.log_to_console) spdlog::info("saved checkpoint {}", saved);
+    }
+    comm->barrier();
+  };
+  StopSignals stop_signals;
+  // After each step (taken or skipped): save on the interval, at the end and on a signal that
+  // reached any rank. Returns true when the run must stop.
+  auto end_of_step = [&](int64_t step_done) {
+    double stop = g_stop_signal.load() != 0 ? 1.0 : 0.0;
+    comm->all_reduce_host(std::span<double>(&stop, 1));
+    const int64_t iv = config.checkpoint.interval;
+    const bool last = step_done == config.schedule.total_steps;
+    if (stop > 0 || last || (iv > 0 && step_done % iv == 0)) save(step_done);
+    if (stop > 0) {
+      summary.interrupted = true;
+      if (options.log_to_console && lead)
+        spdlog::warn("stopping after step {} on a signal; resume with --resume auto", step_done);
+    }
+    return stop > 0;
+  };
 
   // Only rank 0 writes shared files and logs.
   const std::filesystem::path dir(config.logging.dir);
@@ -100,6 +209,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     if (!metrics) {
       throw std::runtime_error(fmt::format("cannot write {}", (dir / "metrics.jsonl").string()));
     }
+    metrics << metrics_text;  // a resumed run continues the checkpoint's metrics
   }
   const bool console = options.log_to_console && lead;
 
@@ -118,11 +228,10 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
         T, accum, tokens_per_step);
   }
 
-  TrainSummary summary;
   std::vector<int32_t> tokens(static_cast<size_t>(B * (T + 1)));
   const double loss_scale = 1.0 / static_cast<double>(tokens_per_step);
   const int64_t total = config.schedule.total_steps;
-  for (int64_t step = 0; step < total; ++step) {
+  for (int64_t step = start; step < total; ++step) {
     const auto t0 = Clock::now();
     model.zero_gradients();
     LossSums sums;
@@ -168,6 +277,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                         "runtime.max_skipped_steps ({}); stopping",
                         rec.step, summary.skipped_steps, config.runtime.max_skipped_steps));
       }
+      if (end_of_step(rec.step)) break;
       continue;
     }
     const double clip = config.optimizer.grad_clip;
@@ -190,13 +300,15 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       summary.final_val_loss = rec.val_loss;
     }
     if (lead) {
-      metrics << fmt::format(
+      const std::string line = fmt::format(
           "{{\"step\": {}, \"loss\": {}, \"val_loss\": {}, \"lr\": {}, \"grad_norm\": {}, "
           "\"tokens\": {}, \"tokens_per_s\": {}, \"mfu\": {}, \"step_seconds\": {}}}\n",
           rec.step, json_number(rec.loss), json_number(rec.val_loss), json_number(rec.lr),
           json_number(rec.grad_norm), rec.step * tokens_per_step, json_number(rec.tokens_per_s),
           json_number(rec.mfu), json_number(rec.seconds));
+      metrics << line;
       metrics.flush();
+      metrics_text += line;
     }
     if (console && (rec.step % config.logging.interval == 0 || rec.step == 1 || last ||
                     std::isfinite(rec.val_loss))) {
@@ -210,6 +322,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
     summary.history.push_back(rec);
     summary.steps = rec.step;
+    if (end_of_step(rec.step)) break;
   }
   if (lead && config.logging.plot && !summary.history.empty()) {
     write_loss_plot((dir / "loss.png").string(), summary.history);

@@ -1,0 +1,142 @@
+// Exact resume on the CPU backend and save-and-exit on SIGTERM (a real signal to a real process).
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "moda/checkpoint.hpp"
+#include "moda/train.hpp"
+
+using namespace moda;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> small_overrides(const std::string& dir, int64_t steps) {
+  return {"model.d_model=32",        "model.n_layers=2",
+          "model.n_heads=2",         "model.n_kv_heads=1",
+          "model.mlp_hidden=64",     "batch.seq_len=32",
+          "batch.micro_batch=2",     "batch.global_batch=4",
+          "schedule.warmup_steps=2", "logging.val_interval=3",
+          "logging.val_batches=1",   "runtime.threads=2",
+          "runtime.device=cpu",      "logging.plot=false",
+          "logging.dir=" + dir,      fmt::format("schedule.total_steps={}", steps)};
+}
+
+Config small_config(const std::string& dir, int64_t steps) {
+  Config c = default_config();
+  apply_overrides(c, small_overrides(dir, steps));
+  return c;
+}
+
+std::string temp_dir(const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / fmt::format("moda_resume_{}_{}", name, ::getpid());
+  fs::remove_all(p);
+  return p.string();
+}
+
+std::vector<float> final_master(const std::string& run_dir) {
+  const auto latest = find_latest_checkpoint(run_dir + "/checkpoints");
+  REQUIRE(latest.has_value());
+  return load_checkpoint(*latest, 0, 1).shard.master;
+}
+
+}  // namespace
+
+TEST_CASE("N steps straight == N/2 steps + resume + N/2 steps, bitwise", "[checkpoint][train]") {
+  const TrainOptions quiet{false, ""};
+  const std::string a = temp_dir("straight");
+  const TrainSummary straight = train(small_config(a, 8), quiet);
+
+  // The same run, stopped after step 4 (a checkpoint every 4 steps), then resumed.
+  const std::string b = temp_dir("split");
+  Config first = small_config(b, 8);
+  first.checkpoint.interval = 4;
+  {
+    // Run to step 4 only: a copy of the run whose checkpoint at 4 is then resumed. The schedule
+    // must stay that of 8 steps, so stop by removing later checkpoints instead of shortening it.
+    train(first, quiet);
+    fs::remove_all(b + "/checkpoints/step-00000008");
+  }
+  TrainOptions resume{false, "auto"};
+  const TrainSummary resumed = train(small_config(b, 8), resume);
+  CHECK(resumed.start_step == 4);
+  REQUIRE(resumed.history.size() == straight.history.size());
+  for (size_t i = 0; i < straight.history.size(); ++i) {
+    INFO("step " << i + 1);
+    if (i < 4) {
+      // Steps before the checkpoint come back from metrics.jsonl (6 significant digits).
+      CHECK(resumed.history[i].loss == Approx(straight.history[i].loss).epsilon(1e-5));
+    } else {
+      CHECK(resumed.history[i].loss == straight.history[i].loss);  // bitwise
+      CHECK(resumed.history[i].grad_norm == straight.history[i].grad_norm);
+    }
+  }
+  CHECK(resumed.final_val_loss == straight.final_val_loss);
+  const std::vector<float> wa = final_master(a), wb = final_master(b);
+  REQUIRE(wa.size() == wb.size());
+  CHECK(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("resume refuses a changed model shape, naming the key", "[checkpoint][train]") {
+  const std::string dir = temp_dir("shape");
+  train(small_config(dir, 2), TrainOptions{false, ""});
+  Config changed = small_config(dir, 4);
+  changed.model.n_layers = 3;
+  CHECK_THROWS_WITH(train(changed, TrainOptions{false, "auto"}), Catch::Contains("model.n_layers"));
+}
+
+TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoint][train]") {
+  const std::string dir = temp_dir("sigterm");
+  std::vector<std::string> args = {MODA_BINARY, "train"};
+  for (const std::string& o : small_overrides(dir, 100000)) {
+    args.push_back("--set");
+    args.push_back(o);
+  }
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  // Wait until it has taken a few steps (metrics.jsonl has lines), then send SIGTERM.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int64_t lines = 0;
+  while (lines < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::ifstream in(dir + "/metrics.jsonl");
+    std::string line;
+    lines = 0;
+    while (std::getline(in, line)) ++lines;
+  }
+  REQUIRE(lines >= 3);
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  const auto latest = find_latest_checkpoint(dir + "/checkpoints");
+  REQUIRE(latest.has_value());
+  const CheckpointMeta meta = load_checkpoint_meta(*latest);
+  CHECK(meta.step >= 3);
+  CHECK(meta.step < 100000);
+  // It resumes: two more steps from there.
+  Config more = small_config(dir, meta.step + 2);
+  const TrainSummary s = train(more, TrainOptions{false, "auto"});
+  CHECK(s.start_step == meta.step);
+  CHECK(s.steps == meta.step + 2);
+}
