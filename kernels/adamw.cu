@@ -123,10 +123,6 @@ void adamw(float* master, const float* grad, float* m, float* v, bf16* weights, 
   MODA_LAUNCH_CHECK();
 }
 
-size_t segment_sum_squares_workspace(size_t segments) {
-  return sizeof(int64_t) * (3 * segments + 1) + sizeof(double) * segments;
-}
-
 std::vector<double> segment_sum_squares(const float* values,
                                         std::span<const std::pair<int64_t, int64_t>> segments,
                                         void* workspace, cudaStream_t stream) {

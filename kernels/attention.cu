@@ -391,6 +391,273 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
+// ============================ streaming depth kernels ============================
+// The depth part moves S slot rows of K and V per (row, KV head) and, in the backward, their fp32
+// gradients: it is bound by bytes. These kernels (head sizes 64 and 128, G in {1, 2, 3, 4, 8},
+// 16-byte aligned operands) give each lane one 16-byte piece (8 values) of a slot row, so
+// D / 8 lanes cover a row and a warp step covers 32 / (D / 8) whole rows with coalesced 16-byte
+// accesses, and they issue the loads of several steps before using any of them, so each
+// lane keeps several loads in flight. Dot products are completed by shuffles among a row's lanes.
+
+// Warp steps whose loads are issued together. The forward keeps only the queries and one pass's
+// accumulators live; the backward's per-head registers (q, dout, dq) grow with G, and more steps
+// at G = 4 or 8 spill (ptxas -v), even with K and V kept packed until used.
+constexpr int kDepthForwardUnroll = 4;
+template <int G>
+constexpr int kDepthBackwardUnroll = G <= 3 ? 4 : (G == 4 ? 2 : 1);
+
+__device__ __forceinline__ float dot8(const float (&a)[8], const float (&b)[8]) {
+  float s = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) s += a[e] * b[e];
+  return s;
+}
+
+// Sum over the L lanes that share a slot row (L a power of two, lanes contiguous).
+template <int L>
+__device__ __forceinline__ float row_sum(float x) {
+#pragma unroll
+  for (int o = 1; o < L; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Sum over the slot groups of a warp (lanes l, l + L, l + 2L, ...).
+template <int L>
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll
+  for (int o = L; o < 32; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+__device__ __forceinline__ void add_f32x8(float* p, const float (&v)[8], const float4 (&old)[2]) {
+  float4* q = reinterpret_cast<float4*>(p);
+  q[0] = make_float4(old[0].x + v[0], old[0].y + v[1], old[0].z + v[2], old[0].w + v[3]);
+  q[1] = make_float4(old[1].x + v[4], old[1].y + v[5], old[1].z + v[6], old[1].w + v[7]);
+}
+
+// Forward depth part: scores of the S slots (log2 units) into shared memory, the joint softmax
+// statistics with the sequence part's lse, then the slots' values added to the rescaled o_seq.
+// Shared memory per warp: scores [G][S].
+template <int D, int G>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    depth_forward_stream(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ depth_k,
+                         const bf16* __restrict__ depth_v, const float* __restrict__ o_seq,
+                         bf16* __restrict__ out, float* __restrict__ lse) {
+  constexpr int L = D / 8;
+  constexpr int kRows = 32 / L;
+  constexpr int U = kDepthForwardUnroll;
+  extern __shared__ float depth_stream_smem[];
+  const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
+  if (w >= int64_t{s.B} * s.T * s.Hk) return;
+  const int lane = threadIdx.x % 32;
+  const int piece = lane % L;
+  const int group = lane / L;
+  float* score = depth_stream_smem + (threadIdx.x / 32) * G * s.S;
+  const int kvh = static_cast<int>(w % s.Hk);
+  const int64_t row = w / s.Hk;
+  const int64_t slot0 = w * D + piece * 8;
+  const int64_t qh0 = row * s.Hq + int64_t{kvh} * G;
+  const float to_log2 = s.scale * kLog2e;
+  float qv[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    load8(q + (qh0 + g) * D + piece * 8, qv[g]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) qv[g][e] *= to_log2;
+  }
+  for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
+    float kk[U][8];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * kRows + group;
+      if (j < s.S) {
+        load8(depth_k + j * s.slot_stride + slot0, kk[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) kk[u][e] = 0;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * kRows + group;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float sc = row_sum<L>(dot8(qv[g], kk[u]));
+        if (piece == 0 && j < s.S) score[g * s.S + j] = sc;
+      }
+    }
+  }
+  __syncwarp();
+  // Joint statistics (log2 units); score becomes the probabilities.
+  float lse2[G], keep[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    float* sg = score + g * s.S;
+    const float seq2 = lse[qh0 + g] * kLog2e;
+    float m = seq2;
+    for (int j = lane; j < s.S; j += 32) m = fmaxf(m, sg[j]);
+    m = warp_max(m);
+    float part = 0;
+    for (int j = lane; j < s.S; j += 32) part += exp2f(sg[j] - m);
+    lse2[g] = m + log2f(warp_sum(part) + exp2f(seq2 - m));
+    keep[g] = exp2f(seq2 - lse2[g]);
+    for (int j = lane; j < s.S; j += 32) sg[j] = exp2f(sg[j] - lse2[g]);
+  }
+  __syncwarp();
+  float acc[G][8] = {};
+  for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
+    float vv[U][8];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * kRows + group;
+      if (j < s.S) {
+        load8(depth_v + j * s.slot_stride + slot0, vv[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) vv[u][e] = 0;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = min(j0 + u * kRows + group, s.S - 1);  // past the end, v is zero
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = score[g * s.S + j];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += p * vv[u][e];
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = group_sum<L>(acc[g][e]);
+  }
+  if (group == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int64_t at = (qh0 + g) * D + piece * 8;
+      const float4* os = reinterpret_cast<const float4*>(o_seq + at);
+      const float4 o0 = os[0], o1 = os[1];
+      const float o[8] = {o0.x, o0.y, o0.z, o0.w, o1.x, o1.y, o1.z, o1.w};
+      float r[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) r[e] = o[e] * keep[g] + acc[g][e];
+      store8(out + at, r);
+    }
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) lse[qh0 + g] = lse2[g] * kLn2;
+  }
+}
+
+// Backward depth part and preprocessing in one pass over the slots: delta = rowsum(dout * out),
+// dq := the slots' contribution (overwritten), d_depth_k/v += (each (slot, piece) belongs to one
+// lane, so plain read-modify-write). The gradient loads of a batch are issued before its stores.
+template <int D, int G>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    depth_backward_stream(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                          const bf16* __restrict__ out, const float* __restrict__ lse,
+                          const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
+                          float* __restrict__ dq, float* __restrict__ d_depth_k,
+                          float* __restrict__ d_depth_v, float* __restrict__ delta) {
+  constexpr int L = D / 8;
+  constexpr int kRows = 32 / L;
+  constexpr int U = kDepthBackwardUnroll<G>;
+  const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
+  if (w >= int64_t{s.B} * s.T * s.Hk) return;
+  const int lane = threadIdx.x % 32;
+  const int piece = lane % L;
+  const int group = lane / L;
+  const int kvh = static_cast<int>(w % s.Hk);
+  const int64_t row = w / s.Hk;
+  const int64_t slot0 = w * D + piece * 8;
+  const int64_t qh0 = row * s.Hq + int64_t{kvh} * G;
+  const float to_log2 = s.scale * kLog2e;
+  // q and dout stay packed (bf16) in registers and are widened at each use, which keeps G = 8
+  // free of spills.
+  uint4 q_raw[G], go_raw[G];
+  float lse2[G], dlt[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int64_t at = (qh0 + g) * D + piece * 8;
+    q_raw[g] = *reinterpret_cast<const uint4*>(q + at);
+    go_raw[g] = *reinterpret_cast<const uint4*>(dout + at);
+    float go[8], ov[8];
+    unpack8(go_raw[g], go);
+    load8(out + at, ov);
+    dlt[g] = row_sum<L>(dot8(go, ov));
+    lse2[g] = lse[qh0 + g] * kLog2e;
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) delta[qh0 + g] = dlt[g];
+  }
+  float dqa[G][8] = {};
+  for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
+    uint4 k_raw[U], v_raw[U];
+    float4 gk_old[U][2], gv_old[U][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * kRows + group;
+      if (j < s.S) {
+        const int64_t at = j * s.slot_stride + slot0;
+        k_raw[u] = *reinterpret_cast<const uint4*>(depth_k + at);
+        v_raw[u] = *reinterpret_cast<const uint4*>(depth_v + at);
+        gk_old[u][0] = reinterpret_cast<const float4*>(d_depth_k + at)[0];
+        gk_old[u][1] = reinterpret_cast<const float4*>(d_depth_k + at)[1];
+        gv_old[u][0] = reinterpret_cast<const float4*>(d_depth_v + at)[0];
+        gv_old[u][1] = reinterpret_cast<const float4*>(d_depth_v + at)[1];
+      } else {
+        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = j0 + u * kRows + group;
+      float kk[8], vv[8], gk[8] = {}, gv[8] = {};
+      unpack8(k_raw[u], kk);
+      unpack8(v_raw[u], vv);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float qv[8], go[8];
+        unpack8(q_raw[g], qv);
+        unpack8(go_raw[g], go);
+        const float sc = row_sum<L>(dot8(qv, kk));
+        const float dp = row_sum<L>(dot8(go, vv));
+        // Past the last slot k and v are zero; p is zeroed so that no inf * 0 can arise.
+        const float p = j < s.S ? exp2f(sc * to_log2 - lse2[g]) : 0.0f;
+        const float ds = p * (dp - dlt[g]) * s.scale;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          dqa[g][e] += ds * kk[e];
+          gk[e] += ds * qv[e];
+          gv[e] += p * go[e];
+        }
+      }
+      if (j < s.S) {
+        const int64_t at = j * s.slot_stride + slot0;
+        add_f32x8(d_depth_k + at, gk, gk_old[u]);
+        add_f32x8(d_depth_v + at, gv, gv_old[u]);
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dqa[g][e] = group_sum<L>(dqa[g][e]);
+  }
+  if (group == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float4* p = reinterpret_cast<float4*>(dq + (qh0 + g) * D + piece * 8);
+      p[0] = make_float4(dqa[g][0], dqa[g][1], dqa[g][2], dqa[g][3]);
+      p[1] = make_float4(dqa[g][4], dqa[g][5], dqa[g][6], dqa[g][7]);
+    }
+  }
+}
+
 // =============================== tensor-core kernels ===============================
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t4 = lane % 4):
 //   A 16x16: a0 (g, 2t4..+1)  a1 (g+8, 2t4..)  a2 (g, 2t4+8..)  a3 (g+8, 2t4+8..)
@@ -800,6 +1067,50 @@ bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// The streaming depth kernels take head sizes 64 and 128, G in {1, 2, 3, 4, 8}, 16-byte aligned
+// operands and slot strides, and slot scores that fit in shared memory; the warp kernels take the
+// rest. With S = 0 the backward one still computes delta (and dq := 0).
+bool use_depth_stream(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
+  if ((s.head_dim != 64 && s.head_dim != 128) || s.slot_stride % 8 != 0) {
+    return false;
+  }
+  const int64_t g = s.q_heads / s.kv_heads;
+  if (g != 1 && g != 2 && g != 3 && g != 4 && g != 8) return false;
+  if (sizeof(float) * kWarpsPerBlock * g * s.slots > 160 * 1024) return false;
+  for (const void* p : ptrs) {
+    if (!aligned16(p)) return false;
+  }
+  return true;
+}
+
+template <class F>
+void with_depth_stream(const Dims& s, F&& f) {
+  const auto with_g = [&](auto dd) {
+    switch (s.G) {
+      case 1:
+        f(dd, std::integral_constant<int, 1>{});
+        break;
+      case 2:
+        f(dd, std::integral_constant<int, 2>{});
+        break;
+      case 3:
+        f(dd, std::integral_constant<int, 3>{});
+        break;
+      case 4:
+        f(dd, std::integral_constant<int, 4>{});
+        break;
+      default:
+        f(dd, std::integral_constant<int, 8>{});
+        break;
+    }
+  };
+  if (s.d == 64) {
+    with_g(std::integral_constant<int, 64>{});
+  } else {
+    with_g(std::integral_constant<int, 128>{});
+  }
+}
+
 unsigned warp_blocks(int64_t warps) {
   return static_cast<unsigned>(ceil_div(warps, kWarpsPerBlock));
 }
@@ -843,6 +1154,17 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   }
   MODA_LAUNCH_CHECK();
   if (s.S == 0) return;
+  if (use_depth_stream(shape, {q, depth_k, depth_v, out, o_seq})) {
+    const size_t stream_smem = sizeof(float) * kWarpsPerBlock * s.G * static_cast<size_t>(s.S);
+    with_depth_stream(s, [&](auto dd, auto gg) {
+      auto kernel = depth_forward_stream<decltype(dd)::value, decltype(gg)::value>;
+      allow_smem(kernel, stream_smem);
+      kernel<<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, stream_smem, stream>>>(
+          s, q, depth_k, depth_v, o_seq, out, lse);
+    });
+    MODA_LAUNCH_CHECK();
+    return;
+  }
   const size_t smem = sizeof(float) * kWarpsPerBlock * static_cast<size_t>(depth_forward_floats(s));
   const bool vec = s.d % 8 == 0 && s.slot_stride % 8 == 0 && aligned16(depth_k);
   with_pairs(s.d, [&](auto p) {
@@ -863,14 +1185,22 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
   const int64_t rows = int64_t{s.B} * s.T;
   if (rows == 0) return;
   float* delta = workspace;
-  const size_t smem =
-      sizeof(float) * kWarpsPerBlock * static_cast<size_t>(depth_backward_floats(s));
-  with_pairs(s.d, [&](auto p) {
-    auto kernel = depth_backward_warp<decltype(p)::value>;
-    allow_smem(kernel, smem);
-    kernel<<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, smem, stream>>>(
-        s, dout, q, out, lse, depth_k, depth_v, dq, d_depth_k, d_depth_v, delta);
-  });
+  if (use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, d_depth_k, d_depth_v})) {
+    with_depth_stream(s, [&](auto dd, auto gg) {
+      depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
+          <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, stream>>>(
+              s, dout, q, out, lse, depth_k, depth_v, dq, d_depth_k, d_depth_v, delta);
+    });
+  } else {
+    const size_t smem =
+        sizeof(float) * kWarpsPerBlock * static_cast<size_t>(depth_backward_floats(s));
+    with_pairs(s.d, [&](auto p) {
+      auto kernel = depth_backward_warp<decltype(p)::value>;
+      allow_smem(kernel, smem);
+      kernel<<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, smem, stream>>>(
+          s, dout, q, out, lse, depth_k, depth_v, dq, d_depth_k, d_depth_v, delta);
+    });
+  }
   MODA_LAUNCH_CHECK();
   if (use_mma(shape, {dout, q, k, v})) {
     const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kTile)), static_cast<unsigned>(s.Hk),

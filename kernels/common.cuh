@@ -55,6 +55,18 @@ std::string concat(const Args&... args) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Bytes of device memory a backend holds through cudaMalloc (buffers, workspaces, tables,
+// autotuning copies) and the most it held at once: the trainer compares them with the
+// prediction of moda/device_memory.hpp.
+struct AllocationCounter {
+  size_t current = 0, peak = 0;
+  void add(size_t bytes) {
+    current += bytes;
+    peak = std::max(peak, current);
+  }
+  void remove(size_t bytes) { current -= bytes; }
+};
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Blocks of a grid-stride elementwise loop over `work` items (capped; the loop covers the rest).
@@ -95,8 +107,8 @@ void allow_smem(Kernel kernel, size_t smem) {
 
 // ---- bf16 vectors: 8 bf16 = one 16-byte access ----
 
-__device__ __forceinline__ void load8(const bf16* p, float (&out)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+// 8 bf16 packed in 16 bytes -> 8 floats (kept packed in registers until used, this halves them).
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&out)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -104,6 +116,10 @@ __device__ __forceinline__ void load8(const bf16* p, float (&out)[8]) {
     out[2 * i] = f.x;
     out[2 * i + 1] = f.y;
   }
+}
+
+__device__ __forceinline__ void load8(const bf16* p, float (&out)[8]) {
+  unpack8(*reinterpret_cast<const uint4*>(p), out);
 }
 
 __device__ __forceinline__ void store8(bf16* p, const float (&in)[8]) {

@@ -94,20 +94,6 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-int64_t lm_head_chunk_rows(int64_t rows, int64_t vocab, size_t budget) {
-  const int64_t per_row = static_cast<int64_t>(sizeof(float) + sizeof(bf16)) * vocab;
-  int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(budget) / per_row);
-  // Whole tiles of rows keep the GEMMs on their fast paths.
-  if (chunk >= 128) chunk = chunk / 128 * 128;
-  return std::min(chunk, rows);
-}
-
-size_t lm_head_workspace_bytes(int64_t chunk_rows, int64_t vocab) {
-  // fp32 logits then bf16 gradients, the latter starting 256-byte aligned.
-  const size_t logits = static_cast<size_t>(chunk_rows * vocab) * sizeof(float);
-  return (logits + 255) / 256 * 256 + static_cast<size_t>(chunk_rows * vocab) * sizeof(bf16);
-}
-
 void lm_head_cross_entropy(Gemm& gemm, const bf16* x, const bf16* weight, const int32_t* targets,
                            float* ce, float* lse, bf16* dx, float* dweight, int64_t rows,
                            int64_t dim, int64_t vocab, float z_loss, float scale,

@@ -2,9 +2,10 @@
 // Everything runs on one stream owned by the backend; download() and synchronize() wait for it.
 // Scratch for ops that need it (attention's fp32 partial output and deltas, the LM head's logit
 // chunk, the segment table) comes from one grow-only workspace: ops run in stream order, so one
-// buffer serves them all.
+// buffer serves them all. Every cudaMalloc is counted (current and peak bytes) so the trainer can
+// compare the device memory with its prediction, and profiles time ops with events on the stream.
 #include <cmath>
-#include <unordered_set>
+#include <unordered_map>
 #include <vector>
 
 #include "moda/cuda_backend.hpp"
@@ -30,19 +31,56 @@ __global__ void convert_kernel_bf16_f32(const bf16* src, float* dst, int64_t n) 
   }
 }
 
+// CUDA events recorded on the backend's stream: each mark is reached when the GPU has finished
+// the work issued before it, so the time between two marks is the GPU time of what lies between.
+class EventTimeline final : public Timeline {
+ public:
+  explicit EventTimeline(cudaStream_t stream) : stream_(stream) {}
+  ~EventTimeline() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  EventTimeline(const EventTimeline&) = delete;
+  EventTimeline& operator=(const EventTimeline&) = delete;
+
+  size_t mark() override {
+    if (used_ == events_.size()) {
+      cudaEvent_t e = nullptr;
+      MODA_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    MODA_CUDA_CHECK(cudaEventRecord(events_[used_], stream_));
+    return used_++;
+  }
+
+  double elapsed_ms(size_t from, size_t to) override {
+    if (from >= used_ || to >= used_) throw std::logic_error("cuda timeline: no such mark");
+    MODA_CUDA_CHECK(cudaEventSynchronize(events_[to]));
+    float ms = 0;
+    MODA_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[from], events_[to]));
+    return ms;
+  }
+
+  void reset() override { used_ = 0; }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+  size_t used_ = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaBackendOptions& options) : options_(options) {
     MODA_CUDA_CHECK(cudaGetDevice(&device_));
     MODA_CUDA_CHECK(cudaGetDeviceProperties(&props_, device_));
     MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    gemm_ = std::make_unique<cuda::Gemm>(stream_);
+    gemm_ = std::make_unique<cuda::Gemm>(stream_, counter_);
   }
 
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     gemm_.reset();
-    for (void* p : allocations_) cudaFree(p);
+    for (const auto& [p, bytes] : allocations_) cudaFree(p);
     cudaFree(workspace_);
     cudaFree(rope_cos_);
     cudaFree(rope_sin_);
@@ -76,6 +114,18 @@ class CudaBackend final : public Backend {
     return 0.0;
   }
 
+  DeviceMemory device_memory() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    MODA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return {props_.name, static_cast<int64_t>(counter_.current),
+            static_cast<int64_t>(counter_.peak), static_cast<int64_t>(free_bytes),
+            static_cast<int64_t>(total_bytes)};
+  }
+
+  std::unique_ptr<Timeline> make_timeline() override {
+    return std::make_unique<EventTimeline>(stream_);
+  }
+
   // ---- memory ----
   Tensor alloc(Role role, int64_t numel) override {
     if (numel < 0) throw std::invalid_argument("cuda backend: negative allocation");
@@ -92,18 +142,23 @@ class CudaBackend final : public Backend {
                                             free_bytes >> 20, " MiB free of ", total_bytes >> 20,
                                             " MiB): ", cudaGetErrorString(err)));
     }
-    allocations_.insert(t.data);
+    allocations_.emplace(t.data, bytes);
+    counter_.add(bytes);
     MODA_CUDA_CHECK(cudaMemsetAsync(t.data, 0, bytes, stream_));
     return t;
   }
 
   void release(Tensor& tensor) override {
     if (tensor.data == nullptr) return;
-    if (allocations_.erase(tensor.data) == 0) {
+    const auto found = allocations_.find(tensor.data);
+    if (found == allocations_.end()) {
       throw std::logic_error("cuda backend: release of a tensor it did not allocate");
     }
+    const size_t bytes = found->second;
+    allocations_.erase(found);
     MODA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     MODA_CUDA_CHECK(cudaFree(tensor.data));
+    counter_.remove(bytes);
     tensor = Tensor{};
   }
 
@@ -205,9 +260,13 @@ class CudaBackend final : public Backend {
     cudaFree(rope_cos_);
     cudaFree(rope_sin_);
     rope_cos_ = rope_sin_ = nullptr;
+    counter_.remove(2 * rope_bytes_);
+    rope_bytes_ = 0;
     const size_t bytes = std::max<size_t>(c.size(), 1) * sizeof(float);
     MODA_CUDA_CHECK(cudaMalloc(&rope_cos_, bytes));
     MODA_CUDA_CHECK(cudaMalloc(&rope_sin_, bytes));
+    rope_bytes_ = bytes;
+    counter_.add(2 * bytes);
     MODA_CUDA_CHECK(
         cudaMemcpy(rope_cos_, c.data(), c.size() * sizeof(float), cudaMemcpyHostToDevice));
     MODA_CUDA_CHECK(
@@ -455,8 +514,8 @@ class CudaBackend final : public Backend {
       expect(dweight, DType::f32, op, "dweight", vocab * dim);
     }
     if (rows == 0) return;
-    const int64_t chunk = cuda::lm_head_chunk_rows(rows, vocab, options_.lm_head_workspace_bytes);
-    void* ws = workspace<char>(static_cast<int64_t>(cuda::lm_head_workspace_bytes(chunk, vocab)));
+    const int64_t chunk = moda::lm_head_chunk_rows(rows, vocab, options_.lm_head_workspace_bytes);
+    void* ws = workspace<char>(static_cast<int64_t>(moda::lm_head_workspace_bytes(chunk, vocab)));
     cuda::lm_head_cross_entropy(
         *gemm_, x.as<bf16>(), weight.as<bf16>(), targets.as<int32_t>(), ce.as<float>(),
         lse.as<float>(), dx.empty() ? nullptr : dx.as<bf16>(),
@@ -482,7 +541,7 @@ class CudaBackend final : public Backend {
     for (const auto& [offset, count] : segments) extent = std::max(extent, offset + count);
     expect(values, DType::f32, op, "values", extent);
     void* ws =
-        workspace<char>(static_cast<int64_t>(cuda::segment_sum_squares_workspace(segments.size())));
+        workspace<char>(static_cast<int64_t>(moda::segment_sum_squares_workspace(segments.size())));
     return cuda::segment_sum_squares(values.as<float>(), segments, ws, stream_);
   }
 
@@ -571,10 +630,12 @@ class CudaBackend final : public Backend {
       // Kernels still queued may read the old buffer.
       synchronize();
       MODA_CUDA_CHECK(cudaFree(workspace_));
+      counter_.remove(workspace_bytes_);
       workspace_ = nullptr;
       workspace_bytes_ = 0;
       MODA_CUDA_CHECK(cudaMalloc(&workspace_, bytes));
       workspace_bytes_ = bytes;
+      counter_.add(bytes);
     }
     return static_cast<T*>(workspace_);
   }
@@ -583,12 +644,14 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
+  cuda::AllocationCounter counter_;  // before gemm_, which counts into it
   std::unique_ptr<cuda::Gemm> gemm_;
-  std::unordered_set<void*> allocations_;
+  std::unordered_map<void*, size_t> allocations_;  // bytes of each alloc()
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   float* rope_cos_ = nullptr;
   float* rope_sin_ = nullptr;
+  size_t rope_bytes_ = 0;  // of each table
   int64_t rope_len_ = 0, rope_half_ = 0;
 };
 

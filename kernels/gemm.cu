@@ -29,9 +29,10 @@ int64_t alignment_of(const void* p) {
 
 }  // namespace
 
-Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+Gemm::Gemm(cudaStream_t stream, AllocationCounter& counter) : stream_(stream), counter_(counter) {
   MODA_CUBLAS_CHECK(cublasLtCreate(&handle_));
   MODA_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
+  counter_.add(kWorkspaceBytes);
 }
 
 Gemm::~Gemm() {
@@ -42,6 +43,7 @@ Gemm::~Gemm() {
     cublasLtMatmulDescDestroy(p.desc);
   }
   cudaFree(workspace_);
+  counter_.remove(kWorkspaceBytes);
   cublasLtDestroy(handle_);
 }
 
@@ -131,6 +133,7 @@ void Gemm::tune(const Call& call, Plan& p) {
       cudaGetLastError();
       return;
     }
+    counter_.add(c_bytes);
     MODA_CUDA_CHECK(cudaMemcpyAsync(saved, call.c, c_bytes, cudaMemcpyDeviceToDevice, stream_));
   }
   cudaEvent_t start, stop;
@@ -174,6 +177,7 @@ void Gemm::tune(const Call& call, Plan& p) {
     MODA_CUDA_CHECK(cudaMemcpyAsync(call.c, saved, c_bytes, cudaMemcpyDeviceToDevice, stream_));
     MODA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     MODA_CUDA_CHECK(cudaFree(saved));
+    counter_.remove(c_bytes);
   }
 }
 
@@ -266,7 +270,8 @@ std::vector<GemmAlgoTiming> cuda_time_gemm_algorithms(int64_t m, int64_t n, int6
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   std::vector<GemmAlgoTiming> out;
   {
-    Gemm gemm(stream);
+    AllocationCounter counter;
+    Gemm gemm(stream, counter);
     DeviceBuffer<bf16> x(m * k), w(n * k), dy(m * n), y(m * n), dx(m * k);
     DeviceBuffer<float> dw(n * k);
     fill_random_bf16<<<1024, 256, 0, stream>>>(x.ptr, m * k, 1);

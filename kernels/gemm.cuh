@@ -8,12 +8,14 @@
 #include <map>
 
 #include "common.cuh"
+#include "moda/cuda_backend.hpp"
 
 namespace moda::cuda {
 
 class Gemm {
  public:
-  explicit Gemm(cudaStream_t stream);
+  // Device memory it allocates (its workspace, autotuning copies) is counted in `counter`.
+  Gemm(cudaStream_t stream, AllocationCounter& counter);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
@@ -48,7 +50,7 @@ class Gemm {
   bool run_candidate(const Call& call, int candidate);
   int chosen(const Call& call) { return plan(call).choice; }
   static constexpr int kMaxAlgos = 8;
-  static constexpr size_t kWorkspaceBytes = size_t{64} << 20;
+  static constexpr size_t kWorkspaceBytes = kCublasWorkspaceBytes;
 
  private:
   struct Plan {
@@ -65,6 +67,7 @@ class Gemm {
   void tune(const Call& call, Plan& p);
 
   cudaStream_t stream_;
+  AllocationCounter& counter_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::map<Key, Plan> plans_;

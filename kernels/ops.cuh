@@ -66,9 +66,8 @@ void attention_backward(const AttentionShape& s, const bf16* dout, const bf16* q
                         const float* lse, float* dq, float* dk, float* dv, float* d_depth_k,
                         float* d_depth_v, float* workspace, cudaStream_t stream);
 
-// cross_entropy.cu. Rows per chunk for a workspace of `budget` bytes; workspace bytes needed.
-int64_t lm_head_chunk_rows(int64_t rows, int64_t vocab, size_t budget);
-size_t lm_head_workspace_bytes(int64_t chunk_rows, int64_t vocab);
+// cross_entropy.cu. `workspace` holds lm_head_workspace_bytes(chunk_rows, vocab) bytes
+// (moda/cuda_backend.hpp).
 void lm_head_cross_entropy(Gemm& gemm, const bf16* x, const bf16* weight, const int32_t* targets,
                            float* ce, float* lse, bf16* dx, float* dweight, int64_t rows,
                            int64_t dim, int64_t vocab, float z_loss, float scale,
@@ -77,8 +76,7 @@ void lm_head_cross_entropy(Gemm& gemm, const bf16* x, const bf16* weight, const 
 // adamw.cu
 void adamw(float* master, const float* grad, float* m, float* v, bf16* weights, int64_t count,
            const AdamWArgs& args, cudaStream_t stream);
-// Device scratch bytes for `segments` segments.
-size_t segment_sum_squares_workspace(size_t segments);
+// `workspace` holds segment_sum_squares_workspace(segments.size()) bytes (moda/cuda_backend.hpp).
 std::vector<double> segment_sum_squares(const float* values,
                                         std::span<const std::pair<int64_t, int64_t>> segments,
                                         void* workspace, cudaStream_t stream);

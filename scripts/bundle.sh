@@ -2,7 +2,8 @@
 # Builds a self-contained folder (dist/) with the moda binary, the test binary and every shared
 # library they need that a bare GPU machine (Ubuntu 24.04 + CUDA, no Debian -dev packages) lacks.
 # Usage: scripts/bundle.sh [build-dir] [out-dir]
-# Run the result with: dist/moda ... (a wrapper that sets LD_LIBRARY_PATH to dist/lib).
+# Run the result with: dist/moda ... (a wrapper that sets LD_LIBRARY_PATH to dist/lib, the CUDA
+# toolkit's lib64 and the PyTorch wheel's NCCL, whichever of the last two holds libnccl.so.2).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$repo/build}"
@@ -28,7 +29,8 @@ for exe in moda moda_tests; do
   cat > "$out/$exe" <<WRAP
 #!/usr/bin/env bash
 here="\$(cd "\$(dirname "\$0")" && pwd)"
-export LD_LIBRARY_PATH="\$here/lib:/usr/local/cuda/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+nccl=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib
+export LD_LIBRARY_PATH="\$here/lib:/usr/local/cuda/lib64:\$nccl\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 exec "\$here/bin/$exe" "\$@"
 WRAP
   chmod +x "$out/$exe"

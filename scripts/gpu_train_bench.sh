@@ -3,12 +3,20 @@
 # MoDA (+ FFN KV) configs of configs/paper/ for a few steps each, on the embedded corpus (byte
 # tokens; the model keeps its full 100K vocabulary, so every layer costs what it costs on real
 # data). Prints the trainer's own log lines; the steady-state tokens/s is the median of the
-# steps after the first few.
-# Usage: scripts/gpu_train_bench.sh [dist-dir] [steps]
+# steps after the first few. Each run also prints the trainer's memory line after step 1
+# (prediction, allocation counter, cudaMemGetInfo), and OLMo2-700M the per-phase profile of one
+# step (runtime.profile_step, CUDA events around each backend op).
+# Usage: scripts/gpu_train_bench.sh [dist-dir] [steps] [run names...]
+#   run names: any of tiny olmo2_700m moda_700m olmo2_1p5b moda_1p5b (default: all). With few
+#   steps (3: memory and profile only) a run costs seconds of device time.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 dist="${1:-$repo/dist-cuda}"
 steps="${2:-12}"
+shift $(( $# < 2 ? $# : 2 ))
+only=" ${*:-tiny olmo2_700m moda_700m olmo2_1p5b moda_1p5b} "
+# The profiled step: 3 (after cuBLASLt's autotuning in step 1), or the last one of shorter runs.
+profile_step=$(( steps < 3 ? steps : 3 ))
 out="${OUT:-/tmp/moda_bench}"
 mkdir -p "$out"
 common=(--set runtime.device=cuda --set "data.train=[embedded]" --set "data.val=[]"
@@ -17,10 +25,13 @@ common=(--set runtime.device=cuda --set "data.train=[embedded]" --set "data.val=
         --set logging.plot=false)
 run() {
   local name="$1"; shift
+  [[ "$only" == *" $name "* ]] || return 0
   echo "== $name"
   "$dist/moda" train "$@" "${common[@]}" --set logging.dir="$out/$name" > "$out/$name.log" 2>&1 || {
     tail -5 "$out/$name.log"; return 0; }
-  grep -E "backend:|model:" "$out/$name.log" | sed 's/^.*\] //'
+  grep -E "backend:|model:|memory:" "$out/$name.log" | sed 's/^.*\] //'
+  # The profile table spans several lines of one log message.
+  sed -n '/profile of step/,/the five largest/p' "$out/$name.log" | sed 's/^.*\] //'
   # Median tokens/s over steps 4.. (the first steps include cuBLASLt autotuning).
   python3 - "$out/$name/metrics.jsonl" <<'PY'
 import json, statistics, sys
@@ -32,10 +43,13 @@ print(f"   steps {len(rows)}, loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3
 PY
   nvidia-smi --query-gpu=memory.used --format=csv,noheader 2>/dev/null | head -1 || true
 }
-"$dist/moda" train --set runtime.device=cuda --set logging.dir="$out/tiny" > "$out/tiny.log" 2>&1 && \
-  grep -E "step +(1|50|100|150)/" "$out/tiny.log" | sed 's/^.*\] //'
+if [[ "$only" == *" tiny "* ]]; then
+  "$dist/moda" train --set runtime.device=cuda --set logging.dir="$out/tiny" > "$out/tiny.log" 2>&1 && \
+    grep -E "step +(1|50|100|150)/" "$out/tiny.log" | sed 's/^.*\] //'
+fi
 p="$repo/configs/paper"
-run olmo2_700m --config "$p/table3_row1_olmo2_36l.yaml" --set batch.micro_batch=4 --set batch.global_batch=4
+run olmo2_700m --config "$p/table3_row1_olmo2_36l.yaml" --set batch.micro_batch=4 --set batch.global_batch=4 \
+  --set runtime.profile_step="$profile_step"
 run moda_700m --config "$p/table3_row4_moda_ffn_kv.yaml" --set batch.micro_batch=4 --set batch.global_batch=4
 run olmo2_1p5b --config "$p/olmo2_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2
 run moda_1p5b --config "$p/moda_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2

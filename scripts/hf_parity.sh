@@ -55,7 +55,12 @@ compare() {  # export dump tol expect label
   out=$("$PY" tools/hf/parity.py --export "$1" --logits "$2" --tol "$3" --device "$DEVICE" \
         --expect "$4" "${PLAIN_FLAG[@]}" 2>&1)
   local rc=$?
-  echo "$out" | grep -v -E "^\s*$" | tail -3 | sed "s/^/  [$5] /"
+  # The verdict and the tokenizer check, or the last lines when it failed before a verdict.
+  if [[ $rc == 0 ]]; then
+    echo "$out" | grep -E "rel err|tokenizer:" | sed "s/^/  [$5] /"
+  else
+    echo "$out" | grep -v -E "^\s*$" | tail -5 | sed "s/^/  [$5] /"
+  fi
   [[ $rc == 0 ]] || failures=$((failures + 1))
 }
 

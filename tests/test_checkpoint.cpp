@@ -402,7 +402,7 @@ TEST_CASE("kill -9 during saves never leaves a damaged checkpoint under a final 
     bool staging_left = false;
     for (const auto& e : fs::directory_iterator(root)) {
       const std::string name = e.path().filename().string();
-      if (name.find(".tmp-") != std::string::npos) {
+      if (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos) {
         staging_left = true;
         continue;
       }
@@ -419,7 +419,9 @@ TEST_CASE("kill -9 during saves never leaves a damaged checkpoint under a final 
   // Leftover staging directories of killed saves are what prune removes.
   prune_checkpoints(root, 2, 0);
   for (const auto& e : fs::directory_iterator(root)) {
-    CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
+    const std::string name = e.path().filename().string();
+    CHECK(name.find(".tmp-") == std::string::npos);
+    CHECK(name.find(".old-") == std::string::npos);
   }
   WARN(killed_mid_save << " of 6 rounds ended with a staging directory present");
 }

@@ -100,7 +100,11 @@ Config every_field_changed() {
   c.runtime.threads = 2;
   c.runtime.nan_policy = moda::NanPolicy::skip;
   c.runtime.max_skipped_steps = 0;
+  c.runtime.profile_step = 3;
   c.runtime.zero1 = true;
+  c.runtime.comm = moda::CommKind::nccl;
+  c.runtime.comm_timeout_s = 30.5;
+  c.runtime.grad_bucket_mb = 0.0;
   return c;
 }
 
@@ -199,7 +203,11 @@ TEST_CASE("to_yaml round-trips a config with every field changed") {
   CHECK(parsed.logging.plot == false);
   CHECK(parsed.runtime.device == moda::DeviceKind::cuda);
   CHECK(parsed.runtime.nan_policy == moda::NanPolicy::skip);
+  CHECK(parsed.runtime.profile_step == 3);
   CHECK(parsed.runtime.zero1);
+  CHECK(parsed.runtime.comm == moda::CommKind::nccl);
+  CHECK(parsed.runtime.comm_timeout_s == original.runtime.comm_timeout_s);
+  CHECK(parsed.runtime.grad_bucket_mb == 0.0);
 }
 
 TEST_CASE("to_yaml writes doubles as floats, sections in struct order") {
@@ -235,6 +243,10 @@ TEST_CASE("enums convert to their YAML names") {
   CHECK(moda::to_string(moda::DeviceKind::cuda) == "cuda");
   CHECK(moda::to_string(moda::NanPolicy::stop) == "stop");
   CHECK(moda::to_string(moda::NanPolicy::skip) == "skip");
+  CHECK(moda::to_string(moda::CommKind::auto_detect) == "auto");
+  CHECK(moda::to_string(moda::CommKind::single) == "single");
+  CHECK(moda::to_string(moda::CommKind::mpi) == "mpi");
+  CHECK(moda::to_string(moda::CommKind::nccl) == "nccl");
 }
 
 TEST_CASE("values in their YAML spellings") {
@@ -308,6 +320,8 @@ TEST_CASE("bad enum values list the allowed values") {
              Contains("runtime.device: expected one of auto, cpu, cuda, got 'gpu'"));
   CHECK_THAT(parse_error("runtime:\n  nan_policy: ignore\n"),
              Contains("runtime.nan_policy: expected one of stop, skip, got 'ignore'"));
+  CHECK_THAT(parse_error("runtime:\n  comm: gloo\n"),
+             Contains("runtime.comm: expected one of auto, single, mpi, nccl, got 'gloo'"));
 }
 
 TEST_CASE("repeated keys and sections are errors, not a silent last-one-wins") {
@@ -481,6 +495,23 @@ TEST_CASE("validation rejects out-of-range values and inconsistent shapes") {
       {[](Config& c) { c.runtime.threads = -2; }, "runtime.threads must be >= 0, got -2"},
       {[](Config& c) { c.runtime.max_skipped_steps = -1; },
        "runtime.max_skipped_steps must be >= 0, got -1"},
+      {[](Config& c) { c.runtime.profile_step = -1; }, "runtime.profile_step must be >= 0, got -1"},
+      {[](Config& c) { c.runtime.profile_step = 151; },
+       "runtime.profile_step (151) exceeds schedule.total_steps (150)"},
+      {[](Config& c) { c.runtime.comm_timeout_s = 0; },
+       "runtime.comm_timeout_s must be > 0, got 0"},
+      {[](Config& c) { c.runtime.grad_bucket_mb = -1; },
+       "runtime.grad_bucket_mb must be >= 0, got -1"},
+      {[](Config& c) {
+         c.runtime.device = moda::DeviceKind::cpu;
+         c.runtime.comm = moda::CommKind::nccl;
+       },
+       "runtime.comm nccl needs the CUDA backend, but runtime.device is cpu (use mpi)"},
+      {[](Config& c) {
+         c.runtime.device = moda::DeviceKind::cuda;
+         c.runtime.comm = moda::CommKind::mpi;
+       },
+       "runtime.comm mpi carries host memory, but runtime.device is cuda (use nccl)"},
   };
   REQUIRE_NOTHROW(moda::validate(moda::default_config()));
   for (const Case& test : cases) {
@@ -519,5 +550,5 @@ TEST_CASE("docs/config.md documents every key") {
     CHECK_THAT(docs, Contains("`" + key + "`"));
     ++keys;
   }
-  CHECK(keys == 52);  // every key of the field table; a new key must be documented too
+  CHECK(keys == 56);  // every key of the field table; a new key must be documented too
 }

@@ -203,7 +203,9 @@ TEST_CASE("cuda backend: memory, transfers and dtype conversion", "[gpu]") {
 
 TEST_CASE("cuda backend: embedding", "[gpu]") {
   MODA_REQUIRE_GPU();
-  for (int64_t dim : {64, 12}) {
+  // 64 and 12: the backward's row kernel in one pass; 1028: a second pass over the columns with a
+  // partial chunk; 6: the scalar kernel (width not a multiple of 4).
+  for (int64_t dim : {64, 12, 1028, 6}) {
     Harness h;
     const int64_t rows = 37, vocab = 20;
     const auto ids = test::random_tokens(static_cast<size_t>(rows), vocab, 7);
@@ -408,10 +410,11 @@ TEST_CASE("cuda backend: SwiGLU", "[gpu]") {
 
 TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   MODA_REQUIRE_GPU();
-  // 64 and 128 take the tensor-core kernels, 8 and 4 the warp kernels.
+  // 64 and 128 take the tensor-core and streaming depth kernels, 8 and 4 the warp kernels.
+  // S = 37 spans several unrolled batches of slot rows and ends inside one; G = 8 is the paper's.
   for (int64_t d : {64, 128, 8, 4}) {
-    for (int64_t group : {1, 2, 3}) {
-      for (int64_t slots : {0, 1, 3}) {
+    for (int64_t group : {1, 2, 3, 8}) {
+      for (int64_t slots : {0, 1, 3, 37}) {
         for (int64_t T : {1, 33, 130}) {
           Harness h;
           const int64_t B = 2, Hk = 2, Hq = Hk * group, R = B * T;
@@ -478,6 +481,46 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
 }
 
 #ifdef MODA_HAVE_CUDA
+// Race check by repetition: everything but dq is written without atomics, so three runs on the
+// same inputs must agree bit for bit; dq (fp32 atomics over query tiles) up to summation order.
+TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  for (int64_t d : {64, 128}) {
+    Harness h;
+    Backend& g = h.gpu();
+    const int64_t B = 2, T = 197, Hk = 2, Hq = 4, S = 37, R = B * T;
+    const int64_t qn = R * Hq * d, kn = R * Hk * d;
+    const AttentionShape shape{B, T, Hq, Hk, d, S, kn};
+    Twin q = h.random(Role::activation, qn, 21), k = h.random(Role::activation, kn, 22);
+    Twin v = h.random(Role::activation, kn, 23), dout = h.random(Role::activation, qn, 24);
+    Twin sk = h.random(Role::activation, S * kn, 25), sv = h.random(Role::activation, S * kn, 26);
+    Twin out = h.random(Role::activation, qn, 0), lse = h.random(Role::stat, R * Hq, 0);
+    Twin dq = h.random(Role::accum, qn, 0), dk = h.random(Role::accum, kn, 0);
+    Twin dv = h.random(Role::accum, kn, 0), dsk = h.random(Role::accum, S * kn, 0);
+    Twin dsv = h.random(Role::accum, S * kn, 0);
+    std::vector<std::vector<double>> first;
+    for (int run = 0; run < 3; ++run) {
+      for (Twin* t : {&dk, &dv, &dsk, &dsv}) g.upload(t->gpu, h.cpu_values(*t));
+      g.attention_forward(shape, q.gpu, k.gpu, v.gpu, sk.gpu, sv.gpu, out.gpu, lse.gpu);
+      g.attention_backward(shape, dout.gpu, q.gpu, k.gpu, v.gpu, sk.gpu, sv.gpu, out.gpu, lse.gpu,
+                           dq.gpu, dk.gpu, dv.gpu, dsk.gpu, dsv.gpu);
+      std::vector<std::vector<double>> now;
+      for (Twin* t : {&out, &lse, &dk, &dv, &dsk, &dsv, &dq}) now.push_back(h.gpu_values(*t));
+      if (run == 0) {
+        first = now;
+        continue;
+      }
+      for (size_t i = 0; i + 1 < now.size(); ++i) {
+        INFO("d=" << d << " run " << run << " output " << i << " differs from run 0");
+        CHECK(now[i] == first[i]);
+      }
+      const double err = test::rel_error(now.back(), first.back());
+      INFO("d=" << d << " run " << run << " dq relative difference " << err);
+      CHECK(err <= 1e-6);
+    }
+  }
+}
+
 TEST_CASE("cuda backend: LM head + cross-entropy + z-loss", "[gpu]") {
   MODA_REQUIRE_GPU();
   struct Case {

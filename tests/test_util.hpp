@@ -3,13 +3,29 @@
 
 #include <cmath>
 #include <cstdint>
+#include <fstream>
 #include <random>
+#include <regex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "moda/config.hpp"
 
 namespace moda::test {
+
+// The training losses a run wrote to DIR/metrics.jsonl, in step order.
+inline std::vector<double> run_losses(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<double> out;
+  std::string line;
+  const std::regex loss_re("\"loss\": ([0-9.eE+-]+)");
+  std::smatch m;
+  while (std::getline(in, line)) {
+    if (std::regex_search(line, m, loss_re)) out.push_back(std::stod(m[1]));
+  }
+  return out;
+}
 
 inline std::vector<double> random_normal(size_t n, uint64_t seed, double std_dev = 1.0,
                                          double mean = 0.0) {

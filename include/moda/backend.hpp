@@ -76,6 +76,29 @@ struct AdamWArgs {
   double grad_scale = 1.0;  // multiplies the gradient first (clipping)
 };
 
+// Timestamps on a backend's timeline, for per-op profiles (moda/profiling.hpp). The CPU backend's
+// ops run synchronously, so its timeline is the wall clock; the CUDA backend records events on its
+// stream, which time the GPU work itself rather than the host's launch calls.
+class Timeline {
+ public:
+  virtual ~Timeline() = default;
+  // Records a point after all work issued so far; returns its index since the last reset().
+  virtual size_t mark() = 0;
+  // Milliseconds between two marks; waits until the later one has been reached.
+  virtual double elapsed_ms(size_t from, size_t to) = 0;
+  // Forgets the marks; their resources (events) are reused by the next ones.
+  virtual void reset() = 0;
+};
+
+// Device memory as the backend sees it, for the trainer's memory check and report.
+struct DeviceMemory {
+  std::string device;          // the device's name; empty for host backends
+  int64_t allocated = 0;       // bytes the backend holds now: buffers, workspaces, tables
+  int64_t allocated_peak = 0;  // the most it held at once, short-lived buffers included
+  int64_t free = 0;            // cudaMemGetInfo
+  int64_t total = 0;           // 0 for host backends
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -83,6 +106,10 @@ class Backend {
   virtual DType dtype_of(Role role) const = 0;
   // Peak dense FLOP/s of the device at the compute dtype, for MFU; 0 when unknown.
   virtual double peak_flops() const { return 0.0; }
+  // Host backends: nothing to report (total = 0).
+  virtual DeviceMemory device_memory() const { return {}; }
+  // The wall clock unless overridden (right for backends whose ops return when done).
+  virtual std::unique_ptr<Timeline> make_timeline();
 
   // ---- memory ----
   virtual Tensor alloc(Role role, int64_t numel) = 0;  // zero-filled

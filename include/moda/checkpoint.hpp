@@ -125,10 +125,12 @@ LoaderState reshard_loader_state(const LoaderState& state, int old_world, int ne
 
 // ---- model state <-> host vectors ----
 // Copies [range) of the model's master weights and Adam moments to the host (float32, exact for
-// the fp32 master buffers).
+// the fp32 master buffers). The range must lie inside the optimizer state the model holds (its
+// ZeRO-1 shard, when sharded).
 ShardState capture_shard(Model& model, ShardRange range);
-// The inverse: writes shard.range of the master weights (refreshing the compute copy of that
-// range) and, when the shard holds them, of the Adam moments. Any range inside the parameters.
+// The inverse: writes shard.range of the compute copy and of the master weights the model holds
+// (any range inside the parameters: a ZeRO-1 rank loads every shard's weights this way) and,
+// when the shard holds them, of the Adam moments (then inside the model's optimizer state).
 void restore_model(Model& model, const ShardState& shard);
 
 // ---- config changes on resume ----

@@ -13,6 +13,7 @@ enum class NormPlacement { reordered, pre, post };
 enum class LrDecay { cosine, linear, constant };
 enum class DeviceKind { auto_detect, cpu, cuda };
 enum class NanPolicy { stop, skip };
+enum class CommKind { auto_detect, single, mpi, nccl };
 
 struct ModelConfig {
   int64_t d_model = 128;         // D
@@ -97,9 +98,21 @@ struct RuntimeConfig {
   int64_t threads = 0;  // OpenMP threads for the CPU backend; 0 = all cores
   NanPolicy nan_policy = NanPolicy::stop;
   int64_t max_skipped_steps = 10;  // with nan_policy skip: stop once more steps were skipped
+  // Optimizer step (1-based) whose backend op calls are timed and logged as a per-phase table;
+  // 0 = off.
+  int64_t profile_step = 0;
   // Data parallelism: shard the optimizer update over ranks (reduce-scatter the gradients,
   // update one shard per rank, all-gather the parameters) instead of all-reducing.
   bool zero1 = false;
+  // Communicator: auto (one process without mpirun/srun, else MPI for the CPU backend and NCCL
+  // for CUDA), or forced: single, mpi, nccl (also with one rank, e.g. `mpirun -np 1`).
+  CommKind comm = CommKind::auto_detect;
+  // A collective or host wait between ranks that takes longer stops the whole job (a rank died
+  // or hangs); it must exceed the longest pause of one rank (rank 0 writing a checkpoint).
+  double comm_timeout_s = 600.0;
+  // Gradient all-reduce in buckets of this many MiB (fp32 gradients), each started as soon as
+  // the backward has finished its layers; 0: one all-reduce after the backward.
+  double grad_bucket_mb = 25.0;
 };
 
 struct Config {
@@ -137,5 +150,6 @@ std::string to_string(NormPlacement p);
 std::string to_string(LrDecay d);
 std::string to_string(DeviceKind d);
 std::string to_string(NanPolicy p);
+std::string to_string(CommKind c);
 
 }  // namespace moda

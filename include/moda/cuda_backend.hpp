@@ -2,6 +2,7 @@
 // plain C++ so that code built without nvcc can name the backend; CUDA types stay in kernels/.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -22,6 +23,31 @@ struct CudaBackendOptions {
   size_t lm_head_workspace_bytes = size_t{1} << 30;
 };
 
+// Sizes of the backend's scratch buffers. Inline, so that `moda info` and the trainer's memory
+// prediction (moda/device_memory.hpp) use the kernels' own formulas in builds without CUDA too.
+inline constexpr size_t kCublasWorkspaceBytes = size_t{64} << 20;
+
+// Rows per LM-head chunk whose fp32 logits and bf16 logit gradients fit in `budget` bytes.
+inline int64_t lm_head_chunk_rows(int64_t rows, int64_t vocab, size_t budget) {
+  const int64_t per_row = static_cast<int64_t>(sizeof(float) + sizeof(uint16_t)) * vocab;
+  int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(budget) / per_row);
+  // Whole tiles of rows keep the GEMMs on their fast paths.
+  if (chunk >= 128) chunk = chunk / 128 * 128;
+  return std::min(chunk, rows);
+}
+
+// Workspace bytes of a chunk: fp32 logits, then bf16 gradients starting 256-byte aligned.
+inline size_t lm_head_workspace_bytes(int64_t chunk_rows, int64_t vocab) {
+  const size_t logits = static_cast<size_t>(chunk_rows * vocab) * sizeof(float);
+  return (logits + 255) / 256 * 256 + static_cast<size_t>(chunk_rows * vocab) * sizeof(uint16_t);
+}
+
+// Device scratch bytes of segment_sum_squares over `segments` segments: the segment table
+// (offsets, counts, block starts + 1) and one double sum per segment.
+inline size_t segment_sum_squares_workspace(size_t segments) {
+  return sizeof(int64_t) * (3 * segments + 1) + sizeof(double) * segments;
+}
+
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options = {});
 
@@ -38,5 +64,14 @@ struct GemmAlgoTiming {
   double tflops = 0;  // of the chosen algorithm
 };
 std::vector<GemmAlgoTiming> cuda_time_gemm_algorithms(int64_t m, int64_t n, int64_t k);
+
+// Forward and backward of MoDA attention at `shape` (slot_stride is set to the model's gap-free
+// slot-major layout) on synthetic operands: medians over `reps` timed calls after one warm-up.
+struct AttentionTiming {
+  double forward_ms = 0;
+  double backward_ms = 0;
+  double total_ms = 0;  // median of forward + backward per repetition
+};
+AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps);
 
 }  // namespace moda

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -107,13 +108,20 @@ struct LossSums {
 
 struct ModelBuffers;  // the activation arena (src/model/model.cpp)
 
+// Called by the backward with a range [begin, end) of the flat gradient buffer that nothing later
+// in that backward adds to (the values may still be queued on the device).
+using GradientsReady = std::function<void(int64_t begin, int64_t end)>;
+
 class Model {
  public:
   // Allocates parameters, optimizer state and the activation arena for micro-batches of
   // [micro_batch, seq_len]. The flat buffers are padded to a multiple of `shards` x 64 elements
-  // so they split into equal data-parallel shards (ZeRO-1).
+  // so they split into equal data-parallel shards (ZeRO-1). With own_shard >= 0 (ZeRO-1) the
+  // master weights and Adam moments are allocated for that shard only: the update of the other
+  // shards is other ranks' work, and the compute copy of the weights, which every rank needs
+  // whole, is what they all-gather.
   Model(const Config& config, Backend& backend, int64_t micro_batch, int64_t seq_len,
-        int64_t shards = 1);
+        int64_t shards = 1, int64_t own_shard = -1);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -126,22 +134,36 @@ class Model {
 
   // Normal(0, init_std) matrices and embedding (truncated at 3 std), norm weights 1.
   void init_parameters(uint64_t seed);
-  std::vector<double> parameters();  // master copy, host
-  void set_parameters(std::span<const double> values);
+  // The master copy on the host; throws when this model holds one shard of it only.
+  std::vector<double> parameters();
+  // Writes parameters [offset, offset + values.size()): the compute copy, and the master weights
+  // of the part this model holds.
+  void set_parameters(std::span<const double> values, int64_t offset = 0);
   std::vector<double> gradients();
   void zero_gradients();
 
   // tokens: [micro_batch, seq_len + 1] on the host. Accumulates into the gradients the
-  // gradient of loss_scale * sum(ce + z_loss * lse^2) and returns the sums.
-  LossSums forward_backward(std::span<const int32_t> tokens, double loss_scale);
+  // gradient of loss_scale * sum(ce + z_loss * lse^2) and returns the sums. `ready`, when given,
+  // receives an untied LM head right after its gradient, each layer's matrices as soon as that
+  // layer's backward is done (top layer first), and the rest (embedding, norm weights) at the
+  // end: ranges that cover [0, layout().total()) once, so that their reduction over ranks can
+  // overlap with the backward.
+  LossSums forward_backward(std::span<const int32_t> tokens, double loss_scale,
+                            const GradientsReady& ready = {});
   // Forward only (validation).
   LossSums forward(std::span<const int32_t> tokens);
   // Logits [micro_batch * seq_len, padded_vocab] of the inputs tokens[b, 0..seq_len).
   std::vector<double> logits(std::span<const int32_t> tokens);
 
+  // Elements of the flat buffers, padded to split into equal shards.
+  int64_t padded_size() const { return grads_.numel; }
   // Elements per data-parallel shard of the flat buffers (their padded size / shards).
-  int64_t shard_size() const { return master_.numel / shards_; }
-  // Flat buffers (master role, padded) for the optimizer and checkpoints.
+  int64_t shard_size() const { return padded_size() / shards_; }
+  // The flat buffers (master role) for the optimizer and checkpoints. grads() and weights()
+  // cover all padded_size() elements; master(), adam_m() and adam_v() hold elements
+  // [state_offset(), state_offset() + master().numel): all of them, or this rank's ZeRO-1 shard.
+  int64_t state_offset() const { return state_offset_; }
+  bool state_sharded() const { return master_.numel < padded_size(); }
   const Tensor& master() const { return master_; }
   const Tensor& grads() const { return grads_; }
   const Tensor& adam_m() const { return adam_m_; }
@@ -150,7 +172,7 @@ class Model {
 
  private:
   void forward_pass(std::span<const int32_t> tokens);
-  void backward_pass(double loss_scale);
+  void backward_pass(double loss_scale, const GradientsReady& ready);
   LossSums read_loss();
   Tensor w(int64_t offset, int64_t numel) const { return weights_.slice(offset, numel); }
   Tensor g(int64_t offset, int64_t numel) const { return grads_.slice(offset, numel); }
@@ -159,7 +181,7 @@ class Model {
   ModelShape shape_;
   ParamLayout layout_;
   Backend& backend_;
-  int64_t batch_, seq_len_, rows_, shards_;
+  int64_t batch_, seq_len_, rows_, shards_, state_offset_ = 0;
   Tensor master_, grads_, adam_m_, adam_v_, weights_;
   std::unique_ptr<ModelBuffers> buf_;
 };

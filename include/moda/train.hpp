@@ -47,6 +47,7 @@ struct TrainSummary {
   int64_t skipped_steps = 0;
   std::vector<StepRecord> history;
   double final_val_loss = NAN;
+  std::string profile;  // the table of runtime.profile_step; empty without one
 };
 
 struct TrainOptions {

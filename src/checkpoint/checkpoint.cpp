@@ -466,8 +466,12 @@ std::vector<std::string> prune_checkpoints(const std::string& root, int64_t keep
     const bool recent = keep_last <= 0 || static_cast<int64_t>(i) < keep_last;
     const bool milestone = keep_every > 0 && step % keep_every == 0;
     if (recent || milestone) continue;
-    fs::remove_all(complete[i].second);
-    deleted.push_back(complete[i].second.filename().string());
+    // Renamed away first: a kill during remove_all must not leave a damaged final name.
+    const fs::path& dir = complete[i].second;
+    const fs::path aside = dir.string() + fmt::format(".old-{}", ::getpid());
+    fs::rename(dir, aside);
+    fs::remove_all(aside);
+    deleted.push_back(dir.filename().string());
   }
   if (!deleted.empty()) fileio::fsync_dir(root);
   return deleted;
@@ -569,16 +573,32 @@ LoaderState reshard_loader_state(const LoaderState& state, int old_world, int ne
   return out;
 }
 
+namespace {
+
+// Where `range` starts in the model's optimizer state (all parameters, or one ZeRO-1 shard).
+int64_t state_index(const Model& model, ShardRange range, const char* what) {
+  const int64_t begin = model.state_offset(), end = begin + model.master().numel;
+  if (range.offset < begin || range.offset + range.count > end) {
+    throw std::invalid_argument(
+        fmt::format("{}: [{}, {}) is outside the optimizer state [{}, {}) this model holds", what,
+                    range.offset, range.offset + range.count, begin, end));
+  }
+  return range.offset - begin;
+}
+
+}  // namespace
+
 ShardState capture_shard(Model& model, ShardRange range) {
   ShardState s;
   s.range = range;
+  const int64_t at = state_index(model, range, "capture_shard");
   std::vector<double> host(static_cast<size_t>(range.count));
   Backend& backend = model.backend();
   backend.synchronize();
   std::vector<float>* outs[3] = {&s.master, &s.adam_m, &s.adam_v};
   const Tensor* srcs[3] = {&model.master(), &model.adam_m(), &model.adam_v()};
   for (int i = 0; i < 3; ++i) {
-    backend.download(srcs[i]->slice(range.offset, range.count), host);
+    backend.download(srcs[i]->slice(at, range.count), host);
     outs[i]->assign(host.begin(), host.end());
   }
   return s;
@@ -594,13 +614,12 @@ void restore_model(Model& model, const ShardState& shard) {
                     r.offset, r.offset + r.count, shard.master.size(), total));
   }
   Backend& backend = model.backend();
-  const Tensor master = model.master().slice(r.offset, r.count);
-  backend.upload(master, std::vector<double>(shard.master.begin(), shard.master.end()));
-  backend.copy(model.weights().slice(r.offset, r.count), master);
+  model.set_parameters(std::vector<double>(shard.master.begin(), shard.master.end()), r.offset);
   if (!shard.adam_m.empty()) {
-    backend.upload(model.adam_m().slice(r.offset, r.count),
+    const int64_t at = state_index(model, r, "restore_model");
+    backend.upload(model.adam_m().slice(at, r.count),
                    std::vector<double>(shard.adam_m.begin(), shard.adam_m.end()));
-    backend.upload(model.adam_v().slice(r.offset, r.count),
+    backend.upload(model.adam_v().slice(at, r.count),
                    std::vector<double>(shard.adam_v.begin(), shard.adam_v.end()));
   }
   backend.synchronize();

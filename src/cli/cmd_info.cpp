@@ -4,6 +4,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/config_options.hpp"
+#include "moda/device_memory.hpp"
 #include "moda/model.hpp"
 
 namespace moda::cli {
@@ -52,6 +53,15 @@ void print_info(const Config& c) {
              gib(cpu.activations), gib(cpu.total()));
   fmt::print("  {:<6} {:>12} {:>12} {:>12} {:>12}\n", "cuda", gib(gpu.params), gib(gpu.weights),
              gib(gpu.activations), gib(gpu.total()));
+  // What `moda train` checks against the free GPU memory before step 1 (one GPU).
+  const CudaMemoryPrediction peak = predict_cuda_memory(c, B, T, 1);
+  fmt::print("  cuda peak of a training run (checked before step 1): {}\n", gib(peak.total()));
+  const auto g = [](int64_t bytes) { return static_cast<double>(bytes) / (1ull << 30); };
+  fmt::print(
+      "    = params+opt+weights {:.2f} + activations {:.2f} + op scratch {:.2f} + cuBLASLt {:.2f}\n"
+      "      + autotuning copy {:.2f} + RoPE tables {:.2f} + CUDA context ~{:.2f} (GiB)\n",
+      g(peak.parameters), g(peak.activations), g(peak.op_workspace), g(peak.cublas_workspace),
+      g(peak.gemm_tuning), g(peak.rope), g(peak.context));
 }
 
 }  // namespace

@@ -11,5 +11,6 @@ void register_tokenize(CLI::App& app);
 void register_export(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_sample(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace moda::cli

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   moda::cli::register_export(app);
   moda::cli::register_eval(app);
   moda::cli::register_sample(app);
+  moda::cli::register_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -26,12 +26,17 @@ constexpr std::pair<DeviceKind, std::string_view> kDeviceKinds[] = {
     {DeviceKind::auto_detect, "auto"}, {DeviceKind::cpu, "cpu"}, {DeviceKind::cuda, "cuda"}};
 constexpr std::pair<NanPolicy, std::string_view> kNanPolicies[] = {{NanPolicy::stop, "stop"},
                                                                    {NanPolicy::skip, "skip"}};
+constexpr std::pair<CommKind, std::string_view> kCommKinds[] = {{CommKind::auto_detect, "auto"},
+                                                                {CommKind::single, "single"},
+                                                                {CommKind::mpi, "mpi"},
+                                                                {CommKind::nccl, "nccl"}};
 
 // Overloaded on the enum so that the templates below find the names of any enum field.
 EnumNames<NormPlacement> names(NormPlacement) { return kNormPlacements; }
 EnumNames<LrDecay> names(LrDecay) { return kLrDecays; }
 EnumNames<DeviceKind> names(DeviceKind) { return kDeviceKinds; }
 EnumNames<NanPolicy> names(NanPolicy) { return kNanPolicies; }
+EnumNames<CommKind> names(CommKind) { return kCommKinds; }
 
 template <typename E>
 std::string enum_name(E value) {
@@ -239,7 +244,11 @@ std::vector<config_detail::Field> make_fields() {
   runtime("threads", &RuntimeConfig::threads);
   runtime("nan_policy", &RuntimeConfig::nan_policy);
   runtime("max_skipped_steps", &RuntimeConfig::max_skipped_steps);
+  runtime("profile_step", &RuntimeConfig::profile_step);
   runtime("zero1", &RuntimeConfig::zero1);
+  runtime("comm", &RuntimeConfig::comm);
+  runtime("comm_timeout_s", &RuntimeConfig::comm_timeout_s);
+  runtime("grad_bucket_mb", &RuntimeConfig::grad_bucket_mb);
 
   return table;
 }
@@ -286,5 +295,6 @@ std::string to_string(NormPlacement p) { return enum_name(p); }
 std::string to_string(LrDecay d) { return enum_name(d); }
 std::string to_string(DeviceKind d) { return enum_name(d); }
 std::string to_string(NanPolicy p) { return enum_name(p); }
+std::string to_string(CommKind c) { return enum_name(c); }
 
 }  // namespace moda

@@ -152,9 +152,21 @@ void check_logging(const Checker& check, const LoggingConfig& l) {
   check.positive("logging.val_batches", l.val_batches);
 }
 
-void check_runtime(const Checker& check, const RuntimeConfig& r) {
+void check_runtime(const Checker& check, const RuntimeConfig& r, int64_t total_steps) {
   check.non_negative("runtime.threads", r.threads);
   check.non_negative("runtime.max_skipped_steps", r.max_skipped_steps);
+  check.non_negative("runtime.profile_step", r.profile_step);
+  check.require(r.profile_step <= total_steps,
+                "runtime.profile_step ({}) exceeds schedule.total_steps ({})", r.profile_step,
+                total_steps);
+  check.positive("runtime.comm_timeout_s", r.comm_timeout_s);
+  check.non_negative("runtime.grad_bucket_mb", r.grad_bucket_mb);
+  // NCCL moves device memory and MPI host memory; runtime.device auto is checked at start, once
+  // the backend is known.
+  check.require(!(r.comm == CommKind::nccl && r.device == DeviceKind::cpu),
+                "runtime.comm nccl needs the CUDA backend, but runtime.device is cpu (use mpi)");
+  check.require(!(r.comm == CommKind::mpi && r.device == DeviceKind::cuda),
+                "runtime.comm mpi carries host memory, but runtime.device is cuda (use nccl)");
 }
 
 }  // namespace
@@ -175,7 +187,7 @@ void validate_as(const Config& config, std::string_view origin) {
   check_batch(check, config.batch, config.model.max_seq_len);
   check_checkpoint(check, config.checkpoint);
   check_logging(check, config.logging);
-  check_runtime(check, config.runtime);
+  check_runtime(check, config.runtime, config.schedule.total_steps);
 }
 
 }  // namespace config_detail

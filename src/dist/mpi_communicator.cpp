@@ -31,11 +31,14 @@ void check(int rc, const char* what) {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator() {
+  explicit MpiCommunicator(bool any_thread) {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
-      check(MPI_Init(nullptr, nullptr), "MPI_Init");
+      int provided = 0;
+      check(MPI_Init_thread(nullptr, nullptr, any_thread ? MPI_THREAD_MULTIPLE : MPI_THREAD_SINGLE,
+                            &provided),
+            "MPI_Init_thread");
       std::atexit([] {
         int finalized = 0;
         MPI_Finalized(&finalized);
@@ -102,8 +105,8 @@ void abort_mpi_job(int exit_code) {
   if (world > 1) MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
 
-std::unique_ptr<Communicator> make_mpi_communicator() {
-  return std::make_unique<MpiCommunicator>();
+std::unique_ptr<Communicator> make_mpi_communicator(bool any_thread) {
+  return std::make_unique<MpiCommunicator>(any_thread);
 }
 
 }  // namespace moda

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -163,7 +164,7 @@ MemoryPlan plan_memory(const Config& config, int64_t micro_batch, int64_t seq_le
 }
 
 Model::Model(const Config& config, Backend& backend, int64_t micro_batch, int64_t seq_len,
-             int64_t shards)
+             int64_t shards, int64_t own_shard)
     : config_(config),
       shape_(config),
       layout_(shape_),
@@ -176,12 +177,17 @@ Model::Model(const Config& config, Backend& backend, int64_t micro_batch, int64_
     throw std::invalid_argument(fmt::format("sequence length {} exceeds model.max_seq_len {}",
                                             seq_len, config.model.max_seq_len));
   }
+  if (own_shard >= shards) {
+    throw std::invalid_argument(fmt::format("shard {} of {} shards", own_shard, shards));
+  }
   const int64_t unit = 64 * shards;
   const int64_t padded = (layout_.total() + unit - 1) / unit * unit;
-  master_ = backend_.alloc(Role::master, padded);
+  const int64_t state = own_shard >= 0 ? padded / shards : padded;
+  state_offset_ = own_shard >= 0 ? own_shard * state : 0;
+  master_ = backend_.alloc(Role::master, state);
   grads_ = backend_.alloc(Role::master, padded);
-  adam_m_ = backend_.alloc(Role::master, padded);
-  adam_v_ = backend_.alloc(Role::master, padded);
+  adam_m_ = backend_.alloc(Role::master, state);
+  adam_v_ = backend_.alloc(Role::master, state);
   weights_ = backend_.alloc(Role::weight, padded);
   buf_ = std::make_unique<ModelBuffers>(shape_, batch_, seq_len_);
   buf_->arena.allocate(backend_);
@@ -215,17 +221,34 @@ void Model::init_parameters(uint64_t seed) {
 }
 
 std::vector<double> Model::parameters() {
+  if (state_sharded()) {
+    throw std::logic_error("Model::parameters: this model holds the master weights of one shard");
+  }
   std::vector<double> out(static_cast<size_t>(layout_.total()));
   backend_.download(master_.slice(0, layout_.total()), out);
   return out;
 }
 
-void Model::set_parameters(std::span<const double> values) {
-  if (static_cast<int64_t>(values.size()) != layout_.total()) {
-    throw std::invalid_argument("set_parameters: wrong number of values");
+void Model::set_parameters(std::span<const double> values, int64_t offset) {
+  const int64_t count = static_cast<int64_t>(values.size());
+  if (offset < 0 || offset + count > layout_.total()) {
+    throw std::invalid_argument(
+        fmt::format("set_parameters: [{}, {}) is not inside the {} parameters", offset,
+                    offset + count, layout_.total()));
   }
-  backend_.upload(master_.slice(0, layout_.total()), values);
-  backend_.copy(weights_, master_);
+  // The part of [offset, offset + count) whose master weights this model holds.
+  const int64_t lo = std::max(offset, state_offset_);
+  const int64_t hi = std::min(offset + count, state_offset_ + master_.numel);
+  if (hi > lo) {
+    backend_.upload(master_.slice(lo - state_offset_, hi - lo),
+                    values.subspan(static_cast<size_t>(lo - offset), static_cast<size_t>(hi - lo)));
+  }
+  if (lo == offset && hi == offset + count) {
+    // The compute copy is the master rounded to its dtype, as after an optimizer step.
+    backend_.copy(weights_.slice(offset, count), master_.slice(offset - state_offset_, count));
+  } else {
+    backend_.upload(weights_.slice(offset, count), values);
+  }
 }
 
 std::vector<double> Model::gradients() {
@@ -359,7 +382,7 @@ const Tensor& final_hidden(const ModelShape& s, const std::vector<Tensor>& res,
 
 }  // namespace
 
-void Model::backward_pass(double loss_scale) {
+void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
   ModelBuffers& b = *buf_;
   const ModelShape& s = shape_;
   const int64_t R = rows_, D = s.d_model, N = s.n_layers, T = seq_len_, Vp = s.padded_vocab;
@@ -371,6 +394,8 @@ void Model::backward_pass(double loss_scale) {
   backend_.lm_head_cross_entropy(top, w(layout_.lm_head(), Vp * D), b.targets, b.ce, b.ce_lse,
                                  post ? b.d_res : b.d_top, g(layout_.lm_head(), Vp * D), R, D, Vp,
                                  config_.optimizer.z_loss, loss_scale);
+  // An untied LM head's gradient is complete already: its reduction can overlap with the rest.
+  if (ready && !s.tied) ready(layout_.lm_head(), layout_.lm_head() + Vp * D);
   // d_res becomes the gradient of res[2N].
   if (s.placement == NormPlacement::reordered) {
     backend_.rmsnorm_backward(b.d_top, b.res.back(), w(layout_.final_norm(), D), b.final_rstd,
@@ -485,8 +510,13 @@ void Model::backward_pass(double loss_scale) {
       backend_.matmul_backward(b.d_qkv_raw, x, w(p.qkv, qkv_rows * D), d_res,
                                g(p.qkv, qkv_rows * D), R, qkv_rows, D, true);
     }
+    // The layout puts a layer's four matrices next to each other, qkv first and down last; no
+    // other layer writes them. Its norm weights live with the other vectors after the embedding.
+    if (ready) ready(p.qkv, p.down + D * F);
   }
   backend_.embedding_backward(b.inputs, d_res, g(layout_.embedding(), Vp * D), R, D);
+  // The embedding (the tied LM head too) and every norm weight: all the rest of the layout.
+  if (ready) ready(layout_.embedding(), layout_.total());
 }
 
 LossSums Model::read_loss() {
@@ -502,9 +532,10 @@ LossSums Model::read_loss() {
   return sums;
 }
 
-LossSums Model::forward_backward(std::span<const int32_t> tokens, double loss_scale) {
+LossSums Model::forward_backward(std::span<const int32_t> tokens, double loss_scale,
+                                 const GradientsReady& ready) {
   forward_pass(tokens);
-  backward_pass(loss_scale);
+  backward_pass(loss_scale, ready);
   return read_loss();
 }
 

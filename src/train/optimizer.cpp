@@ -1,7 +1,10 @@
 // Gradient norms (per tensor, so a non-finite gradient can be named) and AdamW over a range of
 // the flat buffers (all of it, or this rank's ZeRO-1 shard).
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "moda/train.hpp"
 
@@ -44,13 +47,22 @@ void adamw_step(Model& model, const OptimizerConfig& opt, double lr, int64_t ste
   args.grad_scale = grad_scale;
   Backend& be = model.backend();
   const int64_t decay_end = model.layout().decay_end(), total = model.layout().total();
+  // Master weights and moments may hold one shard only: index them relative to its start.
+  const int64_t state = model.state_offset();
+  if (begin < state || end > state + model.master().numel) {
+    throw std::logic_error(fmt::format(
+        "adamw_step: range [{}, {}) outside the optimizer state [{}, {}) this model holds", begin,
+        end, state, state + model.master().numel));
+  }
   auto update = [&](int64_t lo, int64_t hi, double decay) {
     lo = std::max(lo, begin);
     hi = std::min(hi, end);
     if (hi <= lo) return;
     args.weight_decay = decay;
-    be.adamw(model.master(), model.grads(), model.adam_m(), model.adam_v(), model.weights(), lo,
-             hi - lo, args);
+    const int64_t n = hi - lo;
+    be.adamw(model.master().slice(lo - state, n), model.grads().slice(lo, n),
+             model.adam_m().slice(lo - state, n), model.adam_v().slice(lo - state, n),
+             model.weights().slice(lo, n), 0, n, args);
   };
   update(0, decay_end, opt.weight_decay);
   update(decay_end, total, 0.0);

@@ -10,10 +10,13 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "dist/gradient_buckets.hpp"
 #include "moda/backend.hpp"
 #include "moda/checkpoint.hpp"
 #include "moda/data.hpp"
+#include "moda/device_memory.hpp"
 #include "moda/dist.hpp"
+#include "moda/profiling.hpp"
 #include "moda/train.hpp"
 
 namespace moda {
@@ -86,7 +89,7 @@ std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{:.6g
 TrainSummary train(const Config& config, const TrainOptions& options) {
   const int64_t T = config.batch.seq_len, B = config.batch.micro_batch;
   const std::string device = resolve_device(config.runtime.device);
-  std::unique_ptr<Communicator> comm = make_communicator(device);
+  std::unique_ptr<Communicator> comm = make_communicator(device, config.runtime);
   const int rank = comm->rank(), world = comm->world();
   const bool lead = rank == 0;
   if (config.batch.global_batch % (B * world) != 0) {
@@ -104,6 +107,8 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   }
   const int64_t accum = config.batch.global_batch / (B * world);
   auto backend = make_backend(device, static_cast<int>(config.runtime.threads));
+  // Before the large allocations: a run that cannot fit the GPU stops here, with the numbers.
+  const std::optional<CudaMemoryPrediction> memory = check_memory_fit(config, *backend, world);
 
   Dataset data = open_dataset(config.data, T);
   if (data.vocab_size > config.model.vocab_size) {
@@ -111,15 +116,22 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
         "{}: model.vocab_size ({}) is smaller than the {} tokenizer's vocabulary ({})",
         config.source, config.model.vocab_size, config.data.tokenizer, data.vocab_size));
   }
-  const bool zero1 = config.runtime.zero1 && world > 1;
-  Model model(config, *backend, B, T, world);
+  // With one rank ZeRO-1 has one shard: the same update, through the same collectives.
+  const bool zero1 = config.runtime.zero1;
+  // runtime.profile_step: only then do the model's op calls pass through a ProfilingBackend.
+  std::unique_ptr<ProfilingBackend> profiler;
+  if (config.runtime.profile_step > 0) profiler = std::make_unique<ProfilingBackend>(*backend);
+  Model model(config, profiler ? *profiler : *backend, B, T, world, zero1 ? rank : -1);
   model.init_parameters(config.runtime.seed);
   PrefetchLoader loader(BatchLoader(data.train, T, B, config.data.seed, rank, world, true));
   // The range of the flat buffers this rank updates: its shard under ZeRO-1, else everything.
   const int64_t shard = model.shard_size();
   const int64_t own_begin = zero1 ? rank * shard : 0;
-  const int64_t own_end = zero1 ? (rank + 1) * shard : model.master().numel;
+  const int64_t own_end = zero1 ? (rank + 1) * shard : model.padded_size();
   const int64_t total_params = model.layout().total();
+  // The parameters in that range (the last shards hold padding only, or some of it).
+  const ShardRange own_params{std::min(own_begin, total_params),
+                              std::min(own_end, total_params) - std::min(own_begin, total_params)};
   const std::string ckpt_root =
       config.checkpoint.dir.empty()
           ? (std::filesystem::path(config.logging.dir) / "checkpoints").string()
@@ -135,7 +147,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       // Model-defining keys first: a changed shape is a ConfigError naming the keys.
       const std::vector<ConfigChange> changes =
           check_resume_config(load_checkpoint_meta(found).config_yaml, config);
-      const CheckpointState ck = load_checkpoint(found, ShardRange{0, total_params});
+      // A ZeRO-1 rank needs every shard's weights but the optimizer state of its own only.
+      if (zero1) {
+        restore_model(model, load_checkpoint(found, ShardRange{0, total_params}, false).shard);
+      }
+      const CheckpointState ck = load_checkpoint(found, own_params);
       restore_model(model, ck.shard);
       loader.restore(reshard_loader_state(ck.meta.loader, ck.meta.world, world));
       start = ck.meta.step;
@@ -159,9 +175,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     const std::string tag = comm->broadcast(std::to_string(::getpid()));
     const std::string staging = checkpoint_staging_dir(ckpt_root, step_done, tag);
     if (zero1) {
-      const int64_t begin = std::min(own_begin, total_params);
-      const int64_t end = std::min(own_end, total_params);
-      write_shard(staging, rank, world, total_params, capture_shard(model, {begin, end - begin}));
+      write_shard(staging, rank, world, total_params, capture_shard(model, own_params));
     } else if (lead) {
       write_shard(staging, 0, 1, total_params, capture_shard(model, {0, total_params}));
     }
@@ -218,7 +232,15 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   const int64_t tokens_per_step = config.batch.global_batch * T;
   if (console) {
     spdlog::info("resolved config ({}):\n{}", config.source, resolved);
-    spdlog::info("backend: {}; {}{}", backend->name(), comm->name(), zero1 ? ", ZeRO-1" : "");
+    spdlog::info("backend: {}; {}", backend->name(), comm->name());
+    if (zero1) {
+      spdlog::info(
+          "ZeRO-1: each rank holds the master weights and Adam moments of {} of {} elements",
+          model.master().numel, model.padded_size());
+    } else if (world > 1) {
+      spdlog::info("gradients: all-reduce in buckets of {} MiB during the backward",
+                   config.runtime.grad_bucket_mb);
+    }
     spdlog::info("model: {} parameters ({} non-embedding), {:.3g} GFLOP/token", counts.total,
                  counts.non_embedding, flops_token / 1e9);
     spdlog::info("data: train {} tokens ({}), val {}", data.train->size(), data.train->describe(),
@@ -230,24 +252,40 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
 
   std::vector<int32_t> tokens(static_cast<size_t>(B * (T + 1)));
   const double loss_scale = 1.0 / static_cast<double>(tokens_per_step);
+  // Without ZeRO-1 the last micro-batch's backward hands each finished range of the gradients to
+  // the all-reduce.
+  GradientBuckets buckets(
+      *comm, model.grads(),
+      static_cast<int64_t>(config.runtime.grad_bucket_mb * (1 << 20) /
+                           static_cast<double>(dtype_size(model.grads().dtype))));
+  const GradientsReady hand_over = [&buckets](int64_t begin, int64_t end) {
+    buckets.ready(begin, end);
+  };
   const int64_t total = config.schedule.total_steps;
   for (int64_t step = start; step < total; ++step) {
+    const bool profiling = profiler && step + 1 == config.runtime.profile_step;
+    if (profiling) profiler->start();
     const auto t0 = Clock::now();
     model.zero_gradients();
     LossSums sums;
     for (int64_t m = 0; m < accum; ++m) {
       loader.next(tokens.data());
-      const LossSums s = model.forward_backward(tokens, loss_scale);
+      const bool overlap = !zero1 && m + 1 == accum;
+      const LossSums s =
+          model.forward_backward(tokens, loss_scale, overlap ? hand_over : GradientsReady{});
       sums.ce += s.ce;
       sums.lse_sq += s.lse_sq;
       sums.tokens += s.tokens;
     }
-    // Sum the gradients over ranks: everywhere (all-reduce) or into each rank's shard.
+    // Sum the gradients over ranks: everywhere (the buckets' all-reduce) or into each rank's
+    // shard.
+    if (profiling) profiler->begin_region("communication");
     if (zero1) {
       comm->reduce_scatter_sum(model.grads(), shard);
     } else {
-      comm->all_reduce_sum(model.grads());
+      buckets.finish();
     }
+    if (profiling) profiler->end_region();
     double loss_sums[2] = {sums.ce, static_cast<double>(sums.tokens)};
     comm->all_reduce_host(loss_sums);
     std::vector<double> squares = gradient_square_sums(model, own_begin, own_end);
@@ -277,21 +315,33 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                         "runtime.max_skipped_steps ({}); stopping",
                         rec.step, summary.skipped_steps, config.runtime.max_skipped_steps));
       }
+      if (profiling) profiler->stop();  // a skipped step has no profile
       if (end_of_step(rec.step)) break;
       continue;
     }
     const double clip = config.optimizer.grad_clip;
     const double scale = clip > 0 && grad.norm > clip ? clip / grad.norm : 1.0;
     adamw_step(model, config.optimizer, rec.lr, step + 1, scale, own_begin, own_end);
+    // Each rank updated the compute copy of its shard's weights; every rank needs them all.
     if (zero1) {
-      comm->all_gather(model.master(), shard);
-      backend->copy(model.weights(), model.master());
+      if (profiling) profiler->begin_region("communication");
+      comm->all_gather(model.weights(), shard);
+      if (profiling) profiler->end_region();
     }
     backend->synchronize();
     rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     rec.tokens_per_s = static_cast<double>(tokens_per_step) / rec.seconds;
     const double peak = backend->peak_flops();
     rec.mfu = peak > 0 ? rec.tokens_per_s * flops_token / peak : NAN;
+    if (profiling) {
+      summary.profile =
+          format_profile(group_profile(profiler->stop(), model.shape()), rec.step,
+                         1e3 * rec.seconds, device == "cuda" ? "CUDA events" : "wall clock");
+      if (console) spdlog::info("{}", summary.profile);
+    }
+    if (console && memory && step == start) {
+      spdlog::info("{}", memory_report(*memory, backend->device_memory()));
+    }
 
     const bool last = step + 1 == total;
     const int64_t vi = config.logging.val_interval;

@@ -90,7 +90,9 @@ def check_tokenizer(export_dir):
     if not os.path.exists(os.path.join(export_dir, "tokenizer.json")):
         print(f"tokenizer: no tokenizer.json ({name})")
         return
-    tok = AutoTokenizer.from_pretrained(export_dir)
+    # The export's config names model_type "moda", which transformers only knows through the
+    # export's own code: without trust_remote_code it stops to ask.
+    tok = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)
     text = "Hello, world! In the beginning God created the heaven and the earth.\n\n  x"
     ids = tok.encode(text)
     ok = tok.decode(ids) == text

@@ -1,0 +1,117 @@
+// `moda bench attention`: times the CUDA MoDA attention kernels (forward, backward) at given
+// shapes on synthetic operands. scripts/bench_attention.py runs it beside torch SDPA and prints
+// the ratios.
+#include <fmt/format.h>
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "moda/backend.hpp"
+
+#ifdef MODA_HAVE_CUDA
+#include "moda/cuda_backend.hpp"
+#endif
+
+namespace moda::cli {
+
+namespace {
+
+// The shapes of the attention table in shared/docs/targets.md: (B, T, Hq, Hk, d, S).
+const std::vector<std::string> kDefaultShapes = {
+    "4,4096,16,8,64,0",   "4,4096,16,8,64,36", "4,4096,16,8,64,72",  "1,4096,64,8,64,0",
+    "1,4096,64,8,64,64",  "1,8192,64,8,64,0",  "1,8192,64,8,64,64",  "1,16384,64,8,64,0",
+    "1,16384,64,8,64,64", "1,16384,16,8,64,0", "1,16384,16,8,64,64", "1,16384,64,8,64,128"};
+
+AttentionShape parse_shape(const std::string& text) {
+  std::vector<int64_t> v;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      v.push_back(std::stoll(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw std::invalid_argument(fmt::format("--shape {}: '{}' is not an integer", text, item));
+    }
+  }
+  if (v.size() != 6) {
+    throw std::invalid_argument(
+        fmt::format("--shape {}: expected six integers B,T,Hq,Hk,d,S", text));
+  }
+  for (size_t i = 0; i < 5; ++i) {
+    if (v[i] <= 0)
+      throw std::invalid_argument(
+          fmt::format("--shape {}: B, T, Hq, Hk, d must be positive", text));
+  }
+  if (v[5] < 0) throw std::invalid_argument(fmt::format("--shape {}: S must be >= 0", text));
+  if (v[2] % v[3] != 0) {
+    throw std::invalid_argument(fmt::format("--shape {}: Hq must be a multiple of Hk", text));
+  }
+  return {v[0], v[1], v[2], v[3], v[4], v[5], 0};
+}
+
+#ifdef MODA_HAVE_CUDA
+void bench_attention(const std::vector<std::string>& shapes, int reps, bool json) {
+  for (const std::string& text : shapes) parse_shape(text);  // every shape is checked up front
+  if (cuda_device_count() == 0) {
+    throw std::runtime_error("moda bench attention needs a CUDA GPU, and none is visible");
+  }
+  if (!json) {
+    fmt::print("{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10} {:>10} {:>10} {:>12}\n", "B", "T", "Hq",
+               "Hk", "d", "S", "fwd ms", "bwd ms", "total ms", "depth K+V GB");
+  }
+  for (const std::string& text : shapes) {
+    const AttentionShape s = parse_shape(text);
+    const AttentionTiming t = cuda_time_attention(s, reps);
+    const double depth_gb = 2.0 * s.slots * s.batch * s.seq_len * s.kv_heads * s.head_dim * 2e-9;
+    if (json) {
+      fmt::print(
+          "{{\"B\": {}, \"T\": {}, \"Hq\": {}, \"Hk\": {}, \"d\": {}, \"S\": {}, \"fwd_ms\": "
+          "{:.4f}, "
+          "\"bwd_ms\": {:.4f}, \"total_ms\": {:.4f}, \"reps\": {}}}\n",
+          s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
+          t.backward_ms, t.total_ms, reps);
+    } else {
+      fmt::print("{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10.3f} {:>10.3f} {:>10.3f} {:>12.2f}\n",
+                 s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
+                 t.backward_ms, t.total_ms, depth_gb);
+    }
+    std::fflush(stdout);
+  }
+}
+#else
+void bench_attention(const std::vector<std::string>& shapes, int, bool) {
+  for (const std::string& text : shapes) parse_shape(text);
+  throw std::runtime_error(
+      "moda bench attention needs the CUDA backend, and this moda was built without CUDA");
+}
+#endif
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Kernel timings on the GPU");
+  bench->require_subcommand(1);
+  auto* attn = bench->add_subcommand(
+      "attention",
+      "Times MoDA attention forward and backward (CUDA events, medians) at B,T,Hq,Hk,d,S shapes");
+  struct Options {
+    std::vector<std::string> shapes = kDefaultShapes;
+    int reps = 20;
+    bool json = false;
+  };
+  auto opts = std::make_shared<Options>();
+  attn->add_option(
+      "--shape", opts->shapes,
+      "B,T,Hq,Hk,d,S (repeatable; default: the shapes of docs/kernels/moda_attention.md)");
+  attn->add_option("--reps", opts->reps, "timed repetitions per shape (median reported)")
+      ->check(CLI::Range(1, 100000));
+  attn->add_flag("--json", opts->json, "one JSON object per shape instead of a table");
+  attn->callback([opts] { bench_attention(opts->shapes, opts->reps, opts->json); });
+}
+
+}  // namespace moda::cli
