@@ -21,9 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "test_util.hpp"
+
 #ifdef MODA_HAVE_CUDA
 #include "moda/cuda_backend.hpp"
-#include "test_util.hpp"
 #endif
 
 using Catch::Contains;
