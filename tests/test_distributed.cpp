@@ -53,7 +53,7 @@ std::string read_text(const std::string& path) {
 
 }  // namespace
 
-TEST_CASE("2 ranks x micro-batch 2 equal 1 rank x micro-batch 4; ZeRO-1 equals plain DP",
+TEST_CASE("2 ranks x micro-batch 2 equal 1 rank x micro-batch 4, and ZeRO-1 equals plain DP",
           "[dist]") {
   if (!have_mpirun()) {
     WARN("moda: mpirun not found (apt-get install openmpi-bin), skipping");

@@ -53,7 +53,7 @@ TEST_CASE("learning-rate schedule: warmup, cosine and linear decay to the floor"
   CHECK(learning_rate(s, 1e-3, 100) == Approx(1e-3));
 }
 
-TEST_CASE("the same seed gives identical losses; another seed does not", "[train]") {
+TEST_CASE("the same seed gives identical losses, another seed does not", "[train]") {
   TrainOptions quiet;
   quiet.log_to_console = false;
   const TrainSummary a = train(small_config(temp_dir("seed_a")), quiet);
