@@ -1117,14 +1117,6 @@ unsigned warp_blocks(int64_t warps) {
 
 }  // namespace
 
-int64_t attention_forward_workspace(const AttentionShape& s) {
-  return s.slots > 0 ? s.batch * s.seq_len * s.q_heads * s.head_dim : 0;
-}
-
-int64_t attention_backward_workspace(const AttentionShape& s) {
-  return s.batch * s.seq_len * s.q_heads;
-}
-
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
                        float* workspace, cudaStream_t stream) {

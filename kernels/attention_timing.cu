@@ -64,7 +64,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
   DeviceBuffer depth_k(depth_n * 2), depth_v(depth_n * 2), d_depth_k(depth_n * 4),
       d_depth_v(depth_n * 4);
   const int64_t work =
-      std::max(cuda::attention_forward_workspace(s), cuda::attention_backward_workspace(s));
+      std::max(moda::attention_forward_workspace(s), moda::attention_backward_workspace(s));
   DeviceBuffer workspace(std::max<int64_t>(work, 1) * 4);
   cudaStream_t stream = nullptr;
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

@@ -443,7 +443,7 @@ class CudaBackend final : public Backend {
       expect(depth_k, DType::bf16, op, "depth_k", slots_extent);
       expect(depth_v, DType::bf16, op, "depth_v", slots_extent);
     }
-    float* ws = workspace<float>(cuda::attention_forward_workspace(s));
+    float* ws = workspace<float>(moda::attention_forward_workspace(s));
     cuda::attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
                             depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(), ws, stream_);
   }
@@ -472,7 +472,7 @@ class CudaBackend final : public Backend {
       expect(d_depth_k, DType::f32, op, "d_depth_k", slots_extent);
       expect(d_depth_v, DType::f32, op, "d_depth_v", slots_extent);
     }
-    float* ws = workspace<float>(cuda::attention_backward_workspace(s));
+    float* ws = workspace<float>(moda::attention_backward_workspace(s));
     cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),

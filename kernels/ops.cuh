@@ -54,10 +54,7 @@ void swiglu_forward(const bf16* in, bf16* out, int64_t rows, int64_t hidden, int
 void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int64_t rows, int64_t hidden,
                      int64_t ld, cudaStream_t stream);
 
-// attention.cu. Workspace (fp32 elements): the forward keeps the sequence part of the output
-// there when there are depth slots; the backward keeps delta = rowsum(dout * out).
-int64_t attention_forward_workspace(const AttentionShape& s);
-int64_t attention_backward_workspace(const AttentionShape& s);
+// attention.cu. Workspace (fp32 elements): moda::attention_{forward,backward}_workspace.
 void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
                        float* workspace, cudaStream_t stream);

@@ -56,6 +56,17 @@ std::vector<float> final_master(const std::string& run_dir) {
   return load_checkpoint(*latest, 0, 1).shard.master;
 }
 
+// The 8-step run of `config`, stopped after step 4 (a checkpoint every 4 steps), then resumed.
+// The schedule must stay that of 8 steps, so the run is cut by removing its later checkpoint
+// instead of shortening it.
+TrainSummary split_and_resume(const Config& config) {
+  Config first = config;
+  first.checkpoint.interval = 4;
+  train(first, TrainOptions{false, ""});
+  fs::remove_all(config.logging.dir + "/checkpoints/step-00000008");
+  return train(config, TrainOptions{false, "auto"});
+}
+
 }  // namespace
 
 TEST_CASE("N steps straight == N/2 steps + resume + N/2 steps, bitwise", "[checkpoint][train]") {
@@ -63,18 +74,8 @@ TEST_CASE("N steps straight == N/2 steps + resume + N/2 steps, bitwise", "[check
   const std::string a = temp_dir("straight");
   const TrainSummary straight = train(small_config(a, 8), quiet);
 
-  // The same run, stopped after step 4 (a checkpoint every 4 steps), then resumed.
   const std::string b = temp_dir("split");
-  Config first = small_config(b, 8);
-  first.checkpoint.interval = 4;
-  {
-    // Run to step 4 only: a copy of the run whose checkpoint at 4 is then resumed. The schedule
-    // must stay that of 8 steps, so stop by removing later checkpoints instead of shortening it.
-    train(first, quiet);
-    fs::remove_all(b + "/checkpoints/step-00000008");
-  }
-  TrainOptions resume{false, "auto"};
-  const TrainSummary resumed = train(small_config(b, 8), resume);
+  const TrainSummary resumed = split_and_resume(small_config(b, 8));
   CHECK(resumed.start_step == 4);
   REQUIRE(resumed.history.size() == straight.history.size());
   for (size_t i = 0; i < straight.history.size(); ++i) {
@@ -119,11 +120,7 @@ TEST_CASE("CUDA: N steps straight and N/2 + resume + N/2 agree within 1e-3", "[g
   const TrainSummary straight = train(cuda_config(a, 8), quiet);
   const TrainSummary again = train(cuda_config(a2, 8), quiet);
   const std::string b = temp_dir("cuda_split");
-  Config first = cuda_config(b, 8);
-  first.checkpoint.interval = 4;
-  train(first, quiet);
-  fs::remove_all(b + "/checkpoints/step-00000008");
-  const TrainSummary resumed = train(cuda_config(b, 8), TrainOptions{false, "auto"});
+  const TrainSummary resumed = split_and_resume(cuda_config(b, 8));
   CHECK(resumed.start_step == 4);
   REQUIRE(resumed.history.size() == straight.history.size());
   double noise = 0, resume_diff = 0;

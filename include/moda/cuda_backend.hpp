@@ -48,6 +48,15 @@ inline size_t segment_sum_squares_workspace(size_t segments) {
   return sizeof(int64_t) * (3 * segments + 1) + sizeof(double) * segments;
 }
 
+// fp32 scratch elements of MoDA attention: the forward keeps the sequence part's normalized
+// output when there are depth slots; the backward keeps delta = rowsum(dout * out) per query head.
+inline int64_t attention_forward_workspace(const AttentionShape& s) {
+  return s.slots > 0 ? s.batch * s.seq_len * s.q_heads * s.head_dim : 0;
+}
+inline int64_t attention_backward_workspace(const AttentionShape& s) {
+  return s.batch * s.seq_len * s.q_heads;
+}
+
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options = {});
 

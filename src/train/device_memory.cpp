@@ -42,13 +42,13 @@ CudaMemoryPrediction predict_cuda_memory(const Config& config, int64_t micro_bat
   // CudaBackend::init_rope: cos and sin, [max_seq_len, head_dim / 2] fp32 each.
   p.rope = 2 * std::max<int64_t>(config.model.max_seq_len * (s.head_dim / 2), 1) * 4;
   p.cublas_workspace = static_cast<int64_t>(kCublasWorkspaceBytes);
-  // CudaBackend::workspace grows to the largest request of a step. attention.cu's
-  // attention_forward_workspace (fp32 partial output, with depth slots) and
-  // attention_backward_workspace (fp32 deltas), then the LM head's chunk and the segment table.
-  bool depth_slots = false;
-  for (int64_t l = 0; l < s.n_layers; ++l) depth_slots = depth_slots || s.slots_read(l) > 0;
-  const int64_t attention_forward = depth_slots ? R * s.q_heads * s.head_dim : 0;
-  const int64_t attention_backward = R * s.q_heads;
+  // CudaBackend::workspace grows to the largest request of a step: attention's (the deepest
+  // layer reads the most slots, and only whether there are any matters), the LM head's chunk and
+  // the segment table.
+  const AttentionShape deepest{micro_batch, seq_len,    s.q_heads,
+                               s.kv_heads,  s.head_dim, s.slots_read(s.n_layers - 1)};
+  const int64_t attention_forward = attention_forward_workspace(deepest);
+  const int64_t attention_backward = attention_backward_workspace(deepest);
   const CudaBackendOptions options;
   const int64_t lm_head = static_cast<int64_t>(
       lm_head_workspace_bytes(lm_head_chunk_rows(R, Vp, options.lm_head_workspace_bytes), Vp));
