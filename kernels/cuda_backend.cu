@@ -243,6 +243,7 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override { MODA_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void* device_stream() const override { return stream_; }
 
   void init_rope(int64_t max_seq_len, int64_t head_dim, double theta) override {
     const int64_t half = head_dim / 2;

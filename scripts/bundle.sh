@@ -2,6 +2,8 @@
 # Builds a self-contained folder (dist/) with the moda binary, the test binary and every shared
 # library they need that a bare GPU machine (Ubuntu 24.04 + CUDA, no Debian -dev packages) lacks.
 # Usage: scripts/bundle.sh [build-dir] [out-dir]
+# env: BUNDLE_EXES (default "moda moda_tests"; "moda" alone leaves out the 10 MB test binary, for
+#      device calls that carry data as well and must stay under the 64 MiB transfer limit).
 # Run the result with: dist/moda ... (a wrapper that sets LD_LIBRARY_PATH to dist/lib, the CUDA
 # toolkit's lib64 and the PyTorch wheel's NCCL, whichever of the last two holds libnccl.so.2).
 set -euo pipefail
@@ -10,7 +12,8 @@ build="${1:-$repo/build}"
 out="${2:-$repo/dist}"
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
-for exe in moda moda_tests; do
+read -r -a exes <<< "${BUNDLE_EXES:-moda moda_tests}"
+for exe in "${exes[@]}"; do
   [[ -x "$build/$exe" ]] && cp "$build/$exe" "$out/bin/"
 done
 # Libraries outside glibc, the C++ runtime and the CUDA driver: those the GPU machine has.
@@ -24,7 +27,7 @@ for exe in "$out"/bin/*; do
     esac
   done
 done
-for exe in moda moda_tests; do
+for exe in "${exes[@]}"; do
   [[ -x "$out/bin/$exe" ]] || continue
   cat > "$out/$exe" <<WRAP
 #!/usr/bin/env bash

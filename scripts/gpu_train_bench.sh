@@ -7,8 +7,10 @@
 # (prediction, allocation counter, cudaMemGetInfo), and OLMo2-700M the per-phase profile of one
 # step (runtime.profile_step, CUDA events around each backend op).
 # Usage: scripts/gpu_train_bench.sh [dist-dir] [steps] [run names...]
-#   run names: any of tiny olmo2_700m moda_700m olmo2_1p5b moda_1p5b (default: all). With few
-#   steps (3: memory and profile only) a run costs seconds of device time.
+#   run names: any of tiny olmo2_700m moda_700m olmo2_1p5b moda_1p5b (default: all), and the
+#   Table 6 48-layer models at T = 1024, micro-batch ${T6_MICRO:-64}: t6_olmo2_pre t6_olmo2_post
+#   t6_moda_post t6_moda_ffn_kv (not in the default; they plan scripts/reproduce_table6.sh's
+#   token budget). With few steps (3: memory and profile only) a run costs seconds of device time.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 dist="${1:-$repo/dist-cuda}"
@@ -53,3 +55,9 @@ run olmo2_700m --config "$p/table3_row1_olmo2_36l.yaml" --set batch.micro_batch=
 run moda_700m --config "$p/table3_row4_moda_ffn_kv.yaml" --set batch.micro_batch=4 --set batch.global_batch=4
 run olmo2_1p5b --config "$p/olmo2_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2
 run moda_1p5b --config "$p/moda_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2
+t6="${T6_MICRO:-64}"
+run t6_olmo2_pre --config "$p/table6_olmo2_48l_pre.yaml" --set batch.micro_batch="$t6" --set batch.global_batch="$t6"
+run t6_olmo2_post --config "$p/table6_olmo2_48l_post.yaml" --set batch.micro_batch="$t6" --set batch.global_batch="$t6"
+run t6_moda_post --config "$p/table6_moda_48l_post.yaml" --set batch.micro_batch="$t6" --set batch.global_batch="$t6"
+run t6_moda_ffn_kv --config "$p/table6_moda_ffn_kv_48l_post.yaml" --set batch.micro_batch="$t6" \
+  --set batch.global_batch="$t6" --set runtime.profile_step="$profile_step"

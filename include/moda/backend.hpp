@@ -120,6 +120,10 @@ class Backend {
   virtual void upload_tokens(const Tensor& dst, std::span<const int32_t> host) = 0;
   virtual void download(const Tensor& src, std::span<double> host) = 0;
   virtual void synchronize() = 0;
+  // The CUDA stream (a cudaStream_t) this backend queues its device work on, so that other
+  // device work (NCCL collectives) can be ordered after it without blocking the host; nullptr
+  // for host backends.
+  virtual void* device_stream() const { return nullptr; }
 
   // Builds the RoPE cos/sin table used by qkv_norm_rope_* (NeoX/HF "rotate_half" pairing).
   virtual void init_rope(int64_t max_seq_len, int64_t head_dim, double theta) = 0;

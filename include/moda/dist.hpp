@@ -42,6 +42,10 @@ class Communicator {
   // Rank 0's string, on every rank.
   virtual std::string broadcast(const std::string& value) = 0;
   virtual void barrier() = 0;
+  // The stream (a cudaStream_t) that writes the device tensors handed to the collectives: they
+  // then wait for that stream's queued work on the device instead of draining the whole device
+  // from the host. Communicators of host tensors ignore it.
+  virtual void set_device_stream(void* /*stream*/) {}
 };
 
 // The communicator runtime.comm asks for, given the resolved backend kind `device` ("cpu",

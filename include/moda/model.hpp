@@ -99,6 +99,10 @@ MemoryPlan plan_memory(const Config& config, int64_t micro_batch, int64_t seq_le
 // Training FLOPs per token: 6 x (non-embedding params + LM head) plus causal attention over the
 // sequence and the depth slots (forward + backward = 3 x forward).
 double flops_per_token(const Config& config, int64_t seq_len);
+// Model FLOPs utilization of a run whose `tokens_per_s` counts the tokens of all `devices` (data
+// parallel ranks), each of peak `device_peak_flops`; NaN when the peak is unknown (0).
+double model_flops_utilization(double tokens_per_s, double flops_per_token,
+                               double device_peak_flops, int devices);
 
 struct LossSums {
   double ce = 0;      // sum over target tokens of cross-entropy (nats)

@@ -6,11 +6,13 @@
 // the background, so the host never blocks inside NCCL; it polls instead, and every place where
 // it waits for other ranks is registered with a watchdog.
 //
-// Ordering with the compute: the CUDA backend queues its kernels on a stream it keeps to itself,
-// so a collective first waits for the device to drain (cudaDeviceSynchronize; the tensors are
-// final then), and runs on this communicator's own stream. Whatever the backend queues next (the
-// backward of the layers below) overlaps with it; wait() synchronizes that stream before the
-// reduced values are read.
+// Ordering with the compute: the CUDA backend queues its kernels on its own stream, which the
+// trainer hands over (set_device_stream). A collective records an event on that stream and makes
+// this communicator's stream wait for it, on the device: the tensors are final when the
+// collective starts, and the host goes on queueing the backward of the layers below, which
+// overlaps with it. Without a stream (tests that drive the communicator alone) a collective
+// first drains the device (cudaDeviceSynchronize). wait() synchronizes the communicator's stream
+// before the reduced values are used.
 //
 // Failures: when one of those waits - for the device, for a collective, for a host reduction -
 // outlasts runtime.comm_timeout_s, or NCCL reports an asynchronous error (a peer's connection
@@ -80,6 +82,7 @@ class NcclCommunicator final : public Communicator {
     settle(started, "ncclCommInitRankConfig");
     created_.store(true);
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check_cuda(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming), "cudaEventCreate");
   }
 
   ~NcclCommunicator() override {
@@ -90,6 +93,7 @@ class NcclCommunicator final : public Communicator {
       watchdog_.reset();
       if (comm_ != nullptr) ncclCommAbort(comm_);
     }
+    if (compute_done_ != nullptr) cudaEventDestroy(compute_done_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
@@ -148,6 +152,7 @@ class NcclCommunicator final : public Communicator {
     Watchdog::Wait wait(*watchdog_, fmt::format("the barrier ({})", host_->name()));
     host_->barrier();
   }
+  void set_device_stream(void* stream) override { compute_ = static_cast<cudaStream_t>(stream); }
 
  private:
   // One visible GPU (CUDA_VISIBLE_DEVICES or SLURM's --gpus-per-task set per rank) is this
@@ -188,6 +193,11 @@ class NcclCommunicator final : public Communicator {
 
   // The tensors of a collective were written by kernels the backend queued on its own stream.
   void device_ready() {
+    if (compute_ != nullptr) {
+      check_cuda(cudaEventRecord(compute_done_, compute_), "cudaEventRecord (compute stream)");
+      check_cuda(cudaStreamWaitEvent(stream_, compute_done_, 0), "cudaStreamWaitEvent");
+      return;
+    }
     Watchdog::Wait wait(*watchdog_, "the GPU's queued work (compute and earlier collectives)");
     check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   }
@@ -239,6 +249,8 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> created_{false};  // comm_ is initialized and may be probed
   cudaStream_t stream_ = nullptr;
+  cudaStream_t compute_ = nullptr;      // the backend's stream, when the trainer handed it over
+  cudaEvent_t compute_done_ = nullptr;  // recorded on compute_ before each collective
   std::unique_ptr<Watchdog> watchdog_;
 };
 

@@ -1,6 +1,7 @@
 // Model shape, parameter layout, parameter counts and FLOPs per token.
 #include <fmt/format.h>
 
+#include <limits>
 #include <stdexcept>
 
 #include "moda/model.hpp"
@@ -86,6 +87,12 @@ ParamCounts count_params(const ModelShape& s) {
   c.non_embedding = c.total - c.embedding - head;
   c.paper = c.non_embedding + s.vocab * s.d_model;
   return c;
+}
+
+double model_flops_utilization(double tokens_per_s, double flops_per_token,
+                               double device_peak_flops, int devices) {
+  if (device_peak_flops <= 0 || devices <= 0) return std::numeric_limits<double>::quiet_NaN();
+  return tokens_per_s * flops_per_token / (device_peak_flops * devices);
 }
 
 double flops_per_token(const Config& config, int64_t seq_len) {

@@ -107,6 +107,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   }
   const int64_t accum = config.batch.global_batch / (B * world);
   auto backend = make_backend(device, static_cast<int>(config.runtime.threads));
+  comm->set_device_stream(backend->device_stream());
   // Before the large allocations: a run that cannot fit the GPU stops here, with the numbers.
   const std::optional<CudaMemoryPrediction> memory = check_memory_fit(config, *backend, world);
 
@@ -331,8 +332,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     backend->synchronize();
     rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     rec.tokens_per_s = static_cast<double>(tokens_per_step) / rec.seconds;
-    const double peak = backend->peak_flops();
-    rec.mfu = peak > 0 ? rec.tokens_per_s * flops_token / peak : NAN;
+    rec.mfu = model_flops_utilization(rec.tokens_per_s, flops_token, backend->peak_flops(), world);
     if (profiling) {
       summary.profile =
           format_profile(group_profile(profiler->stop(), model.shape()), rec.step,
