@@ -1,7 +1,8 @@
 // Data parallelism on the CPU backend through MPI: 2 ranks x micro-batch b must give the losses
 // of 1 rank x 2b, and ZeRO-1 those of plain data parallelism, up to float32 summation order; the
 // bucketed all-reduce those of one all-reduce; a ZeRO-1 run resumes exactly from its sharded
-// checkpoint. Runs the real binary under mpirun.
+// checkpoint; a rank killed mid-run stops the job, which then resumes from its last checkpoint.
+// Runs the real binary under mpirun.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <regex>
 
+#include "kill_rank.hpp"
 #include "moda/checkpoint.hpp"
 #include "test_util.hpp"
 
@@ -161,4 +163,35 @@ TEST_CASE("ranks started with different configs stop with a clear error", "[dist
   std::ifstream in(log);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK_THAT(text, Contains("rank 1: the resolved config differs from rank 0's"));
+}
+
+TEST_CASE("one rank killed mid-run stops the job, and the run resumes from its last checkpoint",
+          "[dist]") {
+  if (!have_mpirun()) {
+    WARN("moda: mpirun not found (apt-get install openmpi-bin), skipping");
+    return;
+  }
+  const std::string dir = temp_dir("kill_rank");
+  // Long enough (about 10 ms a step here) that the kill lands well before the end.
+  const std::string args =
+      train_args(dir, 2, 600) + " --set checkpoint.interval=20 --set runtime.comm_timeout_s=30";
+  const std::string launch = fmt::format("{} -np 2 {} {}", kMpirun, MODA_BINARY, args);
+  const moda::test::KilledRun killed = moda::test::kill_rank_mid_run(launch, dir, 40, 30);
+  INFO(killed.log);
+  CHECK(killed.status != 0);
+  CHECK(killed.stop_seconds < 30.0);
+  CHECK_THAT(killed.log, Contains("rank 1") && Contains("signal 9"));
+  REQUIRE(killed.losses.size() < 600);
+
+  // Every rank resumes from the newest checkpoint and the run finishes, repeating the killed
+  // run's steps after the checkpoint to the bit (CPU backend, fixed data order).
+  const std::string resumed_log = dir + "/resumed.log";
+  REQUIRE(std::system(fmt::format("{} --resume auto > {} 2>&1", launch, resumed_log).c_str()) == 0);
+  CHECK_THAT(read_text(resumed_log), Contains(fmt::format("(step {})", killed.checkpoint_step)));
+  const std::vector<double> after = moda::test::run_losses(dir);
+  REQUIRE(after.size() == 600);
+  for (size_t i = 0; i < killed.losses.size(); ++i) {
+    INFO(fmt::format("step {}: killed run {} / resumed run {}", i + 1, killed.losses[i], after[i]));
+    CHECK(killed.losses[i] == after[i]);
+  }
 }

@@ -2,7 +2,8 @@
 // embedded tiny config for 10 steps through NCCL and must give the losses of the plain
 // single-process run: with one rank (started alone, and by `mpirun -np 1` with the NCCL path
 // forced), the sums over ranks are the values themselves, so only run-to-run differences of the
-// CUDA backend remain; with two GPUs, 2 ranks x micro-batch 4 against 1 rank x 8.
+// CUDA backend remain; with two GPUs, 2 ranks x micro-batch 4 against 1 rank x 8, and a rank
+// killed mid-run (the job must stop and resume).
 //
 // Tolerances (relative, on the loss of each step):
 //   one rank     2e-3: the same arithmetic; only the backend's fp32 atomics (attention, LM head
@@ -21,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "kill_rank.hpp"
 #include "test_util.hpp"
 
 #ifdef MODA_HAVE_CUDA
@@ -176,5 +178,45 @@ TEST_CASE("mpirun -np 2 on two GPUs gives the losses of one GPU with twice the m
     REQUIRE(rc == 0);
     CHECK_THAT(log, Contains("rank 0 of 2 on GPU 0 (bootstrap: MPI rank 0 of 2)"));
     check_losses(plain, dir, 5e-3);
+  }
+}
+
+// On GPUs the dead rank can leave the other blocked in an NCCL collective, which only the
+// watchdog (runtime.comm_timeout_s) or the MPI host reduction of the same step notices.
+TEST_CASE("NCCL: one rank killed mid-run stops the job, and the run resumes on both GPUs",
+          "[gpu]") {
+  MODA_REQUIRE_GPU();
+  if (gpus() < 2 || !have_mpirun()) {
+    WARN("moda: fewer than 2 GPUs or no Open MPI mpirun: the rank-kill test is not run");
+    return;
+  }
+  const std::string dir = temp_dir("kill_rank");
+  const std::string launch = fmt::format(
+      "{} -np 2 {} train --set runtime.device=cuda --set schedule.total_steps=600 "
+      "--set schedule.warmup_steps=2 --set logging.val_interval=0 --set logging.plot=false "
+      "--set batch.micro_batch=4 --set batch.global_batch=8 --set checkpoint.interval=20 "
+      "--set runtime.comm_timeout_s=20 --set logging.dir={}",
+      kMpirun, moda_binary(), dir);
+  const moda::test::KilledRun killed = moda::test::kill_rank_mid_run(launch, dir, 40, 60);
+  INFO(killed.log);
+  CHECK(killed.status != 0);
+  // The watchdog's timeout, and a few seconds for MPI_Abort to end the job.
+  CHECK(killed.stop_seconds < 30.0);
+  CHECK_THAT(killed.log, Contains("rank 1"));
+  fmt::print("moda nccl: rank 1 killed after step {}: job ended after {:.1f} s\n",
+             killed.losses.size(), killed.stop_seconds);
+  REQUIRE(killed.losses.size() < 600);
+
+  const int rc = run(fmt::format("{} --resume auto", launch), dir);
+  const std::string log = log_of(dir);
+  INFO(log);
+  REQUIRE(rc == 0);
+  CHECK_THAT(log, Contains(fmt::format("(step {})", killed.checkpoint_step)));
+  const std::vector<double> after = moda::test::run_losses(dir);
+  REQUIRE(after.size() == 600);
+  // The CUDA backend's fp32 atomics leave run-to-run differences (tests/test_resume.cpp).
+  for (size_t i = 0; i < killed.losses.size(); ++i) {
+    INFO(fmt::format("step {}: killed run {} / resumed run {}", i + 1, killed.losses[i], after[i]));
+    CHECK(std::abs(killed.losses[i] - after[i]) <= 1e-3 * killed.losses[i]);
   }
 }
