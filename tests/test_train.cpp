@@ -116,3 +116,12 @@ TEST_CASE("100 steps of the embedded default bring the loss below 2.2 nats", "[t
   CHECK(s.history.back().loss < 2.2);
   CHECK(s.final_val_loss < 2.2);
 }
+
+TEST_CASE("durations in the log read at the precision one plans by", "[train]") {
+  CHECK(moda::format_duration(0) == "0s");
+  CHECK(moda::format_duration(44.6) == "45s");
+  CHECK(moda::format_duration(725) == "12m05s");
+  CHECK(moda::format_duration(2 * 3600 + 3 * 60 + 59) == "2h03m");
+  CHECK(moda::format_duration(3 * 86400 + 4 * 3600 + 59 * 60) == "3d04h");
+  CHECK(moda::format_duration(-3) == "0s");
+}

@@ -54,9 +54,9 @@ def main():
     except ImportError:
         sys.exit("plot_runs: matplotlib is missing (apt-get install python3-matplotlib)")
 
+    runs = {run: read_run(run) for run in args.runs}
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in args.runs:
-        rows = read_run(run)
+    for run, rows in runs.items():
         name = os.path.basename(os.path.normpath(run))
         tokens = [r["tokens"] / 1e6 for r in rows]
         line, = train_ax.plot(tokens, moving_average([r["loss"] for r in rows], args.smooth),
@@ -71,9 +71,9 @@ def main():
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     # The first steps' losses (about 11) would flatten the part where the runs differ.
-    lowest = min(min(r["loss"] for r in read_run(run)) for run in args.runs)
+    lowest = min(r["loss"] for rows in runs.values() for r in rows)
     train_ax.set_ylim(lowest - 0.1, lowest + 2.5)
-    vals = [r["val_loss"] for run in args.runs for r in read_run(run) if r.get("val_loss") is not None]
+    vals = [r["val_loss"] for rows in runs.values() for r in rows if r.get("val_loss") is not None]
     if vals:
         val_ax.set_ylim(min(vals) - 0.03, min(vals) + 0.5)
     if args.title:

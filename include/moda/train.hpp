@@ -59,6 +59,9 @@ struct TrainOptions {
 
 TrainSummary train(const Config& config, const TrainOptions& options);
 
+// A duration for the log, at the precision one plans by: "45s", "12m05s", "2h03m", "3d04h".
+std::string format_duration(double seconds);
+
 // Writes a PNG line chart of the training loss (and validation points) to `path`.
 void write_loss_plot(const std::string& path, const std::vector<StepRecord>& history);
 

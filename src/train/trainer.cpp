@@ -4,8 +4,11 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -84,7 +87,38 @@ double validation_loss(Model& model, const std::shared_ptr<const TokenStore>& st
 
 std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null"; }
 
+// Mean of the last steps' times of this process, for the time left; its first step (autotuning,
+// first touches) is left out once there are others.
+class StepPace {
+ public:
+  void add(double seconds) {
+    if (++seen_ == 2) recent_.clear();
+    recent_.push_back(seconds);
+    if (recent_.size() > kSteps) recent_.pop_front();
+  }
+  double mean() const {
+    double sum = 0;
+    for (const double s : recent_) sum += s;
+    return recent_.empty() ? 0.0 : sum / static_cast<double>(recent_.size());
+  }
+
+ private:
+  static constexpr size_t kSteps = 20;
+  std::deque<double> recent_;
+  int64_t seen_ = 0;
+};
+
 }  // namespace
+
+std::string format_duration(double seconds) {
+  const auto total = static_cast<int64_t>(std::llround(std::max(seconds, 0.0)));
+  const int64_t days = total / 86400, hours = total / 3600 % 24, minutes = total / 60 % 60,
+                secs = total % 60;
+  if (days > 0) return fmt::format("{}d{:02d}h", days, hours);
+  if (hours > 0) return fmt::format("{}h{:02d}m", hours, minutes);
+  if (minutes > 0) return fmt::format("{}m{:02d}s", minutes, secs);
+  return fmt::format("{}s", secs);
+}
 
 TrainSummary train(const Config& config, const TrainOptions& options) {
   const int64_t T = config.batch.seq_len, B = config.batch.micro_batch;
@@ -263,6 +297,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     buckets.ready(begin, end);
   };
   const int64_t total = config.schedule.total_steps;
+  StepPace pace;
   for (int64_t step = start; step < total; ++step) {
     const bool profiling = profiler && step + 1 == config.runtime.profile_step;
     if (profiling) profiler->start();
@@ -360,15 +395,20 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       metrics.flush();
       metrics_text += line;
     }
+    pace.add(rec.seconds);
     if (console && (rec.step % config.logging.interval == 0 || rec.step == 1 || last ||
                     std::isfinite(rec.val_loss))) {
+      // Time left at the recent pace (validation and checkpoints not counted).
+      const std::string eta =
+          last ? ""
+               : " | eta " + format_duration(pace.mean() * static_cast<double>(total - rec.step));
       spdlog::info(
           "step {:>6}/{} | loss {:.4f}{} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | MFU {} | "
-          "{:.3f} s",
+          "{:.3f} s{}",
           rec.step, total, rec.loss,
           std::isfinite(rec.val_loss) ? fmt::format(" | val {:.4f}", rec.val_loss) : "", rec.lr,
           rec.grad_norm, rec.tokens_per_s,
-          std::isfinite(rec.mfu) ? fmt::format("{:.1f}%", 100 * rec.mfu) : "n/a", rec.seconds);
+          std::isfinite(rec.mfu) ? fmt::format("{:.1f}%", 100 * rec.mfu) : "n/a", rec.seconds, eta);
     }
     summary.history.push_back(rec);
     summary.steps = rec.step;
