@@ -20,11 +20,6 @@
 
 namespace moda::test {
 
-inline std::string file_text(const std::string& path) {
-  std::ifstream in(path);
-  return {(std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()};
-}
-
 // The process of MPI rank `rank` (Open MPI's OMPI_COMM_WORLD_RANK) whose command line mentions
 // `marker` (the run's own folder), or 0 when there is none.
 inline pid_t find_rank_pid(const std::string& marker, int rank) {
@@ -32,14 +27,14 @@ inline pid_t find_rank_pid(const std::string& marker, int rank) {
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     const std::string name = entry.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string cmdline = file_text(entry.path().string() + "/cmdline");
+    std::string cmdline = read_text(entry.path().string() + "/cmdline");
     std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
     if (cmdline.find("moda") == std::string::npos || cmdline.find(marker) == std::string::npos) {
       continue;
     }
     // A leading newline lets the search match the first variable too.
     std::string environ(1, '\n');
-    environ += file_text(entry.path().string() + "/environ");
+    environ += read_text(entry.path().string() + "/environ");
     std::replace(environ.begin(), environ.end(), '\0', '\n');
     if (environ.find(want) != std::string::npos) return static_cast<pid_t>(std::stol(name));
   }
@@ -70,7 +65,7 @@ inline KilledRun kill_rank_mid_run(const std::string& launch, const std::string&
          job.wait_for(std::chrono::milliseconds(5)) != std::future_status::ready) {
   }
   KilledRun out;
-  INFO(file_text(log_path));
+  INFO(read_text(log_path));
   REQUIRE(std::filesystem::exists(first));
   const pid_t rank1 = find_rank_pid(dir, 1);
   REQUIRE(rank1 > 0);
@@ -80,7 +75,7 @@ inline KilledRun kill_rank_mid_run(const std::string& launch, const std::string&
   out.stop_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
   out.status = job.get();
-  out.log = file_text(log_path);
+  out.log = read_text(log_path);
   out.losses = run_losses(dir);
   const auto latest = find_latest_checkpoint(dir + "/checkpoints");
   REQUIRE(latest.has_value());

@@ -4,29 +4,20 @@
 // checkpoint; a rank killed mid-run stops the job, which then resumes from its last checkpoint.
 // Runs the real binary under mpirun.
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <regex>
 
 #include "kill_rank.hpp"
 #include "moda/checkpoint.hpp"
 #include "test_util.hpp"
 
 using Catch::Contains;
+using moda::test::read_text;
+using moda::test::temp_dir;
 
 namespace {
-
-std::string temp_dir(const std::string& name) {
-  auto p =
-      std::filesystem::temp_directory_path() / fmt::format("moda_dist_{}_{}", name, ::getpid());
-  std::filesystem::remove_all(p);
-  std::filesystem::create_directories(p);
-  return p.string();
-}
 
 bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
 
@@ -47,11 +38,6 @@ const char* kMpirun =
     "OMPI_MCA_rmaps_base_oversubscribe=1 mpirun";
 
 int run(const std::string& cmd) { return std::system((cmd + " > /dev/null 2>&1").c_str()); }
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return {(std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()};
-}
 
 }  // namespace
 
@@ -160,9 +146,7 @@ TEST_CASE("ranks started with different configs stop with a clear error", "[dist
                   MODA_BINARY, train_args(dir, 2), MODA_BINARY, train_args(dir, 2), log)
           .c_str());
   CHECK(rc != 0);
-  std::ifstream in(log);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  CHECK_THAT(text, Contains("rank 1: the resolved config differs from rank 0's"));
+  CHECK_THAT(read_text(log), Contains("rank 1: the resolved config differs from rank 0's"));
 }
 
 TEST_CASE("one rank killed mid-run stops the job, and the run resumes from its last checkpoint",

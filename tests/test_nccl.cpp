@@ -17,8 +17,6 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -30,6 +28,7 @@
 #endif
 
 using Catch::Contains;
+using moda::test::temp_dir;
 
 namespace {
 
@@ -59,14 +58,6 @@ std::string moda_binary() {
   return std::filesystem::exists(beside) ? beside.string() : std::string(MODA_BINARY);
 }
 
-std::string temp_dir(const std::string& name) {
-  auto p =
-      std::filesystem::temp_directory_path() / fmt::format("moda_nccl_{}_{}", name, ::getpid());
-  std::filesystem::remove_all(p);
-  std::filesystem::create_directories(p);
-  return p.string();
-}
-
 // NVLink multicast stays off: on shared GPU hosts it can take the GPUs out of service.
 const char* kEnv = "env NCCL_NVLS_ENABLE=0 NCCL_DEBUG=WARN";
 // setsid: mpirun signals its process group when a rank aborts; keep the test runner out of it.
@@ -87,10 +78,7 @@ int run(const std::string& cmd, const std::string& dir) {
   return std::system(fmt::format("{} > {}/log 2>&1", cmd, dir).c_str());
 }
 
-std::string log_of(const std::string& dir) {
-  std::ifstream in(dir + "/log");
-  return {(std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()};
-}
+std::string log_of(const std::string& dir) { return moda::test::read_text(dir + "/log"); }
 
 void check_losses(const std::string& reference, const std::string& other, double tolerance) {
   const auto a = moda::test::run_losses(reference), b = moda::test::run_losses(other);
@@ -190,7 +178,7 @@ TEST_CASE("NCCL: one rank killed mid-run stops the job, and the run resumes on b
     WARN("moda: fewer than 2 GPUs or no Open MPI mpirun: the rank-kill test is not run");
     return;
   }
-  const std::string dir = temp_dir("kill_rank");
+  const std::string dir = temp_dir("nccl_kill_rank");
   const std::string launch = fmt::format(
       "{} -np 2 {} train --set runtime.device=cuda --set schedule.total_steps=600 "
       "--set schedule.warmup_steps=2 --set logging.val_interval=0 --set logging.plot=false "

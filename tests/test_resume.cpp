@@ -24,6 +24,7 @@
 
 using namespace moda;
 namespace fs = std::filesystem;
+using moda::test::temp_dir;
 
 namespace {
 
@@ -42,12 +43,6 @@ Config small_config(const std::string& dir, int64_t steps) {
   Config c = default_config();
   apply_overrides(c, small_overrides(dir, steps));
   return c;
-}
-
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / fmt::format("moda_resume_{}_{}", name, ::getpid());
-  fs::remove_all(p);
-  return p.string();
 }
 
 std::vector<float> final_master(const std::string& run_dir) {

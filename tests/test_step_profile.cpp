@@ -1,7 +1,6 @@
 // runtime.profile_step: the ProfilingBackend's records, their grouping into layer families, the
 // logged table, and a profiled training run on the CPU (wall clock) and the GPU (CUDA events).
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -19,15 +18,9 @@
 #endif
 
 using namespace moda;
+using moda::test::temp_dir;
 
 namespace {
-
-std::string temp_dir(const std::string& name) {
-  auto p = std::filesystem::temp_directory_path() /
-           fmt::format("moda_test_profile_{}_{}", name, ::getpid());
-  std::filesystem::remove_all(p);
-  return p.string();
-}
 
 // The embedded default shrunk to a fraction of a second per run (as in test_train.cpp).
 Config small_run(const std::string& dir) {

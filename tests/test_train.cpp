@@ -6,8 +6,10 @@
 #include <fstream>
 
 #include "moda/train.hpp"
+#include "test_util.hpp"
 
 using namespace moda;
+using moda::test::temp_dir;
 
 namespace {
 
@@ -26,13 +28,6 @@ TrainOptions quiet_options() {
   TrainOptions options;
   options.log_to_console = false;
   return options;
-}
-
-std::string temp_dir(const std::string& name) {
-  auto p =
-      std::filesystem::temp_directory_path() / fmt::format("moda_test_{}_{}", name, ::getpid());
-  std::filesystem::remove_all(p);
-  return p.string();
 }
 
 }  // namespace

@@ -1,8 +1,12 @@
 // Shared helpers of the test suite: random data, relative error, small configs.
 #pragma once
 
+#include <fmt/format.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <regex>
@@ -13,6 +17,21 @@
 #include "moda/config.hpp"
 
 namespace moda::test {
+
+// An empty folder under the system's temp folder, named after `name` and this process.
+inline std::string temp_dir(const std::string& name) {
+  const auto p =
+      std::filesystem::temp_directory_path() / fmt::format("moda_test_{}_{}", name, ::getpid());
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
+}
+
+// A whole text file; empty when it cannot be read.
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return {(std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()};
+}
 
 // The training losses a run wrote to DIR/metrics.jsonl, in step order.
 inline std::vector<double> run_losses(const std::string& dir) {
