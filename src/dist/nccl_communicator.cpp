@@ -10,11 +10,10 @@
 // trainer hands over (set_device_stream). A collective records an event on that stream and makes
 // this communicator's stream wait for it, on the device: the tensors are final when the
 // collective starts, and the host goes on queueing the backward of the layers below, which
-// overlaps with it. Without a stream (tests that drive the communicator alone) a collective
-// first drains the device (cudaDeviceSynchronize). wait() synchronizes the communicator's stream
-// before the reduced values are used.
+// overlaps with it. wait() synchronizes the communicator's stream before the reduced values are
+// used.
 //
-// Failures: when one of those waits - for the device, for a collective, for a host reduction -
+// Failures: when one of those waits - for a collective, for a host reduction -
 // outlasts runtime.comm_timeout_s, or NCCL reports an asynchronous error (a peer's connection
 // broke), the watchdog logs which and stops the whole job (MPI_Abort), so that no rank is left
 // waiting for a dead or hung peer.
@@ -193,13 +192,11 @@ class NcclCommunicator final : public Communicator {
 
   // The tensors of a collective were written by kernels the backend queued on its own stream.
   void device_ready() {
-    if (compute_ != nullptr) {
-      check_cuda(cudaEventRecord(compute_done_, compute_), "cudaEventRecord (compute stream)");
-      check_cuda(cudaStreamWaitEvent(stream_, compute_done_, 0), "cudaStreamWaitEvent");
-      return;
+    if (compute_ == nullptr) {
+      throw std::logic_error("NCCL communicator: collective before set_device_stream");
     }
-    Watchdog::Wait wait(*watchdog_, "the GPU's queued work (compute and earlier collectives)");
-    check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    check_cuda(cudaEventRecord(compute_done_, compute_), "cudaEventRecord (compute stream)");
+    check_cuda(cudaStreamWaitEvent(stream_, compute_done_, 0), "cudaStreamWaitEvent");
   }
 
   // A non-blocking communicator's call may return ncclInProgress and go on in the background;
@@ -249,7 +246,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> created_{false};  // comm_ is initialized and may be probed
   cudaStream_t stream_ = nullptr;
-  cudaStream_t compute_ = nullptr;      // the backend's stream, when the trainer handed it over
+  cudaStream_t compute_ = nullptr;      // the backend's stream (set_device_stream)
   cudaEvent_t compute_done_ = nullptr;  // recorded on compute_ before each collective
   std::unique_ptr<Watchdog> watchdog_;
 };
