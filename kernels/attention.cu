@@ -3,10 +3,10 @@
 //
 // Forward
 //   1. sequence part: causal GQA attention -> o_seq, lse_seq. Head sizes 64 and 128 run a
-//      FlashAttention-2 style kernel on tensor cores (mma.sync m16n8k16 bf16, fp32 accumulate,
-//      64 x 64 tiles, K/V double-buffered with cp.async); any other even head size up to 256 runs
-//      a warp-per-query kernel. Without depth slots it writes the output directly; with them it
-//      writes o_seq (fp32) to the workspace.
+//      FlashAttention-style kernel on Hopper's warpgroup MMA (wgmma, bf16 operands from swizzled
+//      shared memory, fp32 accumulate; 128 query rows per block, 64-key tiles double-buffered with
+//      cp.async); any other even head size up to 256 runs a warp-per-query kernel. Without depth
+//      slots it writes the output directly; with them it writes o_seq (fp32) to the workspace.
 //   2. depth part (S > 0), one warp per (token, KV head): scores of the S slots for each of the
 //      G query heads, then lse = logaddexp(lse_seq, lse_depth) and
 //      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j.
@@ -14,14 +14,16 @@
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
 //      in the workspace), dq = the depth slots' contribution, and the slot gradients; the warp
 //      owns its token's slots, so they need no atomics.
-//   2. sequence part: FlashAttention-2 backward on tensor cores (one block per 64 keys of a KV
-//      head, looping over its G query heads and the query tiles at or after the keys; dK and dV
-//      stay in registers, dQ is added with fp32 atomics), or the warp-per-query fallback.
+//   2. sequence part: FlashAttention-2 style backward on wgmma (one warpgroup per 64 keys of a
+//      KV head, looping over its G query heads and the query tiles at or after the keys, the next
+//      tile's loads in flight; dK and dV stay in registers, dQ is added with fp32 atomics), or the
+//      warp-per-query fallback.
 #include <cmath>
 #include <initializer_list>
 #include <type_traits>
 
 #include "ops.cuh"
+#include "wgmma.cuh"
 
 namespace moda::cuda {
 
@@ -659,37 +661,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }
 
 // =============================== tensor-core kernels ===============================
-// Fragment layouts of mma.m16n8k16 (g = lane / 4, t4 = lane % 4):
-//   A 16x16: a0 (g, 2t4..+1)  a1 (g+8, 2t4..)  a2 (g, 2t4+8..)  a3 (g+8, 2t4+8..)
-//   B 16x8 : b0 (k 2t4..+1, n g)  b1 (k 2t4+8.., n g)
-//   C 16x8 : c0,c1 (g, 2t4..+1)  c2,c3 (g+8, 2t4..+1)
-// so two adjacent C tiles of P (16 x 16 keys) are exactly an A fragment (FlashAttention-2).
-// Shared-memory rows are padded by 8 elements (16 bytes), which makes ldmatrix conflict-free.
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// Hopper warpgroup MMA (wgmma.cuh). Fragment layouts, per warp (g = lane / 4, t4 = lane % 4):
+//   accumulator, 16 x N: c[n][0..1] (g, 8n + 2t4..+1)  c[n][2..3] (g+8, 8n + 2t4..+1)
+//   A from registers, 16 x 16: a0 (g, 2t4..+1)  a1 (g+8, 2t4..)  a2 (g, 2t4+8..)  a3 (g+8, 2t4+8..)
+// so two adjacent accumulator tiles of P (16 x 16 keys) are exactly an A fragment, as in
+// FlashAttention-2: P and dS go from the score accumulators to the next MMA without shared memory.
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -706,8 +682,8 @@ __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&lo)[4],
 }
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wgmma::smem_addr(dst)),
+               "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
@@ -715,141 +691,17 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Rows [r0, r0 + ROWS) of a [T, D] view with row stride `stride` into shared memory (row
-// stride D + 8); rows at or past T are zero-filled.
-template <int D, int ROWS>
-__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int r0,
-                                          int T) {
-  constexpr int kChunks = D / 8;
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += blockDim.x) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    const bool valid = r0 + r < T;
-    cp_async16(dst + r * (D + 8) + c, valid ? src + (r0 + r) * stride + c : src, valid);
-  }
-}
+constexpr int kTile = 64;  // keys per tile (forward) and per block (backward)
 
-constexpr int kTile = 64;  // query rows (forward) and keys (both directions) per block
-constexpr int kMmaThreads = 128;
-
+// Epilogue of the tensor-core forward kernels: the thread's rows row_lo and row_lo + 8 (C-fragment
+// layout), normalized by the row sums completed over the quad, to out (bf16) or, with depth slots,
+// o_seq (fp32); lse in natural-log units.
 template <int D>
-constexpr size_t forward_smem() {
-  return sizeof(bf16) * 5 * kTile * (D + 8);  // Q, 2 x K, 2 x V
-}
-
-template <int D>
-__global__ void __launch_bounds__(kMmaThreads)
-    seq_forward_mma(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
-                    const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ o_seq,
-                    float* __restrict__ lse) {
-  constexpr int kS = D + 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* sq = reinterpret_cast<bf16*>(smem_raw);
-  bf16* sk = sq + kTile * kS;
-  bf16* sv = sk + 2 * kTile * kS;
-  // The last query tiles have the most keys: start them first.
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int q0 = qt * kTile;
-  const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
-  const bf16* qb = q + (int64_t{b} * s.T * s.Hq + h) * D;
-  const bf16* kb = k + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
-  const bf16* vb = v + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
-  load_tile<D, kTile>(sq, qb, q_stride, q0, s.T);
-  load_tile<D, kTile>(sk, kb, kv_stride, 0, s.T);
-  load_tile<D, kTile>(sv, vb, kv_stride, 0, s.T);
-  cp_async_commit();
-
-  const float sl2 = s.scale * kLog2e;     // scores in log2 units
-  const int row_lo = q0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const int n_kt = qt + 1;
-  for (int kt = 0; kt < n_kt; ++kt) {
-    const int buf = kt & 1;
-    if (kt + 1 < n_kt) {
-      load_tile<D, kTile>(sk + (buf ^ 1) * kTile * kS, kb, kv_stride, (kt + 1) * kTile, s.T);
-      load_tile<D, kTile>(sv + (buf ^ 1) * kTile * kS, vb, kv_stride, (kt + 1) * kTile, s.T);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    if (kt == 0) {
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        ldsm_x4(qf[ks], sq + (warp * 16 + lane % 16) * kS + ks * 16 + (lane / 16) * 8);
-      }
-    }
-    const bf16* skb = sk + buf * kTile * kS;
-    const bf16* svb = sv + buf * kTile * kS;
-    float sc[kTile / 8][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-#pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
-        uint32_t bb[4];
-        ldsm_x4(bb,
-                skb + (np * 16 + lane % 8 + (lane / 16) * 8) * kS + ks * 16 + ((lane / 8) % 2) * 8);
-        mma16816(sc[2 * np], qf[ks], bb[0], bb[1]);
-        mma16816(sc[2 * np + 1], qf[ks], bb[2], bb[3]);
-      }
-    }
-    const bool diagonal = kt == qt;
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = kt * kTile + nt * 8 + t4 * 2 + (e & 1);
-        float x = sc[nt][e] * sl2;
-        if (diagonal && key > row_lo + (e >> 1) * 8) x = -INFINITY;
-        sc[nt][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
-      }
-    }
-    float alpha[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      const float m_new = fmaxf(m[i], mx[i]);
-      alpha[i] = exp2f(m[i] - m_new);
-      m[i] = m_new;
-      l[i] *= alpha[i];
-    }
-#pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(sc[nt][e] - m[e >> 1]);
-        sc[nt][e] = p;
-        l[e >> 1] += p;
-      }
-    }
-#pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) {
-      o[dn][0] *= alpha[0];
-      o[dn][1] *= alpha[0];
-      o[dn][2] *= alpha[1];
-      o[dn][3] *= alpha[1];
-    }
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      uint32_t a[4];
-      c_to_a(a, sc[2 * kk], sc[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t bb[4];
-        ldsm_x4_t(
-            bb, svb + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kS + dp * 16 + (lane / 16) * 8);
-        mma16816(o[2 * dp], a, bb[0], bb[1]);
-        mma16816(o[2 * dp + 1], a, bb[2], bb[3]);
-      }
-    }
-    __syncthreads();
-  }
+__device__ __forceinline__ void store_forward_rows(const Dims& s, int b, int h, int row_lo,
+                                                   const float (&o)[D / 8][4], const float (&m)[2],
+                                                   float (&l)[2], bf16* out, float* o_seq,
+                                                   float* lse) {
+  const int t4 = threadIdx.x % 4;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
@@ -872,149 +724,159 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 }
 
-template <int D, int BQ>
-constexpr size_t backward_smem() {
-  // K, V (64 rows), Q, dO (BQ rows), dS^T [64][BQ + 8], lse and delta of the query tile.
-  return sizeof(bf16) * (2 * kTile * (D + 8) + 2 * BQ * (D + 8) + kTile * (BQ + 8)) +
-         sizeof(float) * 2 * BQ;
+// ---- Hopper forward: wgmma with operands read from swizzled shared memory ----
+// A block of two warpgroups takes 128 query rows (64 per warpgroup) and walks 64-key tiles; S =
+// Q K^T reads both operands from shared memory, O += P V takes P from registers (the score
+// accumulators are already in the A-fragment layout) and V as an MN-major operand of the same
+// tile. K and V are double-buffered with cp.async, as in seq_forward_mma.
+constexpr int kWgmmaRows = 128;
+constexpr int kWgmmaThreads = 256;
+
+template <int D>
+constexpr size_t forward_wgmma_smem() {
+  // Q, 2 x K, 2 x V, and room to align the tiles to the 1024-byte swizzle period.
+  return sizeof(bf16) * (kWgmmaRows + 4 * kTile) * D + wgmma::kAtomBytes;
 }
 
-// Keys [64 kt, 64 kt + 64) of one KV head; warp w owns keys 16w..16w+15 of the tile.
-template <int D, int BQ>
-__global__ void __launch_bounds__(kMmaThreads)
-    seq_backward_mma(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
-                     const bf16* __restrict__ k, const bf16* __restrict__ v,
-                     const float* __restrict__ lse, const float* __restrict__ delta,
-                     float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv) {
-  constexpr int kS = D + 8, kSS = BQ + 8;
+// Rows [r0, r0 + ROWS) of a [T, D] view into a swizzled tile (wgmma.cuh); rows at or past T are
+// zero-filled.
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile_swizzled(bf16* dst, const bf16* src, int64_t stride,
+                                                   int r0, int T, int thread, int threads) {
+  constexpr int kChunks = D / 8;
+  for (int i = thread; i < ROWS * kChunks; i += threads) {
+    const int r = i / kChunks, c = (i % kChunks) * 8;
+    const bool valid = r0 + r < T;
+    cp_async16(reinterpret_cast<unsigned char*>(dst) + wgmma::swizzled_offset(ROWS, r, c),
+               valid ? src + (r0 + r) * stride + c : src, valid);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWgmmaThreads)
+    seq_forward_wgmma(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                      const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ o_seq,
+                      float* __restrict__ lse) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* sk = reinterpret_cast<bf16*>(smem_raw);
-  bf16* sv = sk + kTile * kS;
-  bf16* sq = sv + kTile * kS;
-  bf16* sdo = sq + BQ * kS;
-  bf16* sds = sdo + BQ * kS;
-  float* slse = reinterpret_cast<float*>(sds + kTile * kSS);
-  float* sdelta = slse + BQ;
-  const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const int k0 = kt * kTile;
+  const uint32_t raw = wgmma::smem_addr(smem_raw);
+  bf16* sq = reinterpret_cast<bf16*>(
+      smem_raw + ((raw + wgmma::kAtomBytes - 1) & ~uint32_t{wgmma::kAtomBytes - 1}) - raw);
+  bf16* sk = sq + kWgmmaRows * D;
+  bf16* sv = sk + 2 * kTile * D;
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int q0 = qt * kWgmmaRows;
   const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
-  const int64_t kv_base = (int64_t{b} * s.T * s.Hk + kvh) * D;
-  load_tile<D, kTile>(sk, k + kv_base, kv_stride, k0, s.T);
-  load_tile<D, kTile>(sv, v + kv_base, kv_stride, k0, s.T);
+  const bf16* qb = q + (int64_t{b} * s.T * s.Hq + h) * D;
+  const bf16* kb = k + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
+  const bf16* vb = v + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
+  load_tile_swizzled<D, kWgmmaRows>(sq, qb, q_stride, q0, s.T, tid, kWgmmaThreads);
+  load_tile_swizzled<D, kTile>(sk, kb, kv_stride, 0, s.T, tid, kWgmmaThreads);
+  load_tile_swizzled<D, kTile>(sv, vb, kv_stride, 0, s.T, tid, kWgmmaThreads);
   cp_async_commit();
 
   const float sl2 = s.scale * kLog2e;
-  const int key_lo = k0 + warp * 16 + g;  // this thread's keys: key_lo and key_lo + 8
-  float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
-  const int n_qt = (s.T + BQ - 1) / BQ;
-  // dQ = dS K: warps split the BQ x D output into 16-row by kCols blocks.
-  constexpr int kRowWarps = BQ / 16, kCols = D / (4 / kRowWarps);
-  const int m0 = (warp % kRowWarps) * 16, c0 = (warp / kRowWarps) * kCols;
-  for (int gi = 0; gi < s.G; ++gi) {
-    const int h = kvh * s.G + gi;
-    const int64_t q_base = (int64_t{b} * s.T * s.Hq + h) * D;
-    for (int qt = k0 / BQ; qt < n_qt; ++qt) {
-      const int q0 = qt * BQ;
-      load_tile<D, BQ>(sq, q + q_base, q_stride, q0, s.T);
-      load_tile<D, BQ>(sdo, dout + q_base, q_stride, q0, s.T);
+  const int wg_row0 = q0 + wg * 64;
+  const int row_lo = wg_row0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8
+  // Key tiles the block needs, and the last one this warpgroup's rows can see.
+  const int n_kt = (min(q0 + kWgmmaRows, s.T) - 1) / kTile + 1;
+  const int wg_last_kt = (min(wg_row0 + 63, s.T - 1)) / kTile;
+  const uint32_t q_tile = wgmma::smem_addr(sq) + wg * 64 * wgmma::kSwizzleBytes;
+  float o[D / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int buf = kt & 1;
+    if (kt + 1 < n_kt) {
+      load_tile_swizzled<D, kTile>(sk + (buf ^ 1) * kTile * D, kb, kv_stride, (kt + 1) * kTile, s.T,
+                                   tid, kWgmmaThreads);
+      load_tile_swizzled<D, kTile>(sv + (buf ^ 1) * kTile * D, vb, kv_stride, (kt + 1) * kTile, s.T,
+                                   tid, kWgmmaThreads);
       cp_async_commit();
-      for (int i = threadIdx.x; i < BQ; i += kMmaThreads) {
-        const int row = q0 + i;
-        const int64_t at = (int64_t{b} * s.T + row) * s.Hq + h;
-        slse[i] = row < s.T ? lse[at] * kLog2e : INFINITY;  // p = 0 for rows past T
-        sdelta[i] = row < s.T ? delta[at] : 0.0f;
-      }
+      cp_async_wait<1>();
+    } else {
       cp_async_wait<0>();
-      __syncthreads();
-
-      // S^T = K_w Q^T and dP^T = V_w dO^T: 16 keys x BQ queries.
-      float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};
+    }
+    wgmma::fence_shared_for_async();
+    __syncthreads();
+    if (kt <= wg_last_kt && wg_row0 < s.T) {
+      const uint32_t k_tile = wgmma::smem_addr(sk + buf * kTile * D);
+      const uint32_t v_tile = wgmma::smem_addr(sv + buf * kTile * D);
+      float sc[kTile / 8][4];
+      wgmma::fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t kf[4], vf[4];
-        ldsm_x4(kf, sk + (warp * 16 + lane % 16) * kS + ks * 16 + (lane / 16) * 8);
-        ldsm_x4(vf, sv + (warp * 16 + lane % 16) * kS + ks * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int np = 0; np < BQ / 16; ++np) {
-          const int at =
-              (np * 16 + lane % 8 + (lane / 16) * 8) * kS + ks * 16 + ((lane / 8) % 2) * 8;
-          uint32_t bq[4], bo[4];
-          ldsm_x4(bq, sq + at);
-          ldsm_x4(bo, sdo + at);
-          mma16816(st[2 * np], kf, bq[0], bq[1]);
-          mma16816(st[2 * np + 1], kf, bq[2], bq[3]);
-          mma16816(dpt[2 * np], vf, bo[0], bo[1]);
-          mma16816(dpt[2 * np + 1], vf, bo[2], bo[3]);
-        }
+        wgmma::mma_64x64_ss<false, false>(sc, wgmma::k_major(q_tile, kWgmmaRows, ks),
+                                          wgmma::k_major(k_tile, kTile, ks), ks > 0);
       }
-      // P^T and dS^T = P^T (dP^T - delta) * scale; causal: key > query gives p = 0.
+      wgmma::commit();
+      wgmma::wait<0>();
+      const bool masked = kt * kTile + kTile - 1 > wg_row0;
+      float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int nt = 0; nt < BQ / 8; ++nt) {
+      for (int nt = 0; nt < kTile / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int qi = nt * 8 + t4 * 2 + (e & 1);
-          const int key = key_lo + (e >> 1) * 8;
-          const float p = key > q0 + qi ? 0.0f : exp2f(st[nt][e] * sl2 - slse[qi]);
-          st[nt][e] = p;
-          dpt[nt][e] = p * (dpt[nt][e] - sdelta[qi]) * s.scale;
+          const int key = kt * kTile + nt * 8 + t4 * 2 + (e & 1);
+          float x = sc[nt][e] * sl2;
+          if (masked && key > row_lo + (e >> 1) * 8) x = -INFINITY;
+          sc[nt][e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
         }
       }
-      // dV += P^T dO and dK += dS^T Q (k = the BQ queries).
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; ++kk) {
-        uint32_t pa[4], da[4];
-        c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-        c_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          const int at =
-              (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kS + dp * 16 + (lane / 16) * 8;
-          uint32_t bo[4], bq[4];
-          ldsm_x4_t(bo, sdo + at);
-          ldsm_x4_t(bq, sq + at);
-          mma16816(dv_acc[2 * dp], pa, bo[0], bo[1]);
-          mma16816(dv_acc[2 * dp + 1], pa, bo[2], bo[3]);
-          mma16816(dk_acc[2 * dp], da, bq[0], bq[1]);
-          mma16816(dk_acc[2 * dp + 1], da, bq[2], bq[3]);
-        }
-      }
-      // dS^T to shared memory (bf16), rows = keys, for dQ = dS K across all 64 keys.
-#pragma unroll
-      for (int nt = 0; nt < BQ / 8; ++nt) {
-        const int r = warp * 16 + g, c = nt * 8 + t4 * 2;
-        *reinterpret_cast<uint32_t*>(sds + r * kSS + c) = pack_bf16(dpt[nt][0], dpt[nt][1]);
-        *reinterpret_cast<uint32_t*>(sds + (r + 8) * kSS + c) = pack_bf16(dpt[nt][2], dpt[nt][3]);
-      }
-      __syncthreads();
-      float dqa[kCols / 8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kTile / 16; ++kk) {
-        uint32_t a[4];
-        ldsm_x4_t(a,
-                  sds + (kk * 16 + lane % 8 + (lane / 16) * 8) * kSS + m0 + ((lane / 8) % 2) * 8);
-#pragma unroll
-        for (int dp = 0; dp < kCols / 16; ++dp) {
-          uint32_t bk[4];
-          ldsm_x4_t(bk, sk + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kS + c0 + dp * 16 +
-                            (lane / 16) * 8);
-          mma16816(dqa[2 * dp], a, bk[0], bk[1]);
-          mma16816(dqa[2 * dp + 1], a, bk[2], bk[3]);
-        }
-      }
+      float alpha[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int row = q0 + m0 + g + 8 * i;
-        if (row >= s.T) continue;
-        float* dst = dq + q_base + int64_t{row} * q_stride + c0;
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        // Finite from the first tile on: key 0 is visible to every row.
+        const float m_new = fmaxf(m[i], mx[i]);
+        alpha[i] = exp2f(m[i] - m_new);
+        m[i] = m_new;
+        l[i] *= alpha[i];
 #pragma unroll
-        for (int nt = 0; nt < kCols / 8; ++nt) {
-          atomic_add2(dst + nt * 8 + t4 * 2, dqa[nt][2 * i], dqa[nt][2 * i + 1]);
+        for (int nt = 0; nt < kTile / 8; ++nt) {
+          sc[nt][2 * i] = exp2f(sc[nt][2 * i] - m_new);
+          sc[nt][2 * i + 1] = exp2f(sc[nt][2 * i + 1] - m_new);
+          l[i] += sc[nt][2 * i] + sc[nt][2 * i + 1];
         }
       }
-      __syncthreads();
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[dn][0] *= alpha[0];
+        o[dn][1] *= alpha[0];
+        o[dn][2] *= alpha[1];
+        o[dn][3] *= alpha[1];
+      }
+      uint32_t pa[kTile / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) c_to_a(pa[kk], sc[2 * kk], sc[2 * kk + 1]);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        if constexpr (D == 64) {
+          wgmma::mma_64x64_rs(o, pa[kk], wgmma::mn_major(v_tile, kTile, kk));
+        } else {
+          wgmma::mma_64x128_rs(o, pa[kk], wgmma::mn_major(v_tile, kTile, kk));
+        }
+      }
+      wgmma::commit();
+      wgmma::wait<0>();
     }
+    __syncthreads();
   }
+  store_forward_rows<D>(s, b, h, row_lo, o, m, l, out, o_seq, lse);
+}
+
+// Epilogue of the tensor-core backward kernels: adds the block's dK, dV (C-fragment layout, the
+// thread's keys key_lo and key_lo + 8) to the fp32 accumulators; one block owns each key.
+template <int D>
+__device__ __forceinline__ void store_key_gradients(const Dims& s, int64_t kv_base, int key_lo,
+                                                    int64_t kv_stride,
+                                                    const float (&dk_acc)[D / 8][4],
+                                                    const float (&dv_acc)[D / 8][4], float* dk,
+                                                    float* dv) {
+  const int t4 = threadIdx.x % 4;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int key = key_lo + 8 * i;
@@ -1034,6 +896,192 @@ __global__ void __launch_bounds__(kMmaThreads)
       *pv = xv;
     }
   }
+}
+
+// ---- Hopper backward: wgmma, one warpgroup per 64 keys ----
+// The block owns keys [64 kt, 64 kt + 64) of one KV head (warp w: keys 16w..16w+15, the rows of
+// the wgmma fragments) and walks the (query head of the group, 64-query tile) pairs at or after
+// its keys, loading the next pair's Q, dO, lse and delta while it computes the current one:
+//   S^T = K Q^T, dP^T = V dO^T           both operands K-major in shared memory
+//   dV += P^T dO, dK += dS^T Q           P^T, dS^T from registers, dO and Q N-major
+//   dQ  = dS K                           dS^T stored to shared memory and read M-major, K N-major
+// dK and dV stay in registers; dQ is added with fp32 atomics.
+constexpr int kBackwardQueries = 64;
+constexpr int kBackwardThreads = 128;
+
+template <int D>
+constexpr size_t backward_wgmma_smem() {
+  // K, V, two buffers of Q and dO, dS^T (64 x 64), two buffers of lse and delta, alignment room.
+  return sizeof(bf16) * (2 * kTile * D + 4 * kBackwardQueries * D + kTile * kBackwardQueries) +
+         sizeof(float) * 4 * kBackwardQueries + wgmma::kAtomBytes;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kBackwardThreads)
+    seq_backward_wgmma(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                       const bf16* __restrict__ k, const bf16* __restrict__ v,
+                       const float* __restrict__ lse, const float* __restrict__ delta,
+                       float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv) {
+  constexpr int BQ = kBackwardQueries;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = wgmma::smem_addr(smem_raw);
+  bf16* sk = reinterpret_cast<bf16*>(
+      smem_raw + (((raw + wgmma::kAtomBytes - 1) & ~uint32_t{wgmma::kAtomBytes - 1}) - raw));
+  bf16* sv = sk + kTile * D;
+  bf16* sq_buf = sv + kTile * D;  // [2][BQ][D], swizzled
+  bf16* sdo_buf = sq_buf + 2 * BQ * D;
+  bf16* sds = sdo_buf + 2 * BQ * D;  // dS^T: [64 keys][BQ queries], swizzled
+  float* slse_buf = reinterpret_cast<float*>(sds + kTile * BQ);  // [2][BQ]
+  float* sdelta_buf = slse_buf + 2 * BQ;
+  const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int k0 = kt * kTile;
+  const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
+  const int64_t kv_base = (int64_t{b} * s.T * s.Hk + kvh) * D;
+  load_tile_swizzled<D, kTile>(sk, k + kv_base, kv_stride, k0, s.T, tid, kBackwardThreads);
+  load_tile_swizzled<D, kTile>(sv, v + kv_base, kv_stride, k0, s.T, tid, kBackwardThreads);
+
+  const int qt_first = k0 / BQ, per_head = (s.T + BQ - 1) / BQ - qt_first;
+  const int n_steps = s.G * per_head;
+  const auto head_of = [&](int step) { return kvh * s.G + step / per_head; };
+  const auto q0_of = [&](int step) { return (qt_first + step % per_head) * BQ; };
+  const auto q_base_of = [&](int step) { return (int64_t{b} * s.T * s.Hq + head_of(step)) * D; };
+  // Issues the step's Q and dO loads; returns its lse (log2 units, infinite past T so p = 0
+  // there) and delta for query row `tid`, staged into shared memory after the current step's math.
+  const auto prefetch = [&](int step, int buf, float& row_lse, float& row_delta) {
+    const int64_t q_base = q_base_of(step);
+    const int q0 = q0_of(step);
+    load_tile_swizzled<D, BQ>(sq_buf + buf * BQ * D, q + q_base, q_stride, q0, s.T, tid,
+                              kBackwardThreads);
+    load_tile_swizzled<D, BQ>(sdo_buf + buf * BQ * D, dout + q_base, q_stride, q0, s.T, tid,
+                              kBackwardThreads);
+    cp_async_commit();
+    const int row = q0 + tid;
+    const bool valid = tid < BQ && row < s.T;
+    const int64_t at = (int64_t{b} * s.T + row) * s.Hq + head_of(step);
+    row_lse = valid ? lse[at] * kLog2e : INFINITY;
+    row_delta = valid ? delta[at] : 0.0f;
+  };
+  const auto stage_stats = [&](int buf, float row_lse, float row_delta) {
+    if (tid < BQ) {
+      slse_buf[buf * BQ + tid] = row_lse;
+      sdelta_buf[buf * BQ + tid] = row_delta;
+    }
+  };
+  float next_lse = 0.0f, next_delta = 0.0f;
+  prefetch(0, 0, next_lse, next_delta);
+  stage_stats(0, next_lse, next_delta);
+
+  const float sl2 = s.scale * kLog2e;
+  const int key_lo = k0 + warp * 16 + g;  // this thread's keys: key_lo and key_lo + 8
+  const uint32_t k_tile = wgmma::smem_addr(sk), v_tile = wgmma::smem_addr(sv);
+  const uint32_t ds_tile = wgmma::smem_addr(sds);
+  float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
+  for (int step = 0; step < n_steps; ++step) {
+    const int buf = step & 1;
+    const bool has_next = step + 1 < n_steps;
+    if (has_next) {
+      prefetch(step + 1, buf ^ 1, next_lse, next_delta);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    wgmma::fence_shared_for_async();
+    __syncthreads();
+    const int q0 = q0_of(step);
+    const uint32_t q_tile = wgmma::smem_addr(sq_buf + buf * BQ * D);
+    const uint32_t do_tile = wgmma::smem_addr(sdo_buf + buf * BQ * D);
+    const float* slse = slse_buf + buf * BQ;
+    const float* sdelta = sdelta_buf + buf * BQ;
+
+    float st[BQ / 8][4], dpt[BQ / 8][4];
+    wgmma::fence();
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      wgmma::mma_64x64_ss<false, false>(st, wgmma::k_major(k_tile, kTile, ks),
+                                        wgmma::k_major(q_tile, BQ, ks), ks > 0);
+    }
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      wgmma::mma_64x64_ss<false, false>(dpt, wgmma::k_major(v_tile, kTile, ks),
+                                        wgmma::k_major(do_tile, BQ, ks), ks > 0);
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
+    // P^T and dS^T = P^T (dP^T - delta) * scale; causal: key > query gives p = 0, which only
+    // query tiles that start before the key tile's end can have.
+    const bool diagonal = q0 < k0 + kTile;
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = nt * 8 + t4 * 2 + (e & 1);
+        const int key = key_lo + (e >> 1) * 8;
+        const float p = diagonal && key > q0 + qi ? 0.0f : exp2f(st[nt][e] * sl2 - slse[qi]);
+        st[nt][e] = p;
+        dpt[nt][e] = p * (dpt[nt][e] - sdelta[qi]) * s.scale;
+      }
+    }
+    uint32_t pa[BQ / 16][4], da[BQ / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      c_to_a(pa[kk], st[2 * kk], st[2 * kk + 1]);
+      c_to_a(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
+    }
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      if constexpr (D == 64) {
+        wgmma::mma_64x64_rs(dv_acc, pa[kk], wgmma::mn_major(do_tile, BQ, kk));
+        wgmma::mma_64x64_rs(dk_acc, da[kk], wgmma::mn_major(q_tile, BQ, kk));
+      } else {
+        wgmma::mma_64x128_rs(dv_acc, pa[kk], wgmma::mn_major(do_tile, BQ, kk));
+        wgmma::mma_64x128_rs(dk_acc, da[kk], wgmma::mn_major(q_tile, BQ, kk));
+      }
+    }
+    wgmma::commit();
+    // dS^T to shared memory (bf16, swizzled, rows = keys) for dQ = dS K.
+    unsigned char* ds_bytes = reinterpret_cast<unsigned char*>(sds);
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt) {
+      const int r = warp * 16 + g;
+      *reinterpret_cast<uint32_t*>(ds_bytes + wgmma::swizzled_offset(kTile, r, nt * 8) + t4 * 4) =
+          pack_bf16(dpt[nt][0], dpt[nt][1]);
+      *reinterpret_cast<uint32_t*>(ds_bytes + wgmma::swizzled_offset(kTile, r + 8, nt * 8) +
+                                   t4 * 4) = pack_bf16(dpt[nt][2], dpt[nt][3]);
+    }
+    wgmma::fence_shared_for_async();
+    __syncthreads();
+    // dQ in 64-column blocks: rows = the BQ queries (warp w: 16w..16w+15), k = the 64 keys.
+#pragma unroll
+    for (int cb = 0; cb < D / 64; ++cb) {
+      float dqa[8][4];
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+        wgmma::mma_64x64_ss<true, true>(
+            dqa, wgmma::mn_major(ds_tile, kTile, kk),
+            wgmma::mn_major(k_tile + cb * kTile * wgmma::kSwizzleBytes, kTile, kk), kk > 0);
+      }
+      wgmma::commit();
+      wgmma::wait<0>();
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = q0 + warp * 16 + g + 8 * i;
+        if (row >= s.T) continue;
+        float* dst = dq + q_base_of(step) + int64_t{row} * q_stride + cb * 64;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          atomic_add2(dst + nt * 8 + t4 * 2, dqa[nt][2 * i], dqa[nt][2 * i + 1]);
+        }
+      }
+    }
+    // The other buffer's stats were last read before the barrier above.
+    if (has_next) stage_stats(buf ^ 1, next_lse, next_delta);
+    __syncthreads();
+  }
+  wgmma::wait<0>();
+  store_key_gradients<D>(s, kv_base, key_lo, kv_stride, dk_acc, dv_acc, dk, dv);
 }
 
 // =============================== dispatch ===============================
@@ -1126,16 +1174,16 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   if (rows == 0) return;
   float* o_seq = s.S > 0 ? workspace : nullptr;
   if (use_mma(shape, {q, k, v, out})) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kTile)), static_cast<unsigned>(s.Hq),
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kWgmmaRows)), static_cast<unsigned>(s.Hq),
                     static_cast<unsigned>(s.B));
     const auto launch = [&](auto kernel, size_t smem) {
       allow_smem(kernel, smem);
-      kernel<<<grid, kMmaThreads, smem, stream>>>(s, q, k, v, out, o_seq, lse);
+      kernel<<<grid, kWgmmaThreads, smem, stream>>>(s, q, k, v, out, o_seq, lse);
     };
     if (s.d == 64) {
-      launch(seq_forward_mma<64>, forward_smem<64>());
+      launch(seq_forward_wgmma<64>, forward_wgmma_smem<64>());
     } else {
-      launch(seq_forward_mma<128>, forward_smem<128>());
+      launch(seq_forward_wgmma<128>, forward_wgmma_smem<128>());
     }
   } else {
     with_pairs(s.d, [&](auto p) {
@@ -1199,13 +1247,13 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
                     static_cast<unsigned>(s.B));
     const auto launch = [&](auto kernel, size_t smem_bytes) {
       allow_smem(kernel, smem_bytes);
-      kernel<<<grid, kMmaThreads, smem_bytes, stream>>>(s, dout, q, k, v, lse, delta, dq, dk, dv);
+      kernel<<<grid, kBackwardThreads, smem_bytes, stream>>>(s, dout, q, k, v, lse, delta, dq, dk,
+                                                             dv);
     };
-    // 128-wide heads take 32-query tiles to keep dK, dV and the score tiles in registers.
     if (s.d == 64) {
-      launch(seq_backward_mma<64, 64>, backward_smem<64, 64>());
+      launch(seq_backward_wgmma<64>, backward_wgmma_smem<64>());
     } else {
-      launch(seq_backward_mma<128, 32>, backward_smem<128, 32>());
+      launch(seq_backward_wgmma<128>, backward_wgmma_smem<128>());
     }
   } else {
     with_pairs(s.d, [&](auto p) {
