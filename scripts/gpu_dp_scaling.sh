@@ -22,7 +22,7 @@ export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 [[ $ranks -ge 2 ]] || { echo "gpu_dp_scaling: needs 2 or more GPUs (found $gpus)" >&2; exit 2; }
 common=(--config "$config" --set "data.train=[embedded]" --set "data.val=[]" --set data.tokenizer=byte
         --set schedule.total_steps="$steps" --set schedule.warmup_steps=2 --set logging.val_interval=0
-        --set logging.interval=1 --set logging.plot=false --set batch.micro_batch="$micro")
+        --set logging.interval=1 --set logging.plot=false --set checkpoint.at_end=false --set batch.micro_batch="$micro")
 median() {  # metrics.jsonl -> median tokens/s of steps > 3
   python3 - "$1" <<'PY'
 import json, statistics, sys

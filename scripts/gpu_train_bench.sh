@@ -24,7 +24,7 @@ mkdir -p "$out"
 common=(--set runtime.device=cuda --set "data.train=[embedded]" --set "data.val=[]"
         --set data.tokenizer=byte --set schedule.total_steps="$steps" --set schedule.warmup_steps=2
         --set logging.val_interval=0 --set logging.val_batches=1 --set logging.interval=1
-        --set logging.plot=false)
+        --set logging.plot=false --set checkpoint.at_end=false)
 run() {
   local name="$1"; shift
   [[ "$only" == *" $name "* ]] || return 0

@@ -136,6 +136,19 @@ TEST_CASE("CUDA: N steps straight and N/2 + resume + N/2 agree within 1e-3", "[g
   CHECK(weights_diff <= 1e-3);
 }
 
+TEST_CASE("checkpoint.at_end=false leaves no final checkpoint but keeps the interval ones", "[checkpoint][train]") {
+  const std::string dir = temp_dir("at_end");
+  Config config = small_config(dir, 6);
+  config.checkpoint.at_end = false;
+  train(config, TrainOptions{false, ""});
+  CHECK_FALSE(fs::exists(dir + "/checkpoints"));
+  config.checkpoint.interval = 4;
+  train(config, TrainOptions{false, ""});
+  const auto latest = find_latest_checkpoint(dir + "/checkpoints");
+  REQUIRE(latest.has_value());
+  CHECK(fs::path(*latest).filename() == "step-00000004");
+}
+
 TEST_CASE("resume refuses a changed model shape, naming the key", "[checkpoint][train]") {
   const std::string dir = temp_dir("shape");
   train(small_config(dir, 2), TrainOptions{false, ""});

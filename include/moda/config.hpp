@@ -82,6 +82,7 @@ struct CheckpointConfig {
   int64_t interval = 0;  // steps between checkpoints; 0 = only at the end and on signals
   int64_t keep_last = 3;
   int64_t keep_every = 0;  // also keep every K-th step forever; 0 = off
+  bool at_end = true;      // save when the run completes (false: throughput benchmarks)
 };
 
 struct LoggingConfig {

@@ -230,6 +230,7 @@ std::vector<config_detail::Field> make_fields() {
   checkpoint("interval", &CheckpointConfig::interval);
   checkpoint("keep_last", &CheckpointConfig::keep_last);
   checkpoint("keep_every", &CheckpointConfig::keep_every);
+  checkpoint("at_end", &CheckpointConfig::at_end);
 
   auto logging = section_adder(table, "logging", &Config::logging);
   logging("dir", &LoggingConfig::dir);

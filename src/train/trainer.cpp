@@ -238,7 +238,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     double stop = g_stop_signal.load() != 0 ? 1.0 : 0.0;
     comm->all_reduce_host(std::span<double>(&stop, 1));
     const int64_t iv = config.checkpoint.interval;
-    const bool last = step_done == config.schedule.total_steps;
+    const bool last = step_done == config.schedule.total_steps && config.checkpoint.at_end;
     if (stop > 0 || last || (iv > 0 && step_done % iv == 0)) save(step_done);
     if (stop > 0) {
       summary.interrupted = true;
