@@ -48,7 +48,7 @@ PY
 
 if python3 -c "import torch, transformers" 2> /dev/null; then
   echo "== HF parity"
-  MODA="$dist/moda" timeout 300 "$repo/scripts/hf_parity.sh" "$out/hf_parity" > "$out/hf_parity.log" 2>&1 \
+  MODA="$dist/moda" timeout 420 "$repo/scripts/hf_parity.sh" "$out/hf_parity" > "$out/hf_parity.log" 2>&1 \
     || status=$?
   tail -20 "$out/hf_parity.log"
 fi
