@@ -731,13 +731,13 @@ __device__ __forceinline__ void store_forward_rows(const Dims& s, int b, int h, 
 // tile. K and V are double-buffered with cp.async. At head size 64 the softmax's instructions
 // outnumber the tensor cores' time, so its per-score work is one FFMA, one EX2, one FMNMX, one
 // FADD and half a conversion.
-constexpr int kWgmmaRows = 128;
-constexpr int kWgmmaThreads = 256;
+constexpr int kForwardRows = 128;
+constexpr int kForwardThreads = 256;
 
 template <int D>
 constexpr size_t forward_wgmma_smem() {
   // Q, 2 x K, 2 x V, and room to align the tiles to the 1024-byte swizzle period.
-  return sizeof(bf16) * (kWgmmaRows + 4 * kTile) * D + wgmma::kAtomBytes;
+  return sizeof(bf16) * (kForwardRows + 4 * kTile) * D + wgmma::kAtomBytes;
 }
 
 // Rows [r0, r0 + ROWS) of a [T, D] view into a swizzled tile (wgmma.cuh); rows at or past T are
@@ -763,7 +763,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 template <int D>
-__global__ void __launch_bounds__(kWgmmaThreads)
+__global__ void __launch_bounds__(kForwardThreads)
     seq_forward_wgmma(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
                       const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ o_seq,
                       float* __restrict__ lse) {
@@ -771,26 +771,26 @@ __global__ void __launch_bounds__(kWgmmaThreads)
   const uint32_t raw = wgmma::smem_addr(smem_raw);
   bf16* sq = reinterpret_cast<bf16*>(
       smem_raw + (((raw + wgmma::kAtomBytes - 1) & ~uint32_t{wgmma::kAtomBytes - 1}) - raw));
-  bf16* sk = sq + kWgmmaRows * D;
+  bf16* sk = sq + kForwardRows * D;
   bf16* sv = sk + 2 * kTile * D;
   const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;
-  const int q0 = qt * kWgmmaRows;
+  const int q0 = qt * kForwardRows;
   const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
   const bf16* qb = q + (int64_t{b} * s.T * s.Hq + h) * D;
   const bf16* kb = k + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
   const bf16* vb = v + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
-  load_tile_swizzled<D, kWgmmaRows>(sq, qb, q_stride, q0, s.T, tid, kWgmmaThreads);
-  load_tile_swizzled<D, kTile>(sk, kb, kv_stride, 0, s.T, tid, kWgmmaThreads);
-  load_tile_swizzled<D, kTile>(sv, vb, kv_stride, 0, s.T, tid, kWgmmaThreads);
+  load_tile_swizzled<D, kForwardRows>(sq, qb, q_stride, q0, s.T, tid, kForwardThreads);
+  load_tile_swizzled<D, kTile>(sk, kb, kv_stride, 0, s.T, tid, kForwardThreads);
+  load_tile_swizzled<D, kTile>(sv, vb, kv_stride, 0, s.T, tid, kForwardThreads);
   cp_async_commit();
 
   const float sl2 = s.scale * kLog2e;  // scores to log2 units
   const int wg_row0 = q0 + wg * 64;
   const int row_lo = wg_row0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8
   // Key tiles the block needs, and the last one this warpgroup's rows can see.
-  const int n_kt = (min(q0 + kWgmmaRows, s.T) - 1) / kTile + 1;
+  const int n_kt = (min(q0 + kForwardRows, s.T) - 1) / kTile + 1;
   const int wg_last_kt = (min(wg_row0 + 63, s.T - 1)) / kTile;
   const uint32_t q_tile = wgmma::smem_addr(sq) + wg * 64 * wgmma::kSwizzleBytes;
   float o[D / 8][4] = {};
@@ -799,9 +799,9 @@ __global__ void __launch_bounds__(kWgmmaThreads)
     const int buf = kt & 1;
     if (kt + 1 < n_kt) {
       load_tile_swizzled<D, kTile>(sk + (buf ^ 1) * kTile * D, kb, kv_stride, (kt + 1) * kTile, s.T,
-                                   tid, kWgmmaThreads);
+                                   tid, kForwardThreads);
       load_tile_swizzled<D, kTile>(sv + (buf ^ 1) * kTile * D, vb, kv_stride, (kt + 1) * kTile, s.T,
-                                   tid, kWgmmaThreads);
+                                   tid, kForwardThreads);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -816,7 +816,7 @@ __global__ void __launch_bounds__(kWgmmaThreads)
       wgmma::fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
-        wgmma::mma_64x64_ss<false, false>(sc, wgmma::k_major(q_tile, kWgmmaRows, ks),
+        wgmma::mma_64x64_ss<false, false>(sc, wgmma::k_major(q_tile, kForwardRows, ks),
                                           wgmma::k_major(k_tile, kTile, ks), ks > 0);
       }
       wgmma::commit();
@@ -1201,11 +1201,11 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   if (rows == 0) return;
   float* o_seq = s.S > 0 ? workspace : nullptr;
   if (use_mma(shape, {q, k, v, out})) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kWgmmaRows)), static_cast<unsigned>(s.Hq),
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kForwardRows)), static_cast<unsigned>(s.Hq),
                     static_cast<unsigned>(s.B));
     const auto launch = [&](auto kernel, size_t smem) {
       allow_smem(kernel, smem);
-      kernel<<<grid, kWgmmaThreads, smem, stream>>>(s, q, k, v, out, o_seq, lse);
+      kernel<<<grid, kForwardThreads, smem, stream>>>(s, q, k, v, out, o_seq, lse);
     };
     if (s.d == 64) {
       launch(seq_forward_wgmma<64>, forward_wgmma_smem<64>());
