@@ -12,7 +12,8 @@ base="${2:?usage: gpu_attention_ab.sh NEW_DIST BASE_DIST [reps]}"
 reps="${3:-20}"
 out="${OUT:-/tmp/moda_ab}"
 mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# shellcheck source=gpu_env.sh
+source "$repo/scripts/gpu_env.sh"
 status=0
 nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader
 echo "== attention tests (new build)"
@@ -27,9 +28,9 @@ if command -v compute-sanitizer > /dev/null; then
   grep -E "RACECHECK SUMMARY|ERROR SUMMARY|hazard|test cases" "$out/racecheck.log" | tail -5
 fi
 echo "== timing: new build, baseline build, torch SDPA"
-shapes=(4,4096,16,8,64,0 4,4096,16,8,64,36 4,4096,16,8,64,72 2,4096,16,8,128,0 2,4096,16,8,128,32
-        1,4096,64,8,64,0 1,4096,64,8,64,64 1,16384,64,8,64,0 1,16384,64,8,64,64
-        64,1024,6,2,64,0 64,1024,6,2,64,47 64,1024,6,2,64,94)
+shapes=("4,4096,16,8,64,0" "4,4096,16,8,64,36" "4,4096,16,8,64,72" "2,4096,16,8,128,0"
+        "2,4096,16,8,128,32" "1,4096,64,8,64,0" "1,4096,64,8,64,64" "1,16384,64,8,64,0"
+        "1,16384,64,8,64,64" "64,1024,6,2,64,0" "64,1024,6,2,64,47" "64,1024,6,2,64,94")
 args=()
 for s in "${shapes[@]}"; do args+=(--shape "$s"); done
 CUDA_VISIBLE_DEVICES=0 python3 "$repo/scripts/bench_attention.py" --moda "$new/moda" --baseline "$base/moda" \

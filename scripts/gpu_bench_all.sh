@@ -10,7 +10,8 @@ dist="${1:-$repo/dist-cuda}"
 steps="${2:-10}"
 out="${OUT:-/tmp/moda_bench}"
 mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# shellcheck source=gpu_env.sh
+source "$repo/scripts/gpu_env.sh"
 status=0
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 gpus=$(nvidia-smi -L 2> /dev/null | wc -l)

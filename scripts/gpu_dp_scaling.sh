@@ -18,7 +18,8 @@ gpus=$(nvidia-smi -L 2> /dev/null | wc -l)
 ranks="${RANKS:-$gpus}"
 out="${OUT:-/tmp/moda_dp}"
 mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# shellcheck source=gpu_env.sh
+source "$repo/scripts/gpu_env.sh"
 [[ $ranks -ge 2 ]] || { echo "gpu_dp_scaling: needs 2 or more GPUs (found $gpus)" >&2; exit 2; }
 common=(--config "$config" --set "data.train=[embedded]" --set "data.val=[]" --set data.tokenizer=byte
         --set schedule.total_steps="$steps" --set schedule.warmup_steps=2 --set logging.val_interval=0

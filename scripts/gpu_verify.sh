@@ -11,7 +11,8 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 dist="${1:-$repo/dist-cuda}"
 out="${OUT:-/tmp/moda_verify}"
 mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# shellcheck source=gpu_env.sh
+source "$repo/scripts/gpu_env.sh"
 status=0
 steps=200
 curve=(--set schedule.total_steps=$steps --set logging.interval=25 --set logging.val_interval=50
