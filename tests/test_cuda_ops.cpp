@@ -48,13 +48,7 @@ bool gpu_visible() {
 #endif
 }
 
-#define MODA_REQUIRE_GPU()                    \
-  do {                                        \
-    if (!gpu_visible()) {                     \
-      WARN("moda: no GPU visible, skipping"); \
-      return;                                 \
-    }                                         \
-  } while (0)
+#define MODA_REQUIRE_GPU() MODA_SKIP_UNLESS(gpu_visible(), "moda: no GPU visible, skipping")
 
 constexpr double kBf16Tol = 5e-3;
 constexpr double kAttnTol = 1e-2;

@@ -20,6 +20,7 @@ using moda::test::temp_dir;
 namespace {
 
 bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
+constexpr const char* kNoMpirun = "moda: mpirun not found (apt-get install openmpi-bin), skipping";
 
 // A small model, 5 steps; every rank 1 OpenMP thread so 2 ranks fit 2 cores.
 std::string train_args(const std::string& dir, int micro_batch, int steps = 5) {
@@ -43,10 +44,7 @@ int run(const std::string& cmd) { return std::system((cmd + " > /dev/null 2>&1")
 
 TEST_CASE("2 ranks x micro-batch 2 equal 1 rank x micro-batch 4, and ZeRO-1 equals plain DP",
           "[dist]") {
-  if (!have_mpirun()) {
-    WARN("moda: mpirun not found (apt-get install openmpi-bin), skipping");
-    return;
-  }
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
   const std::string one = temp_dir("one"), two = temp_dir("two"), zero = temp_dir("zero1");
   REQUIRE(run(fmt::format("{} {}", MODA_BINARY, train_args(one, 4))) == 0);
   REQUIRE(run(fmt::format("{} -np 2 {} {}", kMpirun, MODA_BINARY, train_args(two, 2))) == 0);
@@ -85,10 +83,7 @@ TEST_CASE("2 ranks x micro-batch 2 equal 1 rank x micro-batch 4, and ZeRO-1 equa
 }
 
 TEST_CASE("a ZeRO-1 run resumed from its sharded checkpoint continues exactly", "[dist]") {
-  if (!have_mpirun()) {
-    WARN("moda: mpirun not found (apt-get install openmpi-bin), skipping");
-    return;
-  }
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
   const std::string straight = temp_dir("z_straight"), split = temp_dir("z_split");
   const std::string zero1 = " --set runtime.zero1=true";
   REQUIRE(run(fmt::format("{} -np 2 {} {}{}", kMpirun, MODA_BINARY, train_args(straight, 2, 6),
@@ -121,10 +116,7 @@ TEST_CASE("a ZeRO-1 run resumed from its sharded checkpoint continues exactly", 
 
 TEST_CASE("runtime.comm single under a launch of several ranks stops with a clear error",
           "[dist]") {
-  if (!have_mpirun()) {
-    WARN("moda: mpirun not found (apt-get install openmpi-bin), skipping");
-    return;
-  }
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
   const std::string dir = temp_dir("single");
   const int rc = std::system(fmt::format("{} -np 2 {} {} --set runtime.comm=single > {}/log 2>&1",
                                          kMpirun, MODA_BINARY, train_args(dir, 2), dir)
@@ -135,10 +127,7 @@ TEST_CASE("runtime.comm single under a launch of several ranks stops with a clea
 }
 
 TEST_CASE("ranks started with different configs stop with a clear error", "[dist]") {
-  if (!have_mpirun()) {
-    WARN("moda: mpirun not found (apt-get install openmpi-bin), skipping");
-    return;
-  }
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
   const std::string dir = temp_dir("mismatch");
   const std::string log = dir + "/log.txt";
   const int rc = std::system(
@@ -151,10 +140,7 @@ TEST_CASE("ranks started with different configs stop with a clear error", "[dist
 
 TEST_CASE("one rank killed mid-run stops the job, and the run resumes from its last checkpoint",
           "[dist]") {
-  if (!have_mpirun()) {
-    WARN("moda: mpirun not found (apt-get install openmpi-bin), skipping");
-    return;
-  }
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
   const std::string dir = temp_dir("kill_rank");
   // Long enough (about 10 ms a step here) that the kill lands well before the end.
   const std::string args =

@@ -99,10 +99,7 @@ TEST_CASE("CUDA: N steps straight and N/2 + resume + N/2 agree within 1e-3", "[g
 #else
   const bool gpu = false;
 #endif
-  if (!gpu) {
-    WARN("moda: no GPU visible, skipping");
-    return;
-  }
+  MODA_SKIP_UNLESS(gpu, "moda: no GPU visible, skipping");
   const auto cuda_config = [](const std::string& dir, int64_t steps) {
     Config c = small_config(dir, steps);
     // Head size 64: the tensor-core attention kernels and the streaming depth kernels.
@@ -136,7 +133,8 @@ TEST_CASE("CUDA: N steps straight and N/2 + resume + N/2 agree within 1e-3", "[g
   CHECK(weights_diff <= 1e-3);
 }
 
-TEST_CASE("checkpoint.at_end=false leaves no final checkpoint but keeps the interval ones", "[checkpoint][train]") {
+TEST_CASE("checkpoint.at_end=false leaves no final checkpoint but keeps the interval ones",
+          "[checkpoint][train]") {
   const std::string dir = temp_dir("at_end");
   Config config = small_config(dir, 6);
   config.checkpoint.at_end = false;

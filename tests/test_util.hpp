@@ -16,6 +16,16 @@
 
 #include "moda/config.hpp"
 
+// Ends the test case with a warning, which shows in the log as a skip, unless `condition`
+// holds (no GPU, no mpirun).
+#define MODA_SKIP_UNLESS(condition, message) \
+  do {                                       \
+    if (!(condition)) {                      \
+      WARN(message);                         \
+      return;                                \
+    }                                        \
+  } while (0)
+
 namespace moda::test {
 
 // An empty folder under the system's temp folder, named after `name` and this process.
