@@ -691,7 +691,7 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-constexpr int kTile = 64;  // keys per tile (forward) and per block (backward)
+constexpr int kTile = 64;  // keys per tile (forward) and per warpgroup (backward)
 
 // Epilogue of the tensor-core forward kernels: the thread's rows row_lo and row_lo + 8 (C-fragment
 // layout), normalized by the row sums completed over the quad, to out (bf16) or, with depth slots,
@@ -740,17 +740,27 @@ constexpr size_t forward_wgmma_smem() {
   return sizeof(bf16) * (kForwardRows + 4 * kTile) * D + wgmma::kAtomBytes;
 }
 
-// Rows [r0, r0 + ROWS) of a [T, D] view into a swizzled tile (wgmma.cuh); rows at or past T are
-// zero-filled.
-template <int D, int ROWS>
+// Rows [r0, r0 + ROWS) of a [T, D] view into a swizzled tile (wgmma.cuh) by THREADS threads;
+// rows at or past T are zero-filled. Each thread keeps one 16-byte column chunk and steps down the
+// rows by a multiple of 8, so its swizzled offset is fixed plus a constant per step: the generic
+// loop (run-time thread count, index division) cost about 35 instructions per copy, a third of
+// the backward's instructions.
+template <int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile_swizzled(bf16* dst, const bf16* src, int64_t stride,
-                                                   int r0, int T, int thread, int threads) {
+                                                   int r0, int T, int thread) {
   constexpr int kChunks = D / 8;
-  for (int i = thread; i < ROWS * kChunks; i += threads) {
-    const int r = i / kChunks, c = (i % kChunks) * 8;
-    const bool valid = r0 + r < T;
-    cp_async16(reinterpret_cast<unsigned char*>(dst) + wgmma::swizzled_offset(ROWS, r, c),
-               valid ? src + (r0 + r) * stride + c : src, valid);
+  constexpr int kRowStep = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && kRowStep % 8 == 0 && ROWS % kRowStep == 0,
+                "each thread must keep its chunk and its rows' swizzle phase");
+  const int c = thread % kChunks, r_first = thread / kChunks;
+  unsigned char* to =
+      reinterpret_cast<unsigned char*>(dst) + wgmma::swizzled_offset(ROWS, r_first, c * 8);
+  const bf16* from = src + int64_t{r0 + r_first} * stride + c * 8;
+  const int64_t from_step = kRowStep * stride;
+#pragma unroll
+  for (int j = 0; j < ROWS / kRowStep; ++j) {
+    const bool valid = r0 + r_first + j * kRowStep < T;
+    cp_async16(to + j * kRowStep * wgmma::kSwizzleBytes, valid ? from + j * from_step : src, valid);
   }
 }
 
@@ -781,9 +791,9 @@ __global__ void __launch_bounds__(kForwardThreads)
   const bf16* qb = q + (int64_t{b} * s.T * s.Hq + h) * D;
   const bf16* kb = k + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
   const bf16* vb = v + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
-  load_tile_swizzled<D, kForwardRows>(sq, qb, q_stride, q0, s.T, tid, kForwardThreads);
-  load_tile_swizzled<D, kTile>(sk, kb, kv_stride, 0, s.T, tid, kForwardThreads);
-  load_tile_swizzled<D, kTile>(sv, vb, kv_stride, 0, s.T, tid, kForwardThreads);
+  load_tile_swizzled<D, kForwardRows, kForwardThreads>(sq, qb, q_stride, q0, s.T, tid);
+  load_tile_swizzled<D, kTile, kForwardThreads>(sk, kb, kv_stride, 0, s.T, tid);
+  load_tile_swizzled<D, kTile, kForwardThreads>(sv, vb, kv_stride, 0, s.T, tid);
   cp_async_commit();
 
   const float sl2 = s.scale * kLog2e;  // scores to log2 units
@@ -798,10 +808,10 @@ __global__ void __launch_bounds__(kForwardThreads)
   for (int kt = 0; kt < n_kt; ++kt) {
     const int buf = kt & 1;
     if (kt + 1 < n_kt) {
-      load_tile_swizzled<D, kTile>(sk + (buf ^ 1) * kTile * D, kb, kv_stride, (kt + 1) * kTile, s.T,
-                                   tid, kForwardThreads);
-      load_tile_swizzled<D, kTile>(sv + (buf ^ 1) * kTile * D, vb, kv_stride, (kt + 1) * kTile, s.T,
-                                   tid, kForwardThreads);
+      load_tile_swizzled<D, kTile, kForwardThreads>(sk + (buf ^ 1) * kTile * D, kb, kv_stride,
+                                                    (kt + 1) * kTile, s.T, tid);
+      load_tile_swizzled<D, kTile, kForwardThreads>(sv + (buf ^ 1) * kTile * D, vb, kv_stride,
+                                                    (kt + 1) * kTile, s.T, tid);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -916,75 +926,89 @@ __device__ __forceinline__ void store_key_gradients(const Dims& s, int64_t kv_ba
   }
 }
 
-// ---- Hopper backward: wgmma, one warpgroup per 64 keys ----
-// The block owns keys [64 kt, 64 kt + 64) of one KV head (warp w: keys 16w..16w+15, the rows of
-// the wgmma fragments) for G / head_blocks of the group's query heads, and walks the (query head,
-// 64-query tile) pairs at or after its keys, loading the next pair's Q, dO, lse and delta while it
-// computes the current one:
-//   S^T = K Q^T, dP^T = V dO^T           both operands K-major in shared memory
+// ---- Hopper backward: wgmma, two warpgroups per 128 keys ----
+// The block owns keys [128 kb, 128 kb + 128) of one KV head, warpgroup w the 64 keys from 64 w
+// (warp: 16 of them, the rows of the wgmma fragments), for G / head_blocks of the group's query
+// heads, and walks the (query head, 64-query tile) pairs at or after its keys, loading the next
+// pair's Q, dO, lse and delta (shared by both warpgroups) while it computes the current one:
+//   S^T = K Q^T, dP^T = V dO^T           per warpgroup; both operands K-major in shared memory
 //   dV += P^T dO, dK += dS^T Q           P^T, dS^T from registers, dO and Q N-major
-//   dQ  = dS K                           dS^T stored to shared memory and read M-major, K N-major
-// dK and dV stay in registers; dQ is added with fp32 atomics.
+//   dQ  = dS K                           over all 128 keys: both warpgroups' dS^T stored to shared
+//                                        memory, read M-major; warpgroup w computes half of the
+//                                        head's columns, K read N-major
+// dK and dV stay in registers; dQ is added with fp32 atomics, once per 128 keys (the atomics of
+// the one-warpgroup, 64-key design cost 0.41 of its 1.72 ms at (4, 4096, 16, 8), d 64).
 constexpr int kBackwardQueries = 64;
-constexpr int kBackwardThreads = 128;
+constexpr int kBackwardKeys = 2 * kTile;
+constexpr int kBackwardThreads = 256;
 
 template <int D>
 constexpr size_t backward_wgmma_smem() {
-  // K, V, two buffers of Q and dO, dS^T (64 x 64), two buffers of lse and delta, alignment room.
-  return sizeof(bf16) * (2 * kTile * D + 4 * kBackwardQueries * D + kTile * kBackwardQueries) +
+  // K, V, two buffers of Q and dO, dS^T (128 x 64), two buffers of lse and delta, alignment room.
+  return sizeof(bf16) *
+             (2 * kBackwardKeys * D + 4 * kBackwardQueries * D + kBackwardKeys * kBackwardQueries) +
          sizeof(float) * 4 * kBackwardQueries + wgmma::kAtomBytes;
 }
 
-// Three blocks per SM at head size 64 (168 registers, 24 bytes spilled) measured 6% faster than
-// two without the bound.
+// One block of 8 warps per SM (204 registers at head size 64, 252 at 128): against three blocks
+// of one warpgroup per SM, equal at head size 64 and G = 2, 0.80x the time at 128 and G = 8.
 template <int D>
-__global__ void __launch_bounds__(kBackwardThreads, D == 64 ? 3 : 1)
+__global__ void __launch_bounds__(kBackwardThreads, 1)
     seq_backward_wgmma(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                        const bf16* __restrict__ k, const bf16* __restrict__ v,
                        const float* __restrict__ lse, const float* __restrict__ delta,
                        float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
                        int head_blocks) {
-  constexpr int BQ = kBackwardQueries;
+  constexpr int BQ = kBackwardQueries, BK = kBackwardKeys;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = wgmma::smem_addr(smem_raw);
   bf16* sk = reinterpret_cast<bf16*>(
       smem_raw + (((raw + wgmma::kAtomBytes - 1) & ~uint32_t{wgmma::kAtomBytes - 1}) - raw));
-  bf16* sv = sk + kTile * D;
-  bf16* sq_buf = sv + kTile * D;  // [2][BQ][D], swizzled
+  bf16* sv = sk + BK * D;
+  bf16* sq_buf = sv + BK * D;  // [2][BQ][D], swizzled
   bf16* sdo_buf = sq_buf + 2 * BQ * D;
-  bf16* sds = sdo_buf + 2 * BQ * D;  // dS^T: [64 keys][BQ queries], swizzled
-  float* slse_buf = reinterpret_cast<float*>(sds + kTile * BQ);  // [2][BQ]
+  bf16* sds = sdo_buf + 2 * BQ * D;  // dS^T: [BK keys][BQ queries], swizzled
+  float* slse_buf = reinterpret_cast<float*>(sds + BK * BQ);  // [2][BQ]
   float* sdelta_buf = slse_buf + 2 * BQ;
   // blockIdx.y: the KV head and which of its head_blocks groups of query heads.
-  const int kt = blockIdx.x, kvh = blockIdx.y / head_blocks, b = blockIdx.z;
+  const int kb = blockIdx.x, kvh = blockIdx.y / head_blocks, b = blockIdx.z;
   const int heads = s.G / head_blocks, head0 = kvh * s.G + (blockIdx.y % head_blocks) * heads;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int k0 = kt * kTile;
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int k0 = kb * BK, wg_k0 = k0 + wg * kTile;
   const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
   const int64_t kv_base = (int64_t{b} * s.T * s.Hk + kvh) * D;
-  load_tile_swizzled<D, kTile>(sk, k + kv_base, kv_stride, k0, s.T, tid, kBackwardThreads);
-  load_tile_swizzled<D, kTile>(sv, v + kv_base, kv_stride, k0, s.T, tid, kBackwardThreads);
+  load_tile_swizzled<D, BK, kBackwardThreads>(sk, k + kv_base, kv_stride, k0, s.T, tid);
+  load_tile_swizzled<D, BK, kBackwardThreads>(sv, v + kv_base, kv_stride, k0, s.T, tid);
 
-  const int qt_first = k0 / BQ, per_head = (s.T + BQ - 1) / BQ - qt_first;
-  const int n_steps = heads * per_head;
-  const auto head_of = [&](int step) { return head0 + step / per_head; };
-  const auto q0_of = [&](int step) { return (qt_first + step % per_head) * BQ; };
-  const auto q_base_of = [&](int step) { return (int64_t{b} * s.T * s.Hq + head_of(step)) * D; };
+  // A step's (query head, first query): the query tiles at or after the key tile, head by head
+  // (the first one is all in warpgroup 1's future, p = 0 there).
+  struct Step {
+    int head, q0;
+  };
+  const int q0_first = k0 / BQ * BQ;
+  const int n_steps = heads * ((s.T - q0_first + BQ - 1) / BQ);
+  const auto next_step = [&](Step at) {
+    at.q0 += BQ;
+    if (at.q0 >= s.T) return Step{at.head + 1, q0_first};
+    return at;
+  };
+  const auto q_base_of = [&](Step at) { return (int64_t{b} * s.T * s.Hq + at.head) * D; };
   // Issues the step's Q and dO loads; returns its lse (log2 units, infinite past T so p = 0
-  // there) and delta for query row `tid`, staged into shared memory after the current step's math.
-  const auto prefetch = [&](int step, int buf, float& row_lse, float& row_delta) {
-    const int64_t q_base = q_base_of(step);
-    const int q0 = q0_of(step);
-    load_tile_swizzled<D, BQ>(sq_buf + buf * BQ * D, q + q_base, q_stride, q0, s.T, tid,
-                              kBackwardThreads);
-    load_tile_swizzled<D, BQ>(sdo_buf + buf * BQ * D, dout + q_base, q_stride, q0, s.T, tid,
-                              kBackwardThreads);
+  // there) and delta (times the softmax scale) for query row `tid`, staged into shared memory
+  // after the current step's math.
+  const auto prefetch = [&](Step at, int buf, float& row_lse, float& row_delta) {
+    const int64_t q_base = q_base_of(at);
+    load_tile_swizzled<D, BQ, kBackwardThreads>(sq_buf + buf * BQ * D, q + q_base, q_stride, at.q0,
+                                                s.T, tid);
+    load_tile_swizzled<D, BQ, kBackwardThreads>(sdo_buf + buf * BQ * D, dout + q_base, q_stride,
+                                                at.q0, s.T, tid);
     cp_async_commit();
-    const int row = q0 + tid;
+    const int row = at.q0 + tid;
     const bool valid = tid < BQ && row < s.T;
-    const int64_t at = (int64_t{b} * s.T + row) * s.Hq + head_of(step);
-    row_lse = valid ? lse[at] * kLog2e : INFINITY;
-    row_delta = valid ? delta[at] : 0.0f;
+    const int64_t at_row = (int64_t{b} * s.T + row) * s.Hq + at.head;
+    row_lse = valid ? lse[at_row] * kLog2e : INFINITY;
+    row_delta = valid ? delta[at_row] * s.scale : 0.0f;
   };
   const auto stage_stats = [&](int buf, float row_lse, float row_delta) {
     if (tid < BQ) {
@@ -993,26 +1017,30 @@ __global__ void __launch_bounds__(kBackwardThreads, D == 64 ? 3 : 1)
     }
   };
   float next_lse = 0.0f, next_delta = 0.0f;
-  prefetch(0, 0, next_lse, next_delta);
+  Step current{head0, q0_first};
+  prefetch(current, 0, next_lse, next_delta);
   stage_stats(0, next_lse, next_delta);
 
   const float sl2 = s.scale * kLog2e;
-  const int key_lo = k0 + warp * 16 + g;  // this thread's keys: key_lo and key_lo + 8
-  const uint32_t k_tile = wgmma::smem_addr(sk), v_tile = wgmma::smem_addr(sv);
+  const int key_lo = wg_k0 + warp * 16 + g;  // this thread's keys: key_lo and key_lo + 8
+  const uint32_t k_all = wgmma::smem_addr(sk);
+  const uint32_t k_tile = k_all + wg * kTile * wgmma::kSwizzleBytes;
+  const uint32_t v_tile = wgmma::smem_addr(sv) + wg * kTile * wgmma::kSwizzleBytes;
   const uint32_t ds_tile = wgmma::smem_addr(sds);
   float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
   for (int step = 0; step < n_steps; ++step) {
     const int buf = step & 1;
     const bool has_next = step + 1 < n_steps;
+    const Step next = next_step(current);
     if (has_next) {
-      prefetch(step + 1, buf ^ 1, next_lse, next_delta);
+      prefetch(next, buf ^ 1, next_lse, next_delta);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     wgmma::fence_shared_for_async();
     __syncthreads();
-    const int q0 = q0_of(step);
+    const int q0 = current.q0;
     const uint32_t q_tile = wgmma::smem_addr(sq_buf + buf * BQ * D);
     const uint32_t do_tile = wgmma::smem_addr(sdo_buf + buf * BQ * D);
     const float* slse = slse_buf + buf * BQ;
@@ -1022,29 +1050,33 @@ __global__ void __launch_bounds__(kBackwardThreads, D == 64 ? 3 : 1)
     wgmma::fence();
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-      wgmma::mma_64x64_ss<false, false>(st, wgmma::k_major(k_tile, kTile, ks),
+      wgmma::mma_64x64_ss<false, false>(st, wgmma::k_major(k_tile, BK, ks),
                                         wgmma::k_major(q_tile, BQ, ks), ks > 0);
     }
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-      wgmma::mma_64x64_ss<false, false>(dpt, wgmma::k_major(v_tile, kTile, ks),
+      wgmma::mma_64x64_ss<false, false>(dpt, wgmma::k_major(v_tile, BK, ks),
                                         wgmma::k_major(do_tile, BQ, ks), ks > 0);
     }
     wgmma::commit();
     wgmma::wait<0>();
-    // P^T and dS^T = P^T (dP^T - delta) * scale; causal: key > query gives p = 0, which only
-    // query tiles that start before the key tile's end can have.
-    const bool diagonal = q0 < k0 + kTile;
+    // P^T and dS^T = P^T (dP^T - delta) * scale (delta staged times scale); causal: key > query
+    // gives p = 0, which only query tiles that start before the key tile's end can have. The
+    // thread's queries come in adjacent pairs: one 8-byte load of each statistic per pair.
+    const bool diagonal = q0 < wg_k0 + kTile;
 #pragma unroll
     for (int nt = 0; nt < BQ / 8; ++nt) {
+      const int qi = nt * 8 + t4 * 2;
+      const float2 row_lse = *reinterpret_cast<const float2*>(slse + qi);
+      const float2 row_delta = *reinterpret_cast<const float2*>(sdelta + qi);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int qi = nt * 8 + t4 * 2 + (e & 1);
         const int key = key_lo + (e >> 1) * 8;
-        const float p =
-            diagonal && key > q0 + qi ? 0.0f : fast_exp2(fmaf(st[nt][e], sl2, -slse[qi]));
+        const float p = diagonal && key > q0 + qi + (e & 1)
+                            ? 0.0f
+                            : fast_exp2(fmaf(st[nt][e], sl2, -((e & 1) ? row_lse.y : row_lse.x)));
         st[nt][e] = p;
-        dpt[nt][e] = p * (dpt[nt][e] - sdelta[qi]) * s.scale;
+        dpt[nt][e] = p * fmaf(dpt[nt][e], s.scale, -((e & 1) ? row_delta.y : row_delta.x));
       }
     }
     uint32_t pa[BQ / 16][4], da[BQ / 16][4];
@@ -1065,47 +1097,53 @@ __global__ void __launch_bounds__(kBackwardThreads, D == 64 ? 3 : 1)
       }
     }
     wgmma::commit();
-    // dS^T to shared memory (bf16, swizzled, rows = keys) for dQ = dS K.
+    // dS^T to shared memory (bf16, swizzled, rows = keys) for dQ = dS K, from the packed A
+    // fragments: n-tile nt of row r is register (nt % 2) * 2 of k-step nt / 2, row r + 8 the next.
     unsigned char* ds_bytes = reinterpret_cast<unsigned char*>(sds);
+    const int r = wg * kTile + warp * 16 + g;
 #pragma unroll
     for (int nt = 0; nt < BQ / 8; ++nt) {
-      const int r = warp * 16 + g;
-      *reinterpret_cast<uint32_t*>(ds_bytes + wgmma::swizzled_offset(kTile, r, nt * 8) + t4 * 4) =
-          pack_bf16(dpt[nt][0], dpt[nt][1]);
-      *reinterpret_cast<uint32_t*>(ds_bytes + wgmma::swizzled_offset(kTile, r + 8, nt * 8) +
-                                   t4 * 4) = pack_bf16(dpt[nt][2], dpt[nt][3]);
+      *reinterpret_cast<uint32_t*>(ds_bytes + wgmma::swizzled_offset(BK, r, nt * 8) + t4 * 4) =
+          da[nt / 2][(nt % 2) * 2];
+      *reinterpret_cast<uint32_t*>(ds_bytes + wgmma::swizzled_offset(BK, r + 8, nt * 8) + t4 * 4) =
+          da[nt / 2][(nt % 2) * 2 + 1];
     }
     // Retiring dV, dK here frees P^T and dS^T's registers for dQ's accumulators.
     wgmma::wait<0>();
     wgmma::fence_shared_for_async();
     __syncthreads();
-    // dQ in 64-column blocks: rows = the BQ queries (warp w: 16w..16w+15), k = the 64 keys.
+    // dQ: rows = the BQ queries (warp w: 16w..16w+15), k = the 128 keys, the warpgroup's half of
+    // the columns.
+    constexpr int kHalf = D / 2;
+    float dqa[kHalf / 8][4];
+    wgmma::fence();
 #pragma unroll
-    for (int cb = 0; cb < D / 64; ++cb) {
-      float dqa[8][4];
-      wgmma::fence();
-#pragma unroll
-      for (int kk = 0; kk < kTile / 16; ++kk) {
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      const uint64_t ds_op = wgmma::mn_major(ds_tile, BK, kk);
+      if constexpr (D == 64) {
+        wgmma::mma_64x32_ss<true, true>(
+            dqa, ds_op, wgmma::mn_major(k_all + wg * kHalf * sizeof(bf16), BK, kk), kk > 0);
+      } else {
         wgmma::mma_64x64_ss<true, true>(
-            dqa, wgmma::mn_major(ds_tile, kTile, kk),
-            wgmma::mn_major(k_tile + cb * kTile * wgmma::kSwizzleBytes, kTile, kk), kk > 0);
+            dqa, ds_op, wgmma::mn_major(k_all + wg * BK * wgmma::kSwizzleBytes, BK, kk), kk > 0);
       }
-      wgmma::commit();
-      wgmma::wait<0>();
+    }
+    wgmma::commit();
+    wgmma::wait<0>();
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int row = q0 + warp * 16 + g + 8 * i;
-        if (row >= s.T) continue;
-        float* dst = dq + q_base_of(step) + int64_t{row} * q_stride + cb * 64;
+    for (int i = 0; i < 2; ++i) {
+      const int row = q0 + warp * 16 + g + 8 * i;
+      if (row >= s.T) continue;
+      float* dst = dq + q_base_of(current) + int64_t{row} * q_stride + wg * kHalf;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          atomic_add2(dst + nt * 8 + t4 * 2, dqa[nt][2 * i], dqa[nt][2 * i + 1]);
-        }
+      for (int nt = 0; nt < kHalf / 8; ++nt) {
+        atomic_add2(dst + nt * 8 + t4 * 2, dqa[nt][2 * i], dqa[nt][2 * i + 1]);
       }
     }
     // The other buffer's stats were last read before the barrier above.
     if (has_next) stage_stats(buf ^ 1, next_lse, next_delta);
     __syncthreads();
+    current = next;
   }
   wgmma::wait<0>();
   store_key_gradients<D>(s, kv_base, key_lo, kv_stride, head_blocks > 1, dk_acc, dv_acc, dk, dv);
@@ -1270,11 +1308,11 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
   }
   MODA_LAUNCH_CHECK();
   if (use_mma(shape, {dout, q, k, v})) {
-    // Even groups of more than two query heads are split into blocks of two heads, which then
-    // add their dK, dV with atomics: one block walking all 8 heads of a group serially was the
-    // critical path of the launch (G = 8, T = 4096: 2.19 -> 1.69 ms).
-    const int head_blocks = s.G > 2 && s.G % 2 == 0 ? s.G / 2 : 1;
-    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kTile)),
+    // Groups of more than two query heads are split into one block per head, which then add
+    // their dK, dV with atomics: one block walking all 8 heads of a group serially was the
+    // critical path of the launch (G = 8, T = 4096: 2.19 -> 1.69 ms in blocks of two heads).
+    const int head_blocks = s.G > 2 ? s.G : 1;
+    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kBackwardKeys)),
                     static_cast<unsigned>(s.Hk * head_blocks), static_cast<unsigned>(s.B));
     const auto launch = [&](auto kernel, size_t smem_bytes) {
       allow_smem(kernel, smem_bytes);

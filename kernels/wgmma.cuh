@@ -40,15 +40,19 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading_b
          (uint64_t{(stride_bytes & 0x3FFFF) >> 4} << 32) | (uint64_t{1} << 62);
 }
 
+// The k-steps below add their byte offset to the tile's descriptor instead of encoding a new
+// one: the start-address field (bits 0-13, address / 16) of an address inside the 228 KB of
+// shared memory cannot carry into the next field, and with ks unrolled the add is a constant.
+
 // K-major operand: k-step ks (16 columns) of a swizzled [rows][D] tile.
 __device__ __forceinline__ uint64_t k_major(uint32_t tile, int rows, int ks) {
-  const uint32_t at = tile + (ks / 4) * rows * kSwizzleBytes + (ks % 4) * 32;
-  return descriptor(at, 16, kAtomBytes);
+  const uint32_t offset = (ks / 4) * rows * kSwizzleBytes + (ks % 4) * 32;
+  return descriptor(tile, 16, kAtomBytes) + (offset >> 4);
 }
 
 // MN-major operand: k-step ks (rows 16 ks..16 ks + 15) of a swizzled [rows][D] tile.
 __device__ __forceinline__ uint64_t mn_major(uint32_t tile, int rows, int ks) {
-  return descriptor(tile + ks * 2 * kAtomBytes, rows * kSwizzleBytes, kAtomBytes);
+  return descriptor(tile, rows * kSwizzleBytes, kAtomBytes) + ((ks * 2 * kAtomBytes) >> 4);
 }
 
 __device__ __forceinline__ void fence() {
@@ -85,6 +89,22 @@ __device__ __forceinline__ void mma_64x64_ss(float (&c)[8][4], uint64_t a, uint6
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
       "%32, %33, p, 1, 1, %35, %36;\n}\n"
       : MODA_WGMMA_ACC8(c, 0), MODA_WGMMA_ACC8(c, 2), MODA_WGMMA_ACC8(c, 4), MODA_WGMMA_ACC8(c, 6)
+      : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(TRANSPOSE_A ? 1 : 0),
+        "n"(TRANSPOSE_B ? 1 : 0));
+}
+
+// c (64 x 32) = A B (+ c when accumulate), as mma_64x64_ss. An N-major B may start 64 bytes into
+// the swizzled rows of a [rows][64] block (its columns 32..63): the hardware applies the swizzle
+// to the absolute address, as for the K-major k-steps.
+template <bool TRANSPOSE_A, bool TRANSPOSE_B>
+__device__ __forceinline__ void mma_64x32_ss(float (&c)[4][4], uint64_t a, uint64_t b,
+                                             bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, p, 1, 1, %19, %20;\n}\n"
+      : MODA_WGMMA_ACC8(c, 0), MODA_WGMMA_ACC8(c, 2)
       : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(TRANSPOSE_A ? 1 : 0),
         "n"(TRANSPOSE_B ? 1 : 0));
 }
