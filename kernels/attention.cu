@@ -937,21 +937,24 @@ __device__ __forceinline__ void store_key_gradients(const Dims& s, int64_t kv_ba
 //                                        memory, read M-major; warpgroup w computes half of the
 //                                        head's columns, K read N-major
 // dK and dV stay in registers; dQ is added with fp32 atomics, once per 128 keys (the atomics of
-// the one-warpgroup, 64-key design cost 0.41 of its 1.72 ms at (4, 4096, 16, 8), d 64).
+// the one-warpgroup, 64-key design cost 0.41 of its 1.72 ms at (4, 4096, 16, 8), d 64). dQ runs
+// one step behind: its MMA is issued with the next step's S^T and its atomics are issued while
+// S^T and dP^T run, so a step has one barrier (dS^T is double-buffered); 5% of the backward.
 constexpr int kBackwardQueries = 64;
 constexpr int kBackwardKeys = 2 * kTile;
 constexpr int kBackwardThreads = 256;
 
 template <int D>
 constexpr size_t backward_wgmma_smem() {
-  // K, V, two buffers of Q and dO, dS^T (128 x 64), two buffers of lse and delta, alignment room.
-  return sizeof(bf16) *
-             (2 * kBackwardKeys * D + 4 * kBackwardQueries * D + kBackwardKeys * kBackwardQueries) +
+  // K, V, two buffers each of Q, dO, dS^T (128 x 64), lse and delta, and alignment room.
+  return sizeof(bf16) * (2 * kBackwardKeys * D + 4 * kBackwardQueries * D +
+                         2 * kBackwardKeys * kBackwardQueries) +
          sizeof(float) * 4 * kBackwardQueries + wgmma::kAtomBytes;
 }
 
-// One block of 8 warps per SM (204 registers at head size 64, 252 at 128): against three blocks
-// of one warpgroup per SM, equal at head size 64 and G = 2, 0.80x the time at 128 and G = 8.
+// One block of 8 warps per SM (206 registers at head size 64, 255 at 128, 12 bytes spilled):
+// against three blocks of one warpgroup per SM, before dQ ran a step behind, equal at head size
+// 64 and G = 2, 0.80x the time at 128 and at G = 8.
 template <int D>
 __global__ void __launch_bounds__(kBackwardThreads, 1)
     seq_backward_wgmma(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
@@ -967,8 +970,8 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
   bf16* sv = sk + BK * D;
   bf16* sq_buf = sv + BK * D;  // [2][BQ][D], swizzled
   bf16* sdo_buf = sq_buf + 2 * BQ * D;
-  bf16* sds = sdo_buf + 2 * BQ * D;  // dS^T: [BK keys][BQ queries], swizzled
-  float* slse_buf = reinterpret_cast<float*>(sds + BK * BQ);  // [2][BQ]
+  bf16* sds_buf = sdo_buf + 2 * BQ * D;  // dS^T: [2][BK keys][BQ queries], swizzled
+  float* slse_buf = reinterpret_cast<float*>(sds_buf + 2 * BK * BQ);  // [2][BQ]
   float* sdelta_buf = slse_buf + 2 * BQ;
   // blockIdx.y: the KV head and which of its head_blocks groups of query heads.
   const int kb = blockIdx.x, kvh = blockIdx.y / head_blocks, b = blockIdx.z;
@@ -1026,57 +1029,109 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
   const uint32_t k_all = wgmma::smem_addr(sk);
   const uint32_t k_tile = k_all + wg * kTile * wgmma::kSwizzleBytes;
   const uint32_t v_tile = wgmma::smem_addr(sv) + wg * kTile * wgmma::kSwizzleBytes;
-  const uint32_t ds_tile = wgmma::smem_addr(sds);
+  // dQ of the step whose dS^T is in buffer `buf`: rows = the BQ queries (warp w: 16w..16w+15),
+  // k = the 128 keys, the warpgroup's half of the columns. The MMAs are issued, not committed.
+  constexpr int kHalf = D / 2;
+  const auto issue_dq = [&](int buf, float(&dqa)[kHalf / 8][4]) {
+    const uint32_t ds_tile = wgmma::smem_addr(sds_buf + buf * BK * BQ);
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      const uint64_t ds_op = wgmma::mn_major(ds_tile, BK, kk);
+      if constexpr (D == 64) {
+        wgmma::mma_64x32_ss<true, true>(
+            dqa, ds_op, wgmma::mn_major(k_all + wg * kHalf * sizeof(bf16), BK, kk), kk > 0);
+      } else {
+        wgmma::mma_64x64_ss<true, true>(
+            dqa, ds_op, wgmma::mn_major(k_all + wg * BK * wgmma::kSwizzleBytes, BK, kk), kk > 0);
+      }
+    }
+  };
+  const auto add_dq = [&](Step at, const float(&dqa)[kHalf / 8][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = at.q0 + warp * 16 + g + 8 * i;
+      if (row >= s.T) continue;
+      float* dst = dq + q_base_of(at) + int64_t{row} * q_stride + wg * kHalf;
+#pragma unroll
+      for (int nt = 0; nt < kHalf / 8; ++nt) {
+        atomic_add2(dst + nt * 8 + t4 * 2, dqa[nt][2 * i], dqa[nt][2 * i + 1]);
+      }
+    }
+  };
+  // c (the warpgroup's 64 keys x BQ queries) = A B^T over the head dimension: S^T = K Q^T,
+  // dP^T = V dO^T.
+  const auto issue_scores = [&](float(&c)[BQ / 8][4], uint32_t a_tile, uint32_t b_tile) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      wgmma::mma_64x64_ss<false, false>(c, wgmma::k_major(a_tile, BK, ks),
+                                        wgmma::k_major(b_tile, BQ, ks), ks > 0);
+    }
+  };
+  Step previous = current;
   float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
   for (int step = 0; step < n_steps; ++step) {
     const int buf = step & 1;
     const bool has_next = step + 1 < n_steps;
     const Step next = next_step(current);
-    if (has_next) {
-      prefetch(next, buf ^ 1, next_lse, next_delta);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    // One barrier per step: the current step's loads and the previous step's dS^T are visible,
+    // and every thread is done with the buffers the next step's loads overwrite.
+    cp_async_wait<0>();
     wgmma::fence_shared_for_async();
     __syncthreads();
+    if (has_next) prefetch(next, buf ^ 1, next_lse, next_delta);
     const int q0 = current.q0;
     const uint32_t q_tile = wgmma::smem_addr(sq_buf + buf * BQ * D);
     const uint32_t do_tile = wgmma::smem_addr(sdo_buf + buf * BQ * D);
     const float* slse = slse_buf + buf * BQ;
     const float* sdelta = sdelta_buf + buf * BQ;
 
+    // In flight at once: the previous step's dQ with S^T, then S^T with dP^T; each wait retires
+    // the older group, whose results are used while the newer one runs.
     float st[BQ / 8][4], dpt[BQ / 8][4];
     wgmma::fence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      wgmma::mma_64x64_ss<false, false>(st, wgmma::k_major(k_tile, BK, ks),
-                                        wgmma::k_major(q_tile, BQ, ks), ks > 0);
+    if (step > 0) {
+      float dqa[kHalf / 8][4];
+      issue_dq(buf ^ 1, dqa);
+      wgmma::commit();
+      issue_scores(st, k_tile, q_tile);
+      wgmma::commit();
+      wgmma::wait<1>();
+      wgmma::fence_operand(dqa);
+      add_dq(previous, dqa);
+    } else {
+      issue_scores(st, k_tile, q_tile);
+      wgmma::commit();
     }
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      wgmma::mma_64x64_ss<false, false>(dpt, wgmma::k_major(v_tile, BK, ks),
-                                        wgmma::k_major(do_tile, BQ, ks), ks > 0);
-    }
+    wgmma::fence();
+    issue_scores(dpt, v_tile, do_tile);
     wgmma::commit();
-    wgmma::wait<0>();
-    // P^T and dS^T = P^T (dP^T - delta) * scale (delta staged times scale); causal: key > query
+    wgmma::wait<1>();
+    wgmma::fence_operand(st);
+    // P^T, then dS^T = P^T (dP^T - delta) * scale (delta staged times scale); causal: key > query
     // gives p = 0, which only query tiles that start before the key tile's end can have. The
-    // thread's queries come in adjacent pairs: one 8-byte load of each statistic per pair.
+    // thread's queries come in adjacent pairs: one 8-byte load of a statistic per pair.
     const bool diagonal = q0 < wg_k0 + kTile;
 #pragma unroll
     for (int nt = 0; nt < BQ / 8; ++nt) {
       const int qi = nt * 8 + t4 * 2;
       const float2 row_lse = *reinterpret_cast<const float2*>(slse + qi);
-      const float2 row_delta = *reinterpret_cast<const float2*>(sdelta + qi);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key_lo + (e >> 1) * 8;
-        const float p = diagonal && key > q0 + qi + (e & 1)
-                            ? 0.0f
-                            : fast_exp2(fmaf(st[nt][e], sl2, -((e & 1) ? row_lse.y : row_lse.x)));
-        st[nt][e] = p;
-        dpt[nt][e] = p * fmaf(dpt[nt][e], s.scale, -((e & 1) ? row_delta.y : row_delta.x));
+        st[nt][e] = diagonal && key > q0 + qi + (e & 1)
+                        ? 0.0f
+                        : fast_exp2(fmaf(st[nt][e], sl2, -((e & 1) ? row_lse.y : row_lse.x)));
+      }
+    }
+    wgmma::wait<0>();
+    wgmma::fence_operand(dpt);
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; ++nt) {
+      const int qi = nt * 8 + t4 * 2;
+      const float2 row_delta = *reinterpret_cast<const float2*>(sdelta + qi);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        dpt[nt][e] = st[nt][e] * fmaf(dpt[nt][e], s.scale, -((e & 1) ? row_delta.y : row_delta.x));
       }
     }
     uint32_t pa[BQ / 16][4], da[BQ / 16][4];
@@ -1099,7 +1154,7 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
     wgmma::commit();
     // dS^T to shared memory (bf16, swizzled, rows = keys) for dQ = dS K, from the packed A
     // fragments: n-tile nt of row r is register (nt % 2) * 2 of k-step nt / 2, row r + 8 the next.
-    unsigned char* ds_bytes = reinterpret_cast<unsigned char*>(sds);
+    unsigned char* ds_bytes = reinterpret_cast<unsigned char*>(sds_buf + buf * BK * BQ);
     const int r = wg * kTile + warp * 16 + g;
 #pragma unroll
     for (int nt = 0; nt < BQ / 8; ++nt) {
@@ -1108,42 +1163,24 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
       *reinterpret_cast<uint32_t*>(ds_bytes + wgmma::swizzled_offset(BK, r + 8, nt * 8) + t4 * 4) =
           da[nt / 2][(nt % 2) * 2 + 1];
     }
-    // Retiring dV, dK here frees P^T and dS^T's registers for dQ's accumulators.
+    // P^T and dS^T's registers are read by the MMAs until they retire.
     wgmma::wait<0>();
-    wgmma::fence_shared_for_async();
-    __syncthreads();
-    // dQ: rows = the BQ queries (warp w: 16w..16w+15), k = the 128 keys, the warpgroup's half of
-    // the columns.
-    constexpr int kHalf = D / 2;
+    // The other buffer's stats were last read before this step's barrier.
+    if (has_next) stage_stats(buf ^ 1, next_lse, next_delta);
+    previous = current;
+    current = next;
+  }
+  // The last step's dQ.
+  wgmma::fence_shared_for_async();
+  __syncthreads();
+  {
     float dqa[kHalf / 8][4];
     wgmma::fence();
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      const uint64_t ds_op = wgmma::mn_major(ds_tile, BK, kk);
-      if constexpr (D == 64) {
-        wgmma::mma_64x32_ss<true, true>(
-            dqa, ds_op, wgmma::mn_major(k_all + wg * kHalf * sizeof(bf16), BK, kk), kk > 0);
-      } else {
-        wgmma::mma_64x64_ss<true, true>(
-            dqa, ds_op, wgmma::mn_major(k_all + wg * BK * wgmma::kSwizzleBytes, BK, kk), kk > 0);
-      }
-    }
+    issue_dq((n_steps - 1) & 1, dqa);
     wgmma::commit();
     wgmma::wait<0>();
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int row = q0 + warp * 16 + g + 8 * i;
-      if (row >= s.T) continue;
-      float* dst = dq + q_base_of(current) + int64_t{row} * q_stride + wg * kHalf;
-#pragma unroll
-      for (int nt = 0; nt < kHalf / 8; ++nt) {
-        atomic_add2(dst + nt * 8 + t4 * 2, dqa[nt][2 * i], dqa[nt][2 * i + 1]);
-      }
-    }
-    // The other buffer's stats were last read before the barrier above.
-    if (has_next) stage_stats(buf ^ 1, next_lse, next_delta);
-    __syncthreads();
-    current = next;
+    wgmma::fence_operand(dqa);
+    add_dq(previous, dqa);
   }
   wgmma::wait<0>();
   store_key_gradients<D>(s, kv_base, key_lo, kv_stride, head_blocks > 1, dk_acc, dv_acc, dk, dv);

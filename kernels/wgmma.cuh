@@ -65,6 +65,16 @@ template <int N>
 __device__ __forceinline__ void wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// Pins an accumulator's registers here, after the wait that retired its MMAs: the compiler sees
+// no dependence between the wait and the registers, and could move their reads above it.
+template <int M, int N>
+__device__ __forceinline__ void fence_operand(float (&c)[M][N]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) asm volatile("" : "+f"(c[i][j])::"memory");
+  }
+}
 // Makes this thread's generic-proxy writes of shared memory (st.shared, cp.async) visible to the
 // async proxy that wgmma reads through; a barrier must follow before another thread's wgmma.
 __device__ __forceinline__ void fence_shared_for_async() {

@@ -11,12 +11,16 @@
 #   Table 6 48-layer models at T = 1024, micro-batch ${T6_MICRO:-64}: t6_olmo2_pre t6_olmo2_post
 #   t6_moda_post t6_moda_ffn_kv (not in the default; they plan scripts/reproduce_table6.sh's
 #   token budget). With few steps (3: memory and profile only) a run costs seconds of device time.
+#   ACCUM=N (default 1) gives the 700M and 1.5B runs a global batch of N micro-batches (gradient
+#   accumulation): with N = 1 every step of 8K-16K tokens also pays a full AdamW pass over the
+#   weights (2.8% of a 700M step), which training at a real global batch amortizes.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 dist="${1:-$repo/dist-cuda}"
 steps="${2:-12}"
 shift $(( $# < 2 ? $# : 2 ))
 only=" ${*:-tiny olmo2_700m moda_700m olmo2_1p5b moda_1p5b} "
+accum="${ACCUM:-1}"
 # The profiled step: 3 (after cuBLASLt's autotuning in step 1), or the last one of shorter runs.
 profile_step=$(( steps < 3 ? steps : 3 ))
 out="${OUT:-/tmp/moda_bench}"
@@ -50,11 +54,12 @@ if [[ "$only" == *" tiny "* ]]; then
     grep -E "step +(1|50|100|150)/" "$out/tiny.log" | sed 's/^.*\] //'
 fi
 p="$repo/configs/paper"
-run olmo2_700m --config "$p/table3_row1_olmo2_36l.yaml" --set batch.micro_batch=4 --set batch.global_batch=4 \
-  --set runtime.profile_step="$profile_step"
-run moda_700m --config "$p/table3_row4_moda_ffn_kv.yaml" --set batch.micro_batch=4 --set batch.global_batch=4
-run olmo2_1p5b --config "$p/olmo2_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2
-run moda_1p5b --config "$p/moda_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=2
+run olmo2_700m --config "$p/table3_row1_olmo2_36l.yaml" --set batch.micro_batch=4 \
+  --set batch.global_batch=$((4 * accum)) --set runtime.profile_step="$profile_step"
+run moda_700m --config "$p/table3_row4_moda_ffn_kv.yaml" --set batch.micro_batch=4 \
+  --set batch.global_batch=$((4 * accum))
+run olmo2_1p5b --config "$p/olmo2_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=$((2 * accum))
+run moda_1p5b --config "$p/moda_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=$((2 * accum))
 t6="${T6_MICRO:-64}"
 run t6_olmo2_pre --config "$p/table6_olmo2_48l_pre.yaml" --set batch.micro_batch="$t6" --set batch.global_batch="$t6"
 run t6_olmo2_post --config "$p/table6_olmo2_48l_post.yaml" --set batch.micro_batch="$t6" --set batch.global_batch="$t6"
