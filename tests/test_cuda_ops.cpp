@@ -479,8 +479,7 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
 #ifdef MODA_HAVE_CUDA
 // Race check by repetition: at G <= 2 everything but dq is written without atomics, so three runs
 // on the same inputs must agree bit for bit; dq (fp32 atomics over query tiles) up to summation
-// order. (Even groups of more than two heads add dK, dV from one block per two heads, with
-// atomics.)
+// order. (Groups of more than two heads add dK, dV from one block per head, with atomics.)
 TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
   MODA_REQUIRE_GPU();
   for (int64_t d : {64, 128}) {
