@@ -250,7 +250,22 @@ TEST_CASE("a checkpoint of 2 shards loads on 1 and 3 ranks, and 1 on 3", "[check
   // Master weights only (export, eval).
   const CheckpointState weights = load_checkpoint(dir, ShardRange{600, 100}, false);
   CHECK(weights.shard.adam_m.empty());
+  CHECK_FALSE(weights.shard.moments_range.has_value());
   CHECK(bitwise_equal(weights.shard.master, slice(full.shard.master, {600, 100})));
+  // A ZeRO-1 rank's resume: every weight and the moments of its own range, across both shards,
+  // in one pass; such a state cannot be written back as a shard.
+  const ShardRange own{600, 100};
+  const CheckpointState zero1 = load_checkpoint(dir, ShardRange{0, total}, own);
+  CHECK(zero1.shard.range == ShardRange{0, total});
+  REQUIRE(zero1.shard.moments_range.has_value());
+  CHECK(*zero1.shard.moments_range == own);
+  CHECK(bitwise_equal(zero1.shard.master, full.shard.master));
+  CHECK(bitwise_equal(zero1.shard.adam_m, slice(full.shard.adam_m, own)));
+  CHECK(bitwise_equal(zero1.shard.adam_v, slice(full.shard.adam_v, own)));
+  CHECK_THROWS_WITH(write_shard(checkpoint_staging_dir(root, 9, "run"), 0, 1, total, zero1.shard),
+                    Catch::Contains("another range than its weights"));
+  CHECK_THROWS_AS(load_checkpoint(dir, ShardRange{0, total}, ShardRange{total - 10, 20}),
+                  CheckpointError);
 
   // 1 -> 3.
   const std::string root1 = temp_root("reshard1");

@@ -62,6 +62,9 @@ struct ShardState {
   ShardRange range;
   std::vector<float> master, adam_m, adam_v;  // each range.count long (m, v may be empty on
                                               // load when the optimizer state was not asked for)
+  // Set when adam_m, adam_v cover another range than the master weights: a ZeRO-1 rank loads
+  // every weight but the moments of its own shard only.
+  std::optional<ShardRange> moments_range;
 };
 
 struct CheckpointState {
@@ -115,6 +118,10 @@ CheckpointMeta load_checkpoint_meta(const std::string& dir);
 // CheckpointError names the file on mismatch. with_optimizer false reads the master weights only.
 CheckpointState load_checkpoint(const std::string& dir, ShardRange range,
                                 bool with_optimizer = true);
+// The master weights of `weights` and the Adam moments of `moments` in one pass over the shard
+// files (a ZeRO-1 rank's resume: every weight, its own moments); the moments are then in
+// shard.moments_range unless the two ranges are equal.
+CheckpointState load_checkpoint(const std::string& dir, ShardRange weights, ShardRange moments);
 // This rank's range under the default partition: shard_range(total_params, rank, world).
 CheckpointState load_checkpoint(const std::string& dir, int rank, int world);
 
@@ -130,7 +137,8 @@ LoaderState reshard_loader_state(const LoaderState& state, int old_world, int ne
 ShardState capture_shard(Model& model, ShardRange range);
 // The inverse: writes shard.range of the compute copy and of the master weights the model holds
 // (any range inside the parameters: a ZeRO-1 rank loads every shard's weights this way) and,
-// when the shard holds them, of the Adam moments (then inside the model's optimizer state).
+// when the shard holds them, the Adam moments of shard.moments_range, or of shard.range when that
+// is unset (inside the model's optimizer state).
 void restore_model(Model& model, const ShardState& shard);
 
 // ---- config changes on resume ----

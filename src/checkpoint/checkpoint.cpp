@@ -197,10 +197,11 @@ void verify_plain_file(const std::string& dir, const FileEntry& e) {
   }
 }
 
-// Streams one shard file: checks header, size and crc32, and copies the part of each array that
-// falls into `want` into out (master, m, v; m and v skipped when `optimizer` is false).
-void read_shard(const std::string& dir, const ShardEntry& e, int64_t total, ShardRange want,
-                bool optimizer, CheckpointState* out) {
+// Streams one shard file: checks header, size and crc32, and copies the part of the master
+// weights that falls into `weights` and of the Adam moments that falls into `moments` into out
+// (whose vectors are sized to those ranges; an empty range copies nothing).
+void read_shard(const std::string& dir, const ShardEntry& e, int64_t total, ShardRange weights,
+                ShardRange moments, CheckpointState* out) {
   const std::string path = (fs::path(dir) / e.file.file).string();
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw CheckpointError(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
@@ -240,27 +241,30 @@ void read_shard(const std::string& dir, const ShardEntry& e, int64_t total, Shar
       h.rank != e.rank) {
     throw CheckpointError(fmt::format("{}: header does not match the metadata", path));
   }
-  // Overlap of this shard with the wanted range, relative to each.
-  const int64_t lo = std::max(want.offset, e.range.offset);
-  const int64_t hi = std::min(want.offset + want.count, e.range.offset + e.range.count);
-  std::vector<float>* targets[3] = {&out->shard.master, optimizer ? &out->shard.adam_m : nullptr,
-                                    optimizer ? &out->shard.adam_v : nullptr};
+  struct Target {
+    std::vector<float>* values;
+    ShardRange want;
+  };
+  const Target targets[3] = {
+      {&out->shard.master, weights}, {&out->shard.adam_m, moments}, {&out->shard.adam_v, moments}};
   constexpr int64_t kChunk = int64_t{1} << 20;  // floats
   std::vector<float> buf(
       static_cast<size_t>(std::min(kChunk, std::max<int64_t>(e.range.count, 1))));
-  for (std::vector<float>* target : targets) {
+  for (const Target& t : targets) {
+    // Overlap of this shard with the wanted range.
+    const int64_t lo = std::max(t.want.offset, e.range.offset);
+    const int64_t hi = std::min(t.want.offset + t.want.count, e.range.offset + e.range.count);
     for (int64_t i = 0; i < e.range.count; i += kChunk) {
       const int64_t n = std::min(kChunk, e.range.count - i);
       if (!read_exact(buf.data(), static_cast<size_t>(n) * sizeof(float))) {
         throw CheckpointError(fmt::format("{}: truncated", path));
       }
-      if (target == nullptr) continue;
       // Elements [e.offset + i, e.offset + i + n) of the flat vector.
       const int64_t a = std::max(lo, e.range.offset + i);
       const int64_t b = std::min(hi, e.range.offset + i + n);
       if (a < b) {
         std::copy(buf.begin() + (a - e.range.offset - i), buf.begin() + (b - e.range.offset - i),
-                  target->begin() + (a - want.offset));
+                  t.values->begin() + (a - t.want.offset));
       }
     }
   }
@@ -311,6 +315,12 @@ std::string checkpoint_staging_dir(const std::string& root, int64_t step, const 
 void write_shard(const std::string& staging, int rank, int world, int64_t total_params,
                  const ShardState& shard) {
   const int64_t n = shard.range.count;
+  if (shard.moments_range) {
+    throw std::invalid_argument(
+        fmt::format("write_shard: rank {} has its Adam moments over another range than its "
+                    "weights",
+                    rank));
+  }
   for (const auto* v : {&shard.master, &shard.adam_m, &shard.adam_v}) {
     if (static_cast<int64_t>(v->size()) != n) {
       throw std::invalid_argument(
@@ -484,7 +494,7 @@ std::optional<std::string> verify_checkpoint(const std::string& dir) {
     check_coverage(m.shards, m.meta.total_params, (fs::path(dir) / kMetaFile).string());
     CheckpointState scratch;
     for (const ShardEntry& s : m.shards) {
-      read_shard(dir, s, m.meta.total_params, ShardRange{0, 0}, false, &scratch);
+      read_shard(dir, s, m.meta.total_params, ShardRange{0, 0}, ShardRange{0, 0}, &scratch);
     }
   } catch (const std::exception& e) {
     return std::string(e.what());
@@ -529,29 +539,34 @@ CheckpointMeta load_checkpoint_meta(const std::string& dir) {
   return m.meta;
 }
 
-CheckpointState load_checkpoint(const std::string& dir, ShardRange range, bool with_optimizer) {
+CheckpointState load_checkpoint(const std::string& dir, ShardRange weights, ShardRange moments) {
   MetaFile m = read_meta(dir);
   check_coverage(m.shards, m.meta.total_params, (fs::path(dir) / kMetaFile).string());
-  if (range.offset < 0 || range.count < 0 || range.offset + range.count > m.meta.total_params) {
-    throw CheckpointError(fmt::format("{}: range [{}, {}) outside its {} parameters", dir,
-                                      range.offset, range.offset + range.count,
-                                      m.meta.total_params));
+  for (const ShardRange& r : {weights, moments}) {
+    if (r.offset < 0 || r.count < 0 || r.offset + r.count > m.meta.total_params) {
+      throw CheckpointError(fmt::format("{}: range [{}, {}) outside its {} parameters", dir,
+                                        r.offset, r.offset + r.count, m.meta.total_params));
+    }
   }
   CheckpointState state;
   state.meta = load_checkpoint_meta(dir);
-  state.shard.range = range;
-  state.shard.master.resize(static_cast<size_t>(range.count));
-  if (with_optimizer) {
-    state.shard.adam_m.resize(static_cast<size_t>(range.count));
-    state.shard.adam_v.resize(static_cast<size_t>(range.count));
-  }
+  state.shard.range = weights;
+  if (moments.count > 0 && !(moments == weights)) state.shard.moments_range = moments;
+  state.shard.master.resize(static_cast<size_t>(weights.count));
+  state.shard.adam_m.resize(static_cast<size_t>(moments.count));
+  state.shard.adam_v.resize(static_cast<size_t>(moments.count));
+  const auto overlaps = [](ShardRange a, ShardRange b) {
+    return a.offset < b.offset + b.count && b.offset < a.offset + a.count;
+  };
   for (const ShardEntry& s : m.shards) {
-    const bool overlaps = s.range.offset < range.offset + range.count &&
-                          range.offset < s.range.offset + s.range.count;
-    if (!overlaps) continue;
-    read_shard(dir, s, m.meta.total_params, range, with_optimizer, &state);
+    if (!overlaps(s.range, weights) && !overlaps(s.range, moments)) continue;
+    read_shard(dir, s, m.meta.total_params, weights, moments, &state);
   }
   return state;
+}
+
+CheckpointState load_checkpoint(const std::string& dir, ShardRange range, bool with_optimizer) {
+  return load_checkpoint(dir, range, with_optimizer ? range : ShardRange{range.offset, 0});
 }
 
 CheckpointState load_checkpoint(const std::string& dir, int rank, int world) {
@@ -616,10 +631,18 @@ void restore_model(Model& model, const ShardState& shard) {
   Backend& backend = model.backend();
   model.set_parameters(std::vector<double>(shard.master.begin(), shard.master.end()), r.offset);
   if (!shard.adam_m.empty()) {
-    const int64_t at = state_index(model, r, "restore_model");
-    backend.upload(model.adam_m().slice(at, r.count),
+    const ShardRange moments = shard.moments_range.value_or(r);
+    if (static_cast<int64_t>(shard.adam_m.size()) != moments.count ||
+        static_cast<int64_t>(shard.adam_v.size()) != moments.count) {
+      throw std::invalid_argument(
+          fmt::format("restore_model: Adam moments of {} and {} values for the range [{}, {})",
+                      shard.adam_m.size(), shard.adam_v.size(), moments.offset,
+                      moments.offset + moments.count));
+    }
+    const int64_t at = state_index(model, moments, "restore_model");
+    backend.upload(model.adam_m().slice(at, moments.count),
                    std::vector<double>(shard.adam_m.begin(), shard.adam_m.end()));
-    backend.upload(model.adam_v().slice(at, r.count),
+    backend.upload(model.adam_v().slice(at, moments.count),
                    std::vector<double>(shard.adam_v.begin(), shard.adam_v.end()));
   }
   backend.synchronize();

@@ -182,11 +182,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       // Model-defining keys first: a changed shape is a ConfigError naming the keys.
       const std::vector<ConfigChange> changes =
           check_resume_config(load_checkpoint_meta(found).config_yaml, config);
-      // A ZeRO-1 rank needs every shard's weights but the optimizer state of its own only.
-      if (zero1) {
-        restore_model(model, load_checkpoint(found, ShardRange{0, total_params}, false).shard);
-      }
-      const CheckpointState ck = load_checkpoint(found, own_params);
+      // A ZeRO-1 rank needs every shard's weights but the optimizer state of its own only: one
+      // pass over the shard files reads both.
+      const CheckpointState ck =
+          zero1 ? load_checkpoint(found, ShardRange{0, total_params}, own_params)
+                : load_checkpoint(found, own_params);
       restore_model(model, ck.shard);
       loader.restore(reshard_loader_state(ck.meta.loader, ck.meta.world, world));
       start = ck.meta.step;
