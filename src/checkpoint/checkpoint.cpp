@@ -551,7 +551,7 @@ CheckpointState load_checkpoint(const std::string& dir, ShardRange weights, Shar
   CheckpointState state;
   state.meta = load_checkpoint_meta(dir);
   state.shard.range = weights;
-  if (moments.count > 0 && !(moments == weights)) state.shard.moments_range = moments;
+  if (moments.count > 0 && moments != weights) state.shard.moments_range = moments;
   state.shard.master.resize(static_cast<size_t>(weights.count));
   state.shard.adam_m.resize(static_cast<size_t>(moments.count));
   state.shard.adam_v.resize(static_cast<size_t>(moments.count));
