@@ -10,16 +10,21 @@
 //   2. depth part (S > 0), one warp per (token, KV head): scores of the S slots for each of the
 //      G query heads, then lse = logaddexp(lse_seq, lse_depth) and
 //      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j.
-// Backward (dq overwritten; dk, dv and the depth gradients accumulated)
+// Backward (dq overwritten; dk, dv accumulated)
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
-//      in the workspace), dq = the depth slots' contribution, and the slot gradients; the warp
-//      owns its token's slots, so they need no atomics.
+//      in the workspace), dq = the depth slots' contribution, and each slot's probability and
+//      score gradient per query head ([S, R, Hq], fp32).
 //   2. sequence part: FlashAttention-2 style backward on wgmma (one warpgroup per 64 keys of a
 //      KV head, looping over its G query heads and the query tiles at or after the keys, the next
 //      tile's loads in flight; dK and dV stay in registers, dQ is added with fp32 atomics), or the
 //      warp-per-query fallback.
+// Slot gradients (depth_slot_backward, once every layer reading the slots is done): for each
+// (token, KV head) the sum over the readers and their G heads of dscores * q and probs * dout,
+// in registers, written once.
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <span>
 #include <type_traits>
 
 #include "ops.cuh"
@@ -321,14 +326,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }
 
 // Depth part of the backward and the backward's preprocessing: delta, dq := depth contribution,
-// d_depth_k/v += . Shared memory per warp: q, dout and dq of the G heads (fp32), lse and delta.
+// the slots' probabilities and score gradients. Shared memory per warp: q, dout and dq of the G
+// heads (fp32), lse and delta.
 template <int P>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     depth_backward_warp(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                         const bf16* __restrict__ out, const float* __restrict__ lse,
                         const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
-                        float* __restrict__ dq, float* __restrict__ d_depth_k,
-                        float* __restrict__ d_depth_v, float* __restrict__ delta) {
+                        float* __restrict__ dq, float* __restrict__ probs,
+                        float* __restrict__ dscores, float* __restrict__ delta) {
   extern __shared__ float warp_smem[];
   const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
   if (w >= int64_t{s.B} * s.T * s.Hk) return;
@@ -359,8 +365,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     }
   }
   __syncwarp();
+  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
   for (int j = 0; j < s.S; ++j) {
-    float kj[P][2], vj[P][2], gk[P][2] = {}, gv[P][2] = {};
+    float kj[P][2], vj[P][2];
     load_head<P>(depth_k + j * s.slot_stride + slot0, s.d, kj);
     load_head<P>(depth_v + j * s.slot_stride + slot0, s.d, vj);
     for (int g = 0; g < s.G; ++g) {
@@ -374,16 +381,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
       for (int i = 0; i < P; ++i) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          gq[i][e] = ds * kj[i][e];
-          gk[i][e] += ds * qv[i][e];
-          gv[i][e] += p * go[i][e];
-        }
+        for (int e = 0; e < 2; ++e) gq[i][e] = ds * kj[i][e];
       }
       add_head<P>(sdq + g * s.d, s.d, gq);
+      if (leader) {
+        const int64_t at = j * rows_heads + row * s.Hq + int64_t{kvh} * s.G + g;
+        probs[at] = p;
+        dscores[at] = ds;
+      }
     }
-    add_head<P>(d_depth_k + j * s.slot_stride + slot0, s.d, gk);
-    add_head<P>(d_depth_v + j * s.slot_stride + slot0, s.d, gv);
   }
   for (int g = 0; g < s.G; ++g) {
     const int64_t qh = row * s.Hq + int64_t{kvh} * s.G + g;
@@ -394,8 +400,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }
 
 // ============================ streaming depth kernels ============================
-// The depth part moves S slot rows of K and V per (row, KV head) and, in the backward, their fp32
-// gradients: it is bound by bytes. These kernels (head sizes 64 and 128, G in {1, 2, 3, 4, 8},
+// The depth part moves S slot rows of K and V per (row, KV head) in each direction: it is bound by
+// bytes. These kernels (head sizes 64 and 128, G in {1, 2, 3, 4, 8},
 // 16-byte aligned operands) give each lane one 16-byte piece (8 values) of a slot row, so
 // D / 8 lanes cover a row and a warp step covers 32 / (D / 8) whole rows with coalesced 16-byte
 // accesses, and they issue the loads of several steps before using any of them, so each
@@ -429,12 +435,6 @@ __device__ __forceinline__ float group_sum(float x) {
 #pragma unroll
   for (int o = L; o < 32; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
-}
-
-__device__ __forceinline__ void add_f32x8(float* p, const float (&v)[8], const float4 (&old)[2]) {
-  float4* q = reinterpret_cast<float4*>(p);
-  q[0] = make_float4(old[0].x + v[0], old[0].y + v[1], old[0].z + v[2], old[0].w + v[3]);
-  q[1] = make_float4(old[1].x + v[4], old[1].y + v[5], old[1].z + v[6], old[1].w + v[7]);
 }
 
 // Forward depth part: scores of the S slots (log2 units) into shared memory, the joint softmax
@@ -555,15 +555,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }
 
 // Backward depth part and preprocessing in one pass over the slots: delta = rowsum(dout * out),
-// dq := the slots' contribution (overwritten), d_depth_k/v += (each (slot, piece) belongs to one
-// lane, so plain read-modify-write). The gradient loads of a batch are issued before its stores.
+// dq := the slots' contribution (overwritten), and each slot's probability and score gradient
+// per query head, stored by the first lane of the slot's row.
 template <int D, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     depth_backward_stream(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                           const bf16* __restrict__ out, const float* __restrict__ lse,
                           const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
-                          float* __restrict__ dq, float* __restrict__ d_depth_k,
-                          float* __restrict__ d_depth_v, float* __restrict__ delta) {
+                          float* __restrict__ dq, float* __restrict__ probs,
+                          float* __restrict__ dscores, float* __restrict__ delta) {
   constexpr int L = D / 8;
   constexpr int kRows = 32 / L;
   constexpr int U = kDepthBackwardUnroll<G>;
@@ -596,10 +596,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
     for (int g = 0; g < G; ++g) delta[qh0 + g] = dlt[g];
   }
+  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
   float dqa[G][8] = {};
   for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
     uint4 k_raw[U], v_raw[U];
-    float4 gk_old[U][2], gv_old[U][2];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * kRows + group;
@@ -607,10 +607,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         const int64_t at = j * s.slot_stride + slot0;
         k_raw[u] = *reinterpret_cast<const uint4*>(depth_k + at);
         v_raw[u] = *reinterpret_cast<const uint4*>(depth_v + at);
-        gk_old[u][0] = reinterpret_cast<const float4*>(d_depth_k + at)[0];
-        gk_old[u][1] = reinterpret_cast<const float4*>(d_depth_k + at)[1];
-        gv_old[u][0] = reinterpret_cast<const float4*>(d_depth_v + at)[0];
-        gv_old[u][1] = reinterpret_cast<const float4*>(d_depth_v + at)[1];
       } else {
         k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
       }
@@ -618,9 +614,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * kRows + group;
-      float kk[8], vv[8], gk[8] = {}, gv[8] = {};
+      float kk[8], vv[8];
       unpack8(k_raw[u], kk);
       unpack8(v_raw[u], vv);
+      float p_group[G], ds_group[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float qv[8], go[8];
@@ -632,16 +629,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         const float p = j < s.S ? exp2f(sc * to_log2 - lse2[g]) : 0.0f;
         const float ds = p * (dp - dlt[g]) * s.scale;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          dqa[g][e] += ds * kk[e];
-          gk[e] += ds * qv[e];
-          gv[e] += p * go[e];
-        }
+        for (int e = 0; e < 8; ++e) dqa[g][e] += ds * kk[e];
+        p_group[g] = p;
+        ds_group[g] = ds;
       }
-      if (j < s.S) {
-        const int64_t at = j * s.slot_stride + slot0;
-        add_f32x8(d_depth_k + at, gk, gk_old[u]);
-        add_f32x8(d_depth_v + at, gv, gv_old[u]);
+      if (piece == 0 && j < s.S) {  // one access per head group (G = 2, 4, 8)
+        store_vec<G>(probs + j * rows_heads + qh0, p_group);
+        store_vec<G>(dscores + j * rows_heads + qh0, ds_group);
       }
     }
   }
@@ -657,6 +651,105 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       p[0] = make_float4(dqa[g][0], dqa[g][1], dqa[g][2], dqa[g][3]);
       p[1] = make_float4(dqa[g][4], dqa[g][5], dqa[g][6], dqa[g][7]);
     }
+  }
+}
+
+// ============================ depth slot gradients ============================
+// d_depth_k and d_depth_v of up to C slots, summed over the layers that read them: one thread owns
+// V values of one (row, KV head) row in each slot, keeps the sums in registers across all readers
+// and writes them once. Per reader it reads the q and dout rows of the group's query heads (bf16)
+// and a probability and score gradient per head and slot.
+constexpr int kMaxPullReaders = 32;
+constexpr int kMaxPullSlots = 2;
+constexpr int kPullThreads = 256;
+
+struct PullReaders {
+  const bf16* q[kMaxPullReaders];
+  const bf16* dout[kMaxPullReaders];
+  const float* probs[kMaxPullReaders];
+  const float* dscores[kMaxPullReaders];
+  int count;
+};
+
+// GT is the group size G when it is a compile-time constant (the loads of a reader's heads are then
+// issued together), 0 for the run-time s.G.
+template <int V, int C, int GT>
+__global__ void __launch_bounds__(kPullThreads)
+    depth_slot_backward_kernel(Dims s, int first, bool accumulate,
+                               const __grid_constant__ PullReaders readers,
+                               float* __restrict__ d_depth_k, float* __restrict__ d_depth_v) {
+  const int G = GT > 0 ? GT : s.G;
+  const int lanes = s.d / V;
+  const int64_t thread = blockIdx.x * int64_t{kPullThreads} + threadIdx.x;
+  const int64_t unit = thread / lanes;  // row * Hk + KV head
+  if (unit >= int64_t{s.B} * s.T * s.Hk) return;
+  const int piece = static_cast<int>(thread % lanes);
+  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
+  const int64_t qh0 = unit / s.Hk * s.Hq + unit % s.Hk * G;
+  float gk[C][V] = {}, gv[C][V] = {};
+  // Two readers' loads in flight pay at G >= 4 and cost at G <= 3 (measured, moda_attention.md).
+  constexpr int kReaderUnroll = GT >= 4 ? 2 : 1;
+#pragma unroll kReaderUnroll
+  for (int i = 0; i < readers.count; ++i) {
+    const bf16* q = readers.q[i] + qh0 * s.d + piece * V;
+    const bf16* dout = readers.dout[i] + qh0 * s.d + piece * V;
+    const float* probs = readers.probs[i] + first * rows_heads + qh0;
+    const float* dscores = readers.dscores[i] + first * rows_heads + qh0;
+    if constexpr (GT > 0) {
+      // The group's probabilities and score gradients in one access per slot.
+      float p[C][GT], ds[C][GT];
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        load_vec<GT>(probs + c * rows_heads, p[c]);
+        load_vec<GT>(dscores + c * rows_heads, ds[c]);
+      }
+#pragma unroll
+      for (int g = 0; g < GT; ++g) {
+        float qv[V], go[V];
+        load_vec<V>(q + g * s.d, qv);
+        load_vec<V>(dout + g * s.d, go);
+#pragma unroll
+        for (int c = 0; c < C; ++c) {
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            gk[c][e] += ds[c][g] * qv[e];
+            gv[c][e] += p[c][g] * go[e];
+          }
+        }
+      }
+    } else {
+      for (int g = 0; g < s.G; ++g) {
+        float qv[V], go[V];
+        load_vec<V>(q + g * s.d, qv);
+        load_vec<V>(dout + g * s.d, go);
+#pragma unroll
+        for (int c = 0; c < C; ++c) {
+          const float p = probs[c * rows_heads + g], ds = dscores[c * rows_heads + g];
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            gk[c][e] += ds * qv[e];
+            gv[c][e] += p * go[e];
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int64_t at = (first + c) * s.slot_stride + unit * s.d + piece * V;
+    if (accumulate) {
+      float old_k[V], old_v[V];
+      load_vec<V>(d_depth_k + at, old_k);
+      load_vec<V>(d_depth_v + at, old_v);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        gk[c][e] += old_k[e];
+        gv[c][e] += old_v[e];
+      }
+    }
+    // Whole 16-byte stores: scalar ones would cost the L2 one partial-sector write per value.
+    store_vec<V>(d_depth_k + at, gk[c]);
+    store_vec<V>(d_depth_v + at, gv[c]);
   }
 }
 
@@ -1320,18 +1413,18 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 
 void attention_backward(const AttentionShape& shape, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
-                        const float* lse, float* dq, float* dk, float* dv, float* d_depth_k,
-                        float* d_depth_v, float* workspace, cudaStream_t stream) {
+                        const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
+                        float* depth_dscores, float* workspace, cudaStream_t stream) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t rows = int64_t{s.B} * s.T;
   if (rows == 0) return;
   float* delta = workspace;
-  if (use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, d_depth_k, d_depth_v})) {
+  if (use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, depth_probs, depth_dscores})) {
     with_depth_stream(s, [&](auto dd, auto gg) {
       depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
           <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, stream>>>(
-              s, dout, q, out, lse, depth_k, depth_v, dq, d_depth_k, d_depth_v, delta);
+              s, dout, q, out, lse, depth_k, depth_v, dq, depth_probs, depth_dscores, delta);
     });
   } else {
     const size_t smem =
@@ -1340,7 +1433,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
       auto kernel = depth_backward_warp<decltype(p)::value>;
       allow_smem(kernel, smem);
       kernel<<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, smem, stream>>>(
-          s, dout, q, out, lse, depth_k, depth_v, dq, d_depth_k, d_depth_v, delta);
+          s, dout, q, out, lse, depth_k, depth_v, dq, depth_probs, depth_dscores, delta);
     });
   }
   MODA_LAUNCH_CHECK();
@@ -1369,6 +1462,67 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
+}
+
+void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
+                         std::span<const DepthReaderPtrs> readers, float* d_depth_k,
+                         float* d_depth_v, cudaStream_t stream) {
+  check_shape(shape);
+  const Dims s = dims_of(shape);
+  const int64_t units = int64_t{s.B} * s.T * s.Hk;
+  if (units == 0 || count == 0) return;
+  bool vec = s.d % 8 == 0 && s.slot_stride % 8 == 0 && aligned16(d_depth_k) && aligned16(d_depth_v);
+  for (const DepthReaderPtrs& r : readers) {
+    vec = vec && aligned16(r.q) && aligned16(r.dout) && aligned16(r.probs) && aligned16(r.dscores);
+  }
+  // Readers beyond one launch's table are added by further launches; slots two at a time.
+  for (int64_t slot = first; slot < first + count; slot += kMaxPullSlots) {
+    const int slots = static_cast<int>(std::min<int64_t>(kMaxPullSlots, first + count - slot));
+    size_t next = 0;
+    do {
+      PullReaders table{};
+      while (next < readers.size() && table.count < kMaxPullReaders) {
+        const DepthReaderPtrs& r = readers[next++];
+        table.q[table.count] = r.q;
+        table.dout[table.count] = r.dout;
+        table.probs[table.count] = r.probs;
+        table.dscores[table.count] = r.dscores;
+        ++table.count;
+      }
+      const bool accumulate = next > static_cast<size_t>(table.count);
+      const auto launch = [&](auto v, auto c, auto g) {
+        auto kernel =
+            depth_slot_backward_kernel<decltype(v)::value, decltype(c)::value, decltype(g)::value>;
+        const int64_t threads = units * (s.d / decltype(v)::value);
+        kernel<<<static_cast<unsigned>(ceil_div(threads, kPullThreads)), kPullThreads, 0, stream>>>(
+            s, static_cast<int>(slot), accumulate, table, d_depth_k, d_depth_v);
+      };
+      const auto with_slots = [&](auto v, auto g) {
+        if (slots == 2) {
+          launch(v, std::integral_constant<int, 2>{}, g);
+        } else {
+          launch(v, std::integral_constant<int, 1>{}, g);
+        }
+      };
+      const std::integral_constant<int, 8> v8;
+      if (!vec) {
+        with_slots(std::integral_constant<int, 1>{}, std::integral_constant<int, 0>{});
+      } else if (s.G == 1) {
+        with_slots(v8, std::integral_constant<int, 1>{});
+      } else if (s.G == 2) {
+        with_slots(v8, std::integral_constant<int, 2>{});
+      } else if (s.G == 3) {
+        with_slots(v8, std::integral_constant<int, 3>{});
+      } else if (s.G == 4) {
+        with_slots(v8, std::integral_constant<int, 4>{});
+      } else if (s.G == 8) {
+        with_slots(v8, std::integral_constant<int, 8>{});
+      } else {
+        with_slots(v8, std::integral_constant<int, 0>{});
+      }
+      MODA_LAUNCH_CHECK();
+    } while (next < readers.size());
+  }
 }
 
 }  // namespace moda::cuda

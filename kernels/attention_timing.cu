@@ -1,7 +1,11 @@
 // Timing of the MoDA attention kernels on synthetic operands (`moda bench attention`): CUDA
-// events around each call, medians over repetitions. Operands are filled on the device with
-// hashed pseudo-random values, so multi-gigabyte depth buffers cost no host time.
+// events around each call, medians over repetitions. The backward includes the gradients of all S
+// slots formed from this one layer (depth_slot_backward, the layer as the slots' only reader): the
+// whole of one layer's work, as a kernel that adds its slot gradients in place would do it.
+// Operands are filled on the device with hashed pseudo-random values, so multi-gigabyte depth
+// buffers cost no host time.
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "moda/cuda_backend.hpp"
@@ -48,6 +52,12 @@ double median(std::vector<float> v) {
   return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Every operand filled with hashed pseudo-random values of order one.
+void fill_random(const DeviceBuffer& buf, int64_t n, uint32_t seed, cudaStream_t stream) {
+  if (n > 0) fill_hashed<<<1024, 256, 0, stream>>>(buf.as<bf16>(), n, seed, 1.0f);
+  MODA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
@@ -63,6 +73,9 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
   DeviceBuffer dq(qn * 4), dk(kn * 4), dv(kn * 4);
   DeviceBuffer depth_k(depth_n * 2), depth_v(depth_n * 2), d_depth_k(depth_n * 4),
       d_depth_v(depth_n * 4);
+  DeviceBuffer probs(s.slots * rows * s.q_heads * 4), dscores(s.slots * rows * s.q_heads * 4);
+  const cuda::DepthReaderPtrs reader{q.as<bf16>(), dout.as<bf16>(), probs.as<float>(),
+                                     dscores.as<float>()};
   const int64_t work =
       std::max(moda::attention_forward_workspace(s), moda::attention_backward_workspace(s));
   DeviceBuffer workspace(std::max<int64_t>(work, 1) * 4);
@@ -79,11 +92,9 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
     if (n > 0) fill_hashed<<<1024, 256, 0, stream>>>(buf->as<bf16>(), n, seed++, amp);
   }
   MODA_LAUNCH_CHECK();
-  cudaEvent_t start = nullptr, mid = nullptr, stop = nullptr;
-  MODA_CUDA_CHECK(cudaEventCreate(&start));
-  MODA_CUDA_CHECK(cudaEventCreate(&mid));
-  MODA_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> fwd, bwd;
+  cudaEvent_t start = nullptr, mid = nullptr, slots = nullptr, stop = nullptr;
+  for (cudaEvent_t* e : {&start, &mid, &slots, &stop}) MODA_CUDA_CHECK(cudaEventCreate(e));
+  std::vector<float> fwd, bwd, slot_grads;
   for (int i = 0; i <= reps; ++i) {  // the first round warms up and is not counted
     MODA_CUDA_CHECK(cudaEventRecord(start, stream));
     cuda::attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
@@ -93,25 +104,74 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
     cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
-                             d_depth_k.as<float>(), d_depth_v.as<float>(), workspace.as<float>(),
-                             stream);
+                             probs.as<float>(), dscores.as<float>(), workspace.as<float>(), stream);
+    MODA_CUDA_CHECK(cudaEventRecord(slots, stream));
+    cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
+                              d_depth_v.as<float>(), stream);
     MODA_CUDA_CHECK(cudaEventRecord(stop, stream));
     MODA_CUDA_CHECK(cudaEventSynchronize(stop));
-    float f = 0, b = 0;
+    float f = 0, b = 0, g = 0;
     MODA_CUDA_CHECK(cudaEventElapsedTime(&f, start, mid));
     MODA_CUDA_CHECK(cudaEventElapsedTime(&b, mid, stop));
+    MODA_CUDA_CHECK(cudaEventElapsedTime(&g, slots, stop));
     if (i > 0) {
       fwd.push_back(f);
       bwd.push_back(b);
+      slot_grads.push_back(g);
     }
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(mid);
-  cudaEventDestroy(stop);
+  for (cudaEvent_t e : {start, mid, slots, stop}) cudaEventDestroy(e);
   cudaStreamDestroy(stream);
   std::vector<float> total(fwd.size());
   for (size_t i = 0; i < fwd.size(); ++i) total[i] = fwd[i] + bwd[i];
-  return {median(fwd), median(bwd), median(total)};
+  return {median(fwd), median(bwd), median(slot_grads), median(total)};
+}
+
+double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, int reps) {
+  if (reps < 1 || readers < 0 || shape.slots < 2) {
+    throw std::invalid_argument(
+        "cuda_time_depth_slot_gradients: reps >= 1, readers >= 0 and slots >= 2 are required");
+  }
+  const int64_t rows = shape.batch * shape.seq_len;
+  const int64_t qn = rows * shape.q_heads * shape.head_dim;
+  const int64_t kn = rows * shape.kv_heads * shape.head_dim;
+  const int64_t pn = shape.slots * rows * shape.q_heads;
+  AttentionShape s = shape;
+  s.slot_stride = kn;
+  cudaStream_t stream = nullptr;
+  MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  // bf16 operands are filled as bf16; the fp32 probabilities and score gradients as pairs of
+  // bf16 bit patterns, which are finite floats of modest size.
+  std::vector<std::unique_ptr<DeviceBuffer>> owned;
+  std::vector<cuda::DepthReaderPtrs> table;
+  uint32_t seed = 1;
+  for (int i = 0; i < readers; ++i) {
+    for (int64_t n : {qn * 2, qn * 2, pn * 4, pn * 4}) {
+      owned.push_back(std::make_unique<DeviceBuffer>(static_cast<size_t>(n)));
+      fill_random(*owned.back(), n / 2, seed++, stream);
+    }
+    const size_t at = owned.size() - 4;
+    table.push_back({owned[at]->as<bf16>(), owned[at + 1]->as<bf16>(), owned[at + 2]->as<float>(),
+                     owned[at + 3]->as<float>()});
+  }
+  DeviceBuffer d_depth_k(2 * kn * 4), d_depth_v(2 * kn * 4);
+  cudaEvent_t start = nullptr, stop = nullptr;
+  MODA_CUDA_CHECK(cudaEventCreate(&start));
+  MODA_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<float> ms;
+  for (int i = 0; i <= reps; ++i) {  // the first round warms up and is not counted
+    MODA_CUDA_CHECK(cudaEventRecord(start, stream));
+    cuda::depth_slot_backward(s, 0, 2, table, d_depth_k.as<float>(), d_depth_v.as<float>(), stream);
+    MODA_CUDA_CHECK(cudaEventRecord(stop, stream));
+    MODA_CUDA_CHECK(cudaEventSynchronize(stop));
+    float t = 0;
+    MODA_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    if (i > 0) ms.push_back(t);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaStreamDestroy(stream);
+  return median(ms);
 }
 
 }  // namespace moda

@@ -151,9 +151,14 @@ __device__ __forceinline__ void store_vec(bf16* p, const float (&in)[V]) {
   }
 }
 
+// fp32: V = 2 and multiples of 4 take 8- and 16-byte accesses (p aligned to them), others scalar.
 template <int V>
 __device__ __forceinline__ void load_vec(const float* p, float (&out)[V]) {
-  if constexpr (V % 4 == 0) {
+  if constexpr (V == 2) {
+    const float2 f = *reinterpret_cast<const float2*>(p);
+    out[0] = f.x;
+    out[1] = f.y;
+  } else if constexpr (V % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < V; i += 4) {
       const float4 f = *reinterpret_cast<const float4*>(p + i);
@@ -165,6 +170,21 @@ __device__ __forceinline__ void load_vec(const float* p, float (&out)[V]) {
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) out[i] = p[i];
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void store_vec(float* p, const float (&in)[V]) {
+  if constexpr (V == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(in[0], in[1]);
+  } else if constexpr (V % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < V; i += 4) {
+      *reinterpret_cast<float4*>(p + i) = make_float4(in[i], in[i + 1], in[i + 2], in[i + 3]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) p[i] = in[i];
   }
 }
 

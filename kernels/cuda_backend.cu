@@ -453,7 +453,7 @@ class CudaBackend final : public Backend {
                           const Tensor& k, const Tensor& v, const Tensor& depth_k,
                           const Tensor& depth_v, const Tensor& out, const Tensor& lse,
                           const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                          const Tensor& d_depth_k, const Tensor& d_depth_v) override {
+                          const Tensor& depth_probs, const Tensor& depth_dscores) override {
     const char* op = "attention_backward";
     const int64_t rows = s.batch * s.seq_len;
     const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
@@ -470,14 +470,42 @@ class CudaBackend final : public Backend {
       const int64_t slots_extent = (s.slots - 1) * s.slot_stride + kn;
       expect(depth_k, DType::bf16, op, "depth_k", slots_extent);
       expect(depth_v, DType::bf16, op, "depth_v", slots_extent);
-      expect(d_depth_k, DType::f32, op, "d_depth_k", slots_extent);
-      expect(d_depth_v, DType::f32, op, "d_depth_v", slots_extent);
+      expect(depth_probs, DType::f32, op, "depth_probs", s.slots * rows * s.q_heads);
+      expect(depth_dscores, DType::f32, op, "depth_dscores", s.slots * rows * s.q_heads);
     }
     float* ws = workspace<float>(moda::attention_backward_workspace(s));
     cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
-                             d_depth_k.as<float>(), d_depth_v.as<float>(), ws, stream_);
+                             depth_probs.as<float>(), depth_dscores.as<float>(), ws, stream_);
+  }
+
+  void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
+                           std::span<const DepthReader> readers, const Tensor& d_depth_k,
+                           const Tensor& d_depth_v) override {
+    const char* op = "depth_slot_backward";
+    const int64_t rows = s.batch * s.seq_len;
+    const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
+    if (first < 0 || count < 0) throw std::invalid_argument("depth_slot_backward: negative slot");
+    if (count == 0) return;
+    const int64_t extent = (first + count - 1) * s.slot_stride + kn;
+    expect(d_depth_k, DType::f32, op, "d_depth_k", extent);
+    expect(d_depth_v, DType::f32, op, "d_depth_v", extent);
+    std::vector<cuda::DepthReaderPtrs> ptrs;
+    for (const DepthReader& r : readers) {
+      if (r.slots < first + count) {
+        throw std::invalid_argument(
+            "depth_slot_backward: a reader reads fewer slots than asked for");
+      }
+      expect(r.q, DType::bf16, op, "q", qn);
+      expect(r.dout, DType::bf16, op, "dout", qn);
+      expect(r.probs, DType::f32, op, "probs", r.slots * rows * s.q_heads);
+      expect(r.dscores, DType::f32, op, "dscores", r.slots * rows * s.q_heads);
+      ptrs.push_back(
+          {r.q.as<bf16>(), r.dout.as<bf16>(), r.probs.as<float>(), r.dscores.as<float>()});
+    }
+    cuda::depth_slot_backward(s, first, count, ptrs, d_depth_k.as<float>(), d_depth_v.as<float>(),
+                              stream_);
   }
 
   void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,

@@ -60,8 +60,18 @@ void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, co
                        float* workspace, cudaStream_t stream);
 void attention_backward(const AttentionShape& s, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
-                        const float* lse, float* dq, float* dk, float* dv, float* d_depth_k,
-                        float* d_depth_v, float* workspace, cudaStream_t stream);
+                        const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
+                        float* depth_dscores, float* workspace, cudaStream_t stream);
+// Backend::DepthReader as typed pointers.
+struct DepthReaderPtrs {
+  const bf16* q;
+  const bf16* dout;
+  const float* probs;
+  const float* dscores;
+};
+void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
+                         std::span<const DepthReaderPtrs> readers, float* d_depth_k,
+                         float* d_depth_v, cudaStream_t stream);
 
 // cross_entropy.cu. `workspace` holds lm_head_workspace_bytes(chunk_rows, vocab) bytes
 // (moda/cuda_backend.hpp).

@@ -86,7 +86,7 @@ def main():
         if key not in peers:
             peers[key] = {b: time_sdpa(torch, s, b, args.reps) for b in ("cudnn", "flash")}
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, reps {args.reps}, medians, ms (fwd+bwd)")
-    print(f"{'B':>2} {'T':>6} {'Hq':>3} {'Hk':>3} {'d':>3} {'S':>4} {'ours fwd':>9} {'ours bwd':>9} {'ours':>8} "
+    print(f"{'B':>2} {'T':>6} {'Hq':>3} {'Hk':>3} {'d':>3} {'S':>4} {'ours fwd':>9} {'ours bwd':>9} {'of it slots':>11} {'ours':>8} "
           f"{'cuDNN':>8} {'flash':>8} {'cuDNN/ours':>10} {'vs our S=0':>10}"
           + (f" {'base fwd':>9} {'base bwd':>9} {'base':>8} {'base/ours':>9}" if baseline else ""))
     rows = []
@@ -96,6 +96,7 @@ def main():
         base = ours.get(s[:5] + (0,))
         extra = f"{(o['total_ms'] / base['total_ms'] - 1) * 100:+.1f}%" if base and s[5] else ""
         line = (f"{s[0]:>2} {s[1]:>6} {s[2]:>3} {s[3]:>3} {s[4]:>3} {s[5]:>4} {o['fwd_ms']:>9.3f} {o['bwd_ms']:>9.3f} "
+                f"{o.get('slot_gradients_ms', float('nan')):>11.3f} "
                 f"{o['total_ms']:>8.3f} {cu[2]:>8.3f} {fl[2]:>8.3f} {cu[2] / o['total_ms']:>10.2f} {extra:>10}")
         row = {"shape": s, "ours": o, "cudnn_ms": cu, "flash_ms": fl}
         if baseline:

@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
@@ -444,15 +445,15 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
           Twin dq = h.random(Role::accum, qn, 9);
           Twin dk = h.random(Role::accum, kn, 10, 0.1);
           Twin dv = h.random(Role::accum, kn, 11, 0.1);
-          Twin ddk = h.random(Role::accum, std::max<int64_t>(depth_n, 1), 12, 0.1);
-          Twin ddv = h.random(Role::accum, std::max<int64_t>(depth_n, 1), 13, 0.1);
+          const int64_t pn = std::max<int64_t>(slots * R * Hq, 1);
+          Twin probs = h.random(Role::accum, pn, 12), dscores = h.random(Role::accum, pn, 13);
           const auto dk_base = h.cpu_values(dk), dv_base = h.cpu_values(dv);
-          const auto ddk_base = h.cpu_values(ddk), ddv_base = h.cpu_values(ddv);
           for (bool g : {true, false}) {
             Backend& be = g ? h.gpu() : h.cpu();
             const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
             be.attention_backward(shape, P(dout), P(q), P(k), P(v), S_(dk_s, g), S_(dv_s, g),
-                                  P(out), P(lse), P(dq), P(dk), P(dv), S_(ddk, g), S_(ddv, g));
+                                  P(out), P(lse), P(dq), P(dk), P(dv), S_(probs, g),
+                                  S_(dscores, g));
           }
           h.check(dv, kAttnTol, "attention backward dv " + tag, dv_base);
           if (T == 1 && slots == 0) {
@@ -466,11 +467,84 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
             h.check(dk, kAttnTol, "attention backward dk " + tag, dk_base);
           }
           if (slots > 0) {
-            // Only slot rows are compared: the gap between slots must stay untouched too.
-            h.check(ddk, kAttnTol, "attention backward d_depth_k " + tag, ddk_base);
-            h.check(ddv, kAttnTol, "attention backward d_depth_v " + tag, ddv_base);
+            h.check(probs, kAttnTol, "attention backward depth_probs " + tag);
+            h.check(dscores, kAttnTol, "attention backward depth_dscores " + tag);
+            // The slot gradients from this layer and a second reader of the same slots. The
+            // gradients start random and are overwritten; the gap between slots must keep its
+            // values.
+            h.share_gpu(probs);
+            h.share_gpu(dscores);
+            Twin q2 = h.random(Role::activation, qn, 14),
+                 dout2 = h.random(Role::activation, qn, 15);
+            Twin probs2 = h.random(Role::accum, pn, 16), dscores2 = h.random(Role::accum, pn, 17);
+            Twin ddk = h.random(Role::accum, depth_n, 18), ddv = h.random(Role::accum, depth_n, 19);
+            for (bool g : {true, false}) {
+              const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+              const std::vector<Backend::DepthReader> readers{
+                  {P(q), P(dout), P(probs), P(dscores), slots},
+                  {P(q2), P(dout2), P(probs2), P(dscores2), slots}};
+              (g ? h.gpu() : h.cpu()).depth_slot_backward(shape, 0, slots, readers, P(ddk), P(ddv));
+            }
+            h.check(ddk, kAttnTol, "depth slot gradients d_depth_k " + tag);
+            h.check(ddv, kAttnTol, "depth slot gradients d_depth_v " + tag);
           }
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  // 40 readers take two launches of the reader table (32 each), the second adding to the first;
+  // slots 1..3 of 5 are one pair and one single slot. d = 8 takes the scalar path.
+  for (int64_t d : {64, 8}) {
+    for (int64_t readers_n : {0, 1, 40}) {
+      Harness h;
+      const int64_t B = 2, T = 19, Hk = 2, Hq = 6, S = 5, R = B * T;
+      const int64_t qn = R * Hq * d, kn = R * Hk * d, stride = kn + 64;
+      const AttentionShape shape{B, T, Hq, Hk, d, S, stride};
+      const std::string tag = fmt::format("d={} readers={}", d, readers_n);
+      std::vector<std::array<Twin, 4>> twins;
+      for (int64_t i = 0; i < readers_n; ++i) {
+        const auto seed = static_cast<uint64_t>(4 * i);
+        twins.push_back({h.random(Role::activation, qn, seed),
+                         h.random(Role::activation, qn, seed + 1),
+                         h.random(Role::accum, S * R * Hq, seed + 2),
+                         h.random(Role::accum, S * R * Hq, seed + 3)});
+      }
+      Twin ddk = h.random(Role::accum, S * stride, 1000),
+           ddv = h.random(Role::accum, S * stride, 1001);
+      const std::vector<double> before = h.cpu_values(ddk);
+      for (bool g : {true, false}) {
+        const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+        std::vector<Backend::DepthReader> readers;
+        for (const auto& t : twins) readers.push_back({P(t[0]), P(t[1]), P(t[2]), P(t[3]), S});
+        (g ? h.gpu() : h.cpu()).depth_slot_backward(shape, 1, 3, readers, P(ddk), P(ddv));
+      }
+      h.check(ddk, kF32Tol, "depth slot gradients d_depth_k " + tag);
+      h.check(ddv, kF32Tol, "depth slot gradients d_depth_v " + tag);
+      // Slots 1..3 are written (zero without readers); slots 0 and 4 and the gaps keep their
+      // values.
+      const std::vector<double> got = h.gpu_values(ddk);
+      int64_t wrong = 0;
+      for (int64_t j = 0; j < S; ++j) {
+        for (int64_t i = 0; i < stride; ++i) {
+          const auto at = static_cast<size_t>(j * stride + i);
+          if (j >= 1 && j < 4 && i < kn) {
+            wrong += readers_n == 0 && got[at] != 0.0;
+          } else {
+            wrong += got[at] != before[at];
+          }
+        }
+      }
+      CHECK(wrong == 0);
+      // A reader that reads fewer slots than asked for is refused.
+      if (readers_n > 0) {
+        std::vector<Backend::DepthReader> short_reader{
+            {twins[0][0].gpu, twins[0][1].gpu, twins[0][2].gpu, twins[0][3].gpu, 3}};
+        CHECK_THROWS_WITH(h.gpu().depth_slot_backward(shape, 1, 3, short_reader, ddk.gpu, ddv.gpu),
+                          Catch::Contains("reads fewer slots"));
       }
     }
   }
@@ -495,14 +569,20 @@ TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
     Twin dq = h.random(Role::accum, qn, 0), dk = h.random(Role::accum, kn, 0);
     Twin dv = h.random(Role::accum, kn, 0), dsk = h.random(Role::accum, S * kn, 0);
     Twin dsv = h.random(Role::accum, S * kn, 0);
+    Twin probs = h.random(Role::accum, S * R * Hq, 0),
+         dscores = h.random(Role::accum, S * R * Hq, 0);
     std::vector<std::vector<double>> first;
     for (int run = 0; run < 3; ++run) {
       for (Twin* t : {&dk, &dv, &dsk, &dsv}) g.upload(t->gpu, h.cpu_values(*t));
       g.attention_forward(shape, q.gpu, k.gpu, v.gpu, sk.gpu, sv.gpu, out.gpu, lse.gpu);
       g.attention_backward(shape, dout.gpu, q.gpu, k.gpu, v.gpu, sk.gpu, sv.gpu, out.gpu, lse.gpu,
-                           dq.gpu, dk.gpu, dv.gpu, dsk.gpu, dsv.gpu);
+                           dq.gpu, dk.gpu, dv.gpu, probs.gpu, dscores.gpu);
+      const Backend::DepthReader reader{q.gpu, dout.gpu, probs.gpu, dscores.gpu, S};
+      g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk.gpu, dsv.gpu);
       std::vector<std::vector<double>> now;
-      for (Twin* t : {&out, &lse, &dk, &dv, &dsk, &dsv, &dq}) now.push_back(h.gpu_values(*t));
+      for (Twin* t : {&out, &lse, &dk, &dv, &probs, &dscores, &dsk, &dsv, &dq}) {
+        now.push_back(h.gpu_values(*t));
+      }
       if (run == 0) {
         first = now;
         continue;
@@ -877,28 +957,53 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
     Tensor lse = alloc(Role::stat, R * Hq), dout = alloc(Role::activation, R * Hq * d);
     Tensor dq = alloc(Role::accum, R * Hq * d), dk = alloc(Role::accum, kn);
     Tensor dv = alloc(Role::accum, kn);
-    Tensor sk, sv, dsk, dsv;
+    Tensor sk, sv, dsk, dsv, probs, dscores;
     if (S > 0) {
       sk = alloc(Role::activation, S * kn);
       sv = alloc(Role::activation, S * kn);
       dsk = alloc(Role::accum, S * kn);
       dsv = alloc(Role::accum, S * kn);
+      probs = alloc(Role::accum, S * R * Hq);
+      dscores = alloc(Role::accum, S * R * Hq);
     }
+    const Backend::DepthReader reader{q, dout, probs, dscores, S};
     const AttentionShape shape{B, T, Hq, Hk, d, S, kn};
     const double flops = 4.0 * B * Hq * (T * (T + 1) / 2.0) * d;
     const double fwd = time_ms(
         g, [&] { g.attention_forward(shape, q, k, v, sk, sv, out, lse); }, 5);
     const double bwd = time_ms(
         g,
-        [&] { g.attention_backward(shape, dout, q, k, v, sk, sv, out, lse, dq, dk, dv, dsk, dsv); },
+        [&] {
+          g.attention_backward(shape, dout, q, k, v, sk, sv, out, lse, dq, dk, dv, probs, dscores);
+          g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk, dsv);
+        },
         5);
     fmt::print(
         "bench: attention forward  S={:<3} {:8.3f} ms  ({:.0f} TFLOP/s on the causal part; "
         "depth K/V {:.2f} GB)\n",
         S, fwd, flops / fwd * 1e-9, 2.0 * S * kn * bf * 1e-9);
     fmt::print(
-        "bench: attention backward S={:<3} {:8.3f} ms  ({:.0f} TFLOP/s on the causal part)\n", S,
-        bwd, 2.5 * flops / bwd * 1e-9);
+        "bench: attention backward S={:<3} {:8.3f} ms  (with the slot gradients; {:.0f} TFLOP/s on "
+        "the causal part)\n",
+        S, bwd, 2.5 * flops / bwd * 1e-9);
+    for (Tensor& t : owned) g.release(t);
+    owned.clear();
+  }
+  {
+    // The gradients of one layer's two slots in the 700M MoDA model, pulled from 18 readers (the
+    // average over its 35 slot-writing layers), each with its own q, dout, probabilities and
+    // score gradients.
+    const int64_t readers_n = 18, S = 72, kn = R * Hk * d, qn = R * Hq * d;
+    std::vector<Backend::DepthReader> readers;
+    for (int64_t i = 0; i < readers_n; ++i) {
+      readers.push_back({alloc(Role::activation, qn), alloc(Role::activation, qn),
+                         alloc(Role::accum, S * R * Hq), alloc(Role::accum, S * R * Hq), S});
+    }
+    Tensor dsk = alloc(Role::accum, 2 * kn), dsv = alloc(Role::accum, 2 * kn);
+    const AttentionShape shape{B, T, Hq, Hk, d, S, kn};
+    report_bandwidth("depth slot gradients, 2 slots from 18 readers",
+                     time_ms(g, [&] { g.depth_slot_backward(shape, 0, 2, readers, dsk, dsv); }),
+                     readers_n * (2 * qn * bf + 2 * 2 * R * Hq * f32) + 2 * 2 * kn * f32);
     for (Tensor& t : owned) g.release(t);
     owned.clear();
   }

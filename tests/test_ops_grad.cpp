@@ -5,6 +5,9 @@
 
 #include <catch2/catch.hpp>
 #include <functional>
+#include <span>
+#include <tuple>
+#include <vector>
 
 #include "moda/backend.hpp"
 #include "test_util.hpp"
@@ -198,41 +201,58 @@ TEST_CASE("qkv norm + rope gradients", "[grad][ops]") {
   }
 }
 
+// Two attention layers over the same keys and depth slots, the second reading one slot more:
+// the slots' gradients are formed by depth_slot_backward from both readers (the first `slots`
+// slots) and from the second alone (the last), as the model does for the layers above a slot.
 TEST_CASE("MoDA attention gradients (sequence + depth, GQA)", "[grad][ops][attention]") {
   Harness hs;
   for (int64_t slots : {0, 1, 3}) {
     for (int64_t group : {1, 3}) {
       SECTION(fmt::format("S={} G={}", slots, group)) {
-        AttentionShape s{2, 5, 2 * group, 2, 4, slots, 0};
-        const int64_t R = s.batch * s.seq_len, qn = R * s.q_heads * s.head_dim,
-                      kn = R * s.kv_heads * s.head_dim;
-        s.slot_stride = kn + 4;  // padded stride: the kernel must honour it
-        const int64_t sn = std::max<int64_t>(slots * s.slot_stride, 1);
-        const Inputs x = {test::random_normal(qn, 1), test::random_normal(kn, 2),
-                          test::random_normal(kn, 3), test::random_normal(sn, 4),
-                          test::random_normal(sn, 5)};
-        const auto cot = test::random_normal(qn, 6);
-        auto fwd = [&](const Inputs& in, Tensor& out, Tensor& lse) {
-          out = hs.zeros(qn);
-          lse = hs.zeros(R * s.q_heads);
-          hs.be->attention_forward(s, hs.put(in[0]), hs.put(in[1]), hs.put(in[2]), hs.put(in[3]),
-                                   hs.put(in[4]), out, lse);
+        AttentionShape first{2, 5, 2 * group, 2, 4, slots, 0};
+        const int64_t R = first.batch * first.seq_len, qn = R * first.q_heads * first.head_dim,
+                      kn = R * first.kv_heads * first.head_dim;
+        first.slot_stride = kn + 4;  // padded stride: the kernels must honour it
+        AttentionShape second = first;
+        second.slots = slots + 1;
+        const int64_t sn = second.slots * first.slot_stride;
+        const Inputs x = {test::random_normal(qn, 1), test::random_normal(qn, 2),
+                          test::random_normal(kn, 3), test::random_normal(kn, 4),
+                          test::random_normal(sn, 5), test::random_normal(sn, 6)};
+        const auto cot_first = test::random_normal(qn, 7), cot_second = test::random_normal(qn, 8);
+        struct Forward {
+          Tensor out, lse;
+        };
+        auto fwd = [&](const AttentionShape& s, const Inputs& in, size_t q) {
+          Forward f{hs.zeros(qn), hs.zeros(R * s.q_heads)};
+          hs.be->attention_forward(s, hs.put(in[q]), hs.put(in[2]), hs.put(in[3]), hs.put(in[4]),
+                                   hs.put(in[5]), f.out, f.lse);
+          return f;
         };
         auto loss = [&](const Inputs& in) {
-          Tensor out, lse;
-          fwd(in, out, lse);
-          return dot(hs.get(out), cot);
+          return dot(hs.get(fwd(first, in, 0).out), cot_first) +
+                 dot(hs.get(fwd(second, in, 1).out), cot_second);
         };
         auto grads = [&](const Inputs& in) {
-          Tensor out, lse;
-          fwd(in, out, lse);
-          Tensor dq = hs.zeros(qn), dk = hs.zeros(kn), dv = hs.zeros(kn), dsk = hs.zeros(sn),
-                 dsv = hs.zeros(sn);
-          hs.be->attention_backward(s, hs.put(cot), hs.put(in[0]), hs.put(in[1]), hs.put(in[2]),
-                                    hs.put(in[3]), hs.put(in[4]), out, lse, dq, dk, dv, dsk, dsv);
-          return Inputs{hs.get(dq), hs.get(dk), hs.get(dv),
-                        slots ? hs.get(dsk) : std::vector<double>{},
-                        slots ? hs.get(dsv) : std::vector<double>{}};
+          Tensor dk = hs.zeros(kn), dv = hs.zeros(kn), dsk = hs.zeros(sn), dsv = hs.zeros(sn);
+          std::vector<Backend::DepthReader> readers;
+          std::vector<Tensor> dq;
+          for (const auto& [s, q, cot] : {std::tuple{first, size_t{0}, &cot_first},
+                                          std::tuple{second, size_t{1}, &cot_second}}) {
+            const Forward f = fwd(s, in, q);
+            const int64_t pn = std::max<int64_t>(s.slots * R * s.q_heads, 1);
+            Backend::DepthReader reader{hs.put(in[q]), hs.put(*cot), hs.zeros(pn), hs.zeros(pn),
+                                        s.slots};
+            dq.push_back(hs.zeros(qn));
+            hs.be->attention_backward(s, reader.dout, reader.q, hs.put(in[2]), hs.put(in[3]),
+                                      hs.put(in[4]), hs.put(in[5]), f.out, f.lse, dq.back(), dk, dv,
+                                      reader.probs, reader.dscores);
+            readers.push_back(reader);
+          }
+          hs.be->depth_slot_backward(first, 0, slots, readers, dsk, dsv);
+          hs.be->depth_slot_backward(first, slots, 1, std::span(readers).subspan(1), dsk, dsv);
+          return Inputs{hs.get(dq[0]), hs.get(dq[1]), hs.get(dk),
+                        hs.get(dv),    hs.get(dsk),   hs.get(dsv)};
         };
         check_gradients(x, loss, grads, "attention");
       }

@@ -192,12 +192,33 @@ class Backend {
   virtual void attention_forward(const AttentionShape& shape, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const Tensor& depth_k, const Tensor& depth_v,
                                  const Tensor& out, const Tensor& lse) = 0;
-  // dq (accum) is overwritten; dk, dv, d_depth_k, d_depth_v (accum) are accumulated into.
+  // dq (accum) is overwritten; dk, dv (accum) are accumulated into. With depth slots it also
+  // writes, for slot j, row r and query head h, at (j R + r) Hq + h (accum, [S, R, Hq]):
+  //   depth_probs   = p, the slot's probability under the joint softmax,
+  //   depth_dscores = p (dout . v_j - dout . out) / sqrt(d), the gradient of the product q . k_j.
+  // The slots' own gradients are formed from these by depth_slot_backward once every layer that
+  // reads them is done: summing them in place here would read and write the fp32 slot gradients
+  // once per reading layer, most of the depth part's bytes (docs/kernels/moda_attention.md).
   virtual void attention_backward(const AttentionShape& shape, const Tensor& dout, const Tensor& q,
                                   const Tensor& k, const Tensor& v, const Tensor& depth_k,
                                   const Tensor& depth_v, const Tensor& out, const Tensor& lse,
                                   const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                                  const Tensor& d_depth_k, const Tensor& d_depth_v) = 0;
+                                  const Tensor& depth_probs, const Tensor& depth_dscores) = 0;
+  // A layer's attention as a reader of depth slots: its q and dout [R, Hq d] (activation), the
+  // depth_probs and depth_dscores its attention_backward wrote, and how many slots it reads.
+  struct DepthReader {
+    Tensor q, dout, probs, dscores;
+    int64_t slots = 0;
+  };
+  // Gradients of the depth slots [first, first + count) of shape.slot_stride-strided d_depth_k,
+  // d_depth_v (accum), overwritten: for slot j, row r and KV head h,
+  //   d_depth_k[j, r, h] = sum over readers and the query heads g of h of dscores[j, r, g] q[r, g],
+  //   d_depth_v[j, r, h] = the same with probs and dout.
+  // Every reader must read these slots (slots >= first + count); with no readers they are zero.
+  // shape.slots is not used.
+  virtual void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
+                                   std::span<const DepthReader> readers, const Tensor& d_depth_k,
+                                   const Tensor& d_depth_v) = 0;
 
   // out[r, :] = silu(in[r, 0:F]) * in[r, F:2F], row stride ld of `in`.
   virtual void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,

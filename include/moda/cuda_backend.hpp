@@ -78,9 +78,13 @@ std::vector<GemmAlgoTiming> cuda_time_gemm_algorithms(int64_t m, int64_t n, int6
 // slot-major layout) on synthetic operands: medians over `reps` timed calls after one warm-up.
 struct AttentionTiming {
   double forward_ms = 0;
-  double backward_ms = 0;
-  double total_ms = 0;  // median of forward + backward per repetition
+  double backward_ms = 0;        // attention_backward + depth_slot_backward of the S slots
+  double slot_gradients_ms = 0;  // the depth_slot_backward part of backward_ms
+  double total_ms = 0;           // median of forward + backward per repetition
 };
 AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps);
+// Median ms of depth_slot_backward forming two slots' gradients from `readers` layers that each
+// read shape.slots (>= 2) slots, each with its own operands: one step of the model's backward.
+double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, int reps);
 
 }  // namespace moda

@@ -1,7 +1,10 @@
 // MoDA attention on the CPU: for each query, the causal sequence scores and the depth-slot scores
 // of the same token go through one softmax (paper Algorithm 1, without tiling). Work is split by
-// (batch, kv head): every key, value and depth slot a thread writes a gradient to belongs to its
-// own (batch, kv head), so the backward needs no atomics and is deterministic.
+// (batch, kv head): every key and value a thread writes a gradient to belongs to its own
+// (batch, kv head), so the backward needs no atomics and is deterministic. The backward writes
+// each depth slot's probability and score gradient; depth_slot_backward_cpu sums them into the
+// slot gradients over the layers that read the slot.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -75,7 +78,8 @@ void attention_forward_cpu(const AttentionShape& s, const T* qp, const T* kp, co
 template <class T>
 void attention_backward_cpu(const AttentionShape& s, const T* dop, const T* qp, const T* kp,
                             const T* vp, const T* sk, const T* sv, const T* op, const T* lp, T* dqp,
-                            T* dkp, T* dvp, T* dsk, T* dsv) {
+                            T* dkp, T* dvp, T* probs, T* dscores) {
+  const int64_t rows = s.batch * s.seq_len;
   const int64_t d = s.head_dim, group = s.q_heads / s.kv_heads;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
 #pragma omp parallel for collapse(2) schedule(static)
@@ -91,20 +95,58 @@ void attention_backward_cpu(const AttentionShape& s, const T* dop, const T* qp, 
           const T delta = dot(go, op + qi, d);
           T* gq = dqp + qi;
           std::fill(gq, gq + d, T(0));
-          auto visit = [&](const T* key, const T* val, T* gkey, T* gval) {
+          for (int64_t j = 0; j <= t; ++j) {
+            const T* key = ix.seq(kp, j);
             const T p = std::exp(dot(qv, key, d) * scale - l);
-            const T ds = p * (dot(go, val, d) - delta) * scale;
+            const T ds = p * (dot(go, ix.seq(vp, j), d) - delta) * scale;
+            T* gkey = ix.seq(dkp, j);
+            T* gval = ix.seq(dvp, j);
             for (int64_t c = 0; c < d; ++c) {
               gq[c] += ds * key[c];
               gkey[c] += ds * qv[c];
               gval[c] += p * go[c];
             }
-          };
-          for (int64_t j = 0; j <= t; ++j) {
-            visit(ix.seq(kp, j), ix.seq(vp, j), ix.seq(dkp, j), ix.seq(dvp, j));
           }
           for (int64_t j = 0; j < s.slots; ++j) {
-            visit(ix.slot(sk, j, t), ix.slot(sv, j, t), ix.slot(dsk, j, t), ix.slot(dsv, j, t));
+            const T* key = ix.slot(sk, j, t);
+            const T p = std::exp(dot(qv, key, d) * scale - l);
+            const T ds = p * (dot(go, ix.slot(sv, j, t), d) - delta) * scale;
+            for (int64_t c = 0; c < d; ++c) gq[c] += ds * key[c];
+            const int64_t at = (j * rows + row) * s.q_heads + h;
+            probs[at] = p;
+            dscores[at] = ds;
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void depth_slot_backward_cpu(const AttentionShape& s, int64_t first, int64_t count,
+                             std::span<const DepthReaderView<T>> readers, T* d_depth_k,
+                             T* d_depth_v) {
+  const int64_t rows = s.batch * s.seq_len, d = s.head_dim, group = s.q_heads / s.kv_heads;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = first; j < first + count; ++j) {
+      for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh) {
+        const int64_t at = j * s.slot_stride + (r * s.kv_heads + kvh) * d;
+        T* gk = d_depth_k + at;
+        T* gv = d_depth_v + at;
+        std::fill(gk, gk + d, T(0));
+        std::fill(gv, gv + d, T(0));
+        for (const DepthReaderView<T>& reader : readers) {
+          for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+            const int64_t qh = r * s.q_heads + h;
+            const T ds = reader.dscores[j * rows * s.q_heads + qh];
+            const T p = reader.probs[j * rows * s.q_heads + qh];
+            const T* qv = reader.q + qh * d;
+            const T* go = reader.dout + qh * d;
+            for (int64_t c = 0; c < d; ++c) {
+              gk[c] += ds * qv[c];
+              gv[c] += p * go[c];
+            }
           }
         }
       }
@@ -117,7 +159,9 @@ void attention_backward_cpu(const AttentionShape& s, const T* dop, const T* qp, 
                                          const T*, const T*, T*, T*);                           \
   template void attention_backward_cpu<T>(const AttentionShape&, const T*, const T*, const T*,  \
                                           const T*, const T*, const T*, const T*, const T*, T*, \
-                                          T*, T*, T*, T*);
+                                          T*, T*, T*, T*);                                      \
+  template void depth_slot_backward_cpu<T>(const AttentionShape&, int64_t, int64_t,             \
+                                           std::span<const DepthReaderView<T>>, T*, T*);
 MODA_INSTANTIATE(float)
 MODA_INSTANTIATE(double)
 #undef MODA_INSTANTIATE

@@ -429,11 +429,25 @@ void CpuBackend<T>::attention_backward(const AttentionShape& shape, const Tensor
                                        const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& depth_k, const Tensor& depth_v,
                                        const Tensor& out, const Tensor& lse, const Tensor& dq,
-                                       const Tensor& dk, const Tensor& dv, const Tensor& d_depth_k,
-                                       const Tensor& d_depth_v) {
+                                       const Tensor& dk, const Tensor& dv,
+                                       const Tensor& depth_probs, const Tensor& depth_dscores) {
   attention_backward_cpu<T>(shape, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(depth_k), ptr(depth_v),
-                            ptr(out), ptr(lse), ptr(dq), ptr(dk), ptr(dv), ptr(d_depth_k),
-                            ptr(d_depth_v));
+                            ptr(out), ptr(lse), ptr(dq), ptr(dk), ptr(dv), ptr(depth_probs),
+                            ptr(depth_dscores));
+}
+
+template <class T>
+void CpuBackend<T>::depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
+                                        std::span<const DepthReader> readers,
+                                        const Tensor& d_depth_k, const Tensor& d_depth_v) {
+  std::vector<DepthReaderView<T>> views;
+  for (const DepthReader& r : readers) {
+    if (r.slots < first + count) {
+      throw std::invalid_argument("depth_slot_backward: a reader reads fewer slots than asked for");
+    }
+    views.push_back({ptr(r.q), ptr(r.dout), ptr(r.probs), ptr(r.dscores)});
+  }
+  depth_slot_backward_cpu<T>(shape, first, count, views, ptr(d_depth_k), ptr(d_depth_v));
 }
 
 template <class T>

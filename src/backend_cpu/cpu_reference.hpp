@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "moda/backend.hpp"
 
@@ -21,7 +22,16 @@ void attention_forward_cpu(const AttentionShape& shape, const T* q, const T* k, 
 template <class T>
 void attention_backward_cpu(const AttentionShape& shape, const T* dout, const T* q, const T* k,
                             const T* v, const T* depth_k, const T* depth_v, const T* out,
-                            const T* lse, T* dq, T* dk, T* dv, T* d_depth_k, T* d_depth_v);
+                            const T* lse, T* dq, T* dk, T* dv, T* depth_probs, T* depth_dscores);
+// Backend::DepthReader as typed pointers.
+template <class T>
+struct DepthReaderView {
+  const T *q, *dout, *probs, *dscores;
+};
+template <class T>
+void depth_slot_backward_cpu(const AttentionShape& shape, int64_t first, int64_t count,
+                             std::span<const DepthReaderView<T>> readers, T* d_depth_k,
+                             T* d_depth_v);
 
 // Cross-entropy over logits = x W^T, one row at a time (no [rows, vocab] tensor kept). When dx
 // is non-null, writes dx and adds into dweight the gradient of

@@ -61,8 +61,9 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
     throw std::runtime_error("moda bench attention needs a CUDA GPU, and none is visible");
   }
   if (!json) {
-    fmt::print("{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10} {:>10} {:>10} {:>12}\n", "B", "T", "Hq",
-               "Hk", "d", "S", "fwd ms", "bwd ms", "total ms", "depth K+V GB");
+    fmt::print("{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10} {:>10} {:>14} {:>10} {:>12}\n", "B", "T",
+               "Hq", "Hk", "d", "S", "fwd ms", "bwd ms", "of it slots ms", "total ms",
+               "depth K+V GB");
   }
   for (const std::string& text : shapes) {
     const AttentionShape s = parse_shape(text);
@@ -72,13 +73,15 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
       fmt::print(
           "{{\"B\": {}, \"T\": {}, \"Hq\": {}, \"Hk\": {}, \"d\": {}, \"S\": {}, \"fwd_ms\": "
           "{:.4f}, "
-          "\"bwd_ms\": {:.4f}, \"total_ms\": {:.4f}, \"reps\": {}}}\n",
+          "\"bwd_ms\": {:.4f}, \"slot_gradients_ms\": {:.4f}, \"total_ms\": {:.4f}, \"reps\": "
+          "{}}}\n",
           s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
-          t.backward_ms, t.total_ms, reps);
+          t.backward_ms, t.slot_gradients_ms, t.total_ms, reps);
     } else {
-      fmt::print("{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10.3f} {:>10.3f} {:>10.3f} {:>12.2f}\n",
-                 s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
-                 t.backward_ms, t.total_ms, depth_gb);
+      fmt::print(
+          "{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10.3f} {:>10.3f} {:>14.3f} {:>10.3f} {:>12.2f}\n",
+          s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
+          t.backward_ms, t.slot_gradients_ms, t.total_ms, depth_gb);
     }
     std::fflush(stdout);
   }

@@ -2,8 +2,10 @@
 //
 // Residual stream buffers res[0..2N]: res[2l] enters layer l, res[2l+1] leaves its attention,
 // res[2N] leaves the last layer. Under pre-norm these are the sums x + branch; under reordered
-// and post they are the sublayer outputs. Backward walks the layers top-down, so every reader of
-// a depth slot has added its gradient into d_slot_* before the slot's producer consumes it.
+// and post they are the sublayer outputs. Backward walks the layers top-down: a reader of depth
+// slots keeps its q, dout and the slots' probabilities and score gradients, and when the backward
+// reaches the layer that wrote a slot, every reader is done and the slot's gradient is formed from
+// them at once (Backend::depth_slot_backward) before the producer consumes it.
 #include "moda/model.hpp"
 
 #include <fmt/format.h>
@@ -59,6 +61,9 @@ struct LayerActs {
   Tensor qkv_raw, q, k_seq, v_seq, q_rstd, k_rstd, attn_slot_rstd;
   Tensor attn_out, lse, attn_proj, sum_attn;
   Tensor mlp_in_norm, mlp_rstd, mlp_raw, ffn_slot_rstd, act, mlp_proj, sum_mlp;
+  // Readers of depth slots only: the gradient of attn_out and the slots' [S, R, Hq] probabilities
+  // and score gradients, kept until the producers of the slots form their gradients.
+  Tensor d_attn_out, depth_probs, depth_dscores;
 };
 
 struct ModelBuffers {
@@ -105,6 +110,11 @@ struct ModelBuffers {
       if (s.has_attn_slot_proj(l)) arena.take(a.attn_slot_rstd, Role::stat, R);
       arena.take(a.attn_out, Role::activation, R * s.q_width());
       arena.take(a.lse, Role::stat, R * s.q_heads);
+      if (s.slots_read(l) > 0) {
+        arena.take(a.d_attn_out, Role::activation, R * s.q_width());
+        arena.take(a.depth_probs, Role::accum, s.slots_read(l) * R * s.q_heads);
+        arena.take(a.depth_dscores, Role::accum, s.slots_read(l) * R * s.q_heads);
+      }
       if (reordered) {
         arena.take(a.attn_proj, Role::activation, R * D);
         arena.take(a.mlp_proj, Role::activation, R * D);
@@ -405,10 +415,6 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                                     w(layout_.final_norm(), D), b.final_rstd, b.d_res,
                                     g(layout_.final_norm(), D), R, D, false);
   }
-  if (s.slot_buffers() > 0) {
-    backend_.zero(b.d_slot_k);
-    backend_.zero(b.d_slot_v);
-  }
   Tensor d_res = b.d_res, d_branch = b.d_branch;
   for (int64_t l = N - 1; l >= 0; --l) {
     const LayerParams& p = layout_.layer(l);
@@ -416,6 +422,24 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
     const Tensor& x = b.res[static_cast<size_t>(2 * l)];
     const Tensor& h = b.res[static_cast<size_t>(2 * l + 1)];
     const int64_t F = s.mlp_hidden, mlp_rows = s.mlp_in_rows(l), qkv_rows = s.qkv_rows(l);
+    const AttentionShape shape{batch_,          T,         s.q_heads, s.kv_heads, s.head_dim,
+                               s.slots_read(l), slot_elems};
+    // ---- the gradients of this layer's depth slots ----
+    if (s.moda && l + 1 < N) {
+      // Layers l+1.. read slots [attn_slot(l), slots_read(l+1)) and their backward is done.
+      std::vector<Backend::DepthReader> readers;
+      for (int64_t r = l + 1; r < N; ++r) {
+        const LayerActs& ra = b.layers[static_cast<size_t>(r)];
+        readers.push_back({ra.q, ra.d_attn_out, ra.depth_probs, ra.depth_dscores, s.slots_read(r)});
+      }
+      const int64_t first = s.attn_slot(l);
+      backend_.depth_slot_backward(shape, first, s.slots_read(l + 1) - first, readers, b.d_slot_k,
+                                   b.d_slot_v);
+    } else if (s.kv_in_slot()) {
+      // The last layer's slot holds only its sequence K, V, whose gradients are added below.
+      backend_.zero(b.slot(b.d_slot_k, s.attn_slot(l), slot_elems));
+      backend_.zero(b.slot(b.d_slot_v, s.attn_slot(l), slot_elems));
+    }
     // ---- MLP ----
     // Gradient of the MLP branch output.
     Tensor d_mlp_branch = d_res;
@@ -469,7 +493,8 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                                       R, D, false);
       d_attn_branch = d_branch;
     }
-    backend_.matmul_backward(d_attn_branch, a.attn_out, w(p.out, D * s.q_width()), b.d_attn_out,
+    const Tensor& d_attn_out = a.d_attn_out.empty() ? b.d_attn_out : a.d_attn_out;
+    backend_.matmul_backward(d_attn_branch, a.attn_out, w(p.out, D * s.q_width()), d_attn_out,
                              g(p.out, D * s.q_width()), R, D, s.q_width(), false);
     Tensor d_k = b.d_k_seq, d_v = b.d_v_seq;
     if (s.kv_in_slot()) {
@@ -479,10 +504,8 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
       backend_.zero(d_k);
       backend_.zero(d_v);
     }
-    const AttentionShape shape{batch_,          T,         s.q_heads, s.kv_heads, s.head_dim,
-                               s.slots_read(l), slot_elems};
-    backend_.attention_backward(shape, b.d_attn_out, a.q, a.k_seq, a.v_seq, b.slot_k, b.slot_v,
-                                a.attn_out, a.lse, b.d_q, d_k, d_v, b.d_slot_k, b.d_slot_v);
+    backend_.attention_backward(shape, d_attn_out, a.q, a.k_seq, a.v_seq, b.slot_k, b.slot_v,
+                                a.attn_out, a.lse, b.d_q, d_k, d_v, a.depth_probs, a.depth_dscores);
     const double eps = config_.model.norm_eps;
     if (s.has_attn_slot_proj(l)) {
       const Backend::QkvLayout slot{R, T,          qkv_rows,   s.q_width() + 2 * s.kv_width(),

@@ -194,11 +194,18 @@ void ProfilingBackend::attention_backward(const AttentionShape& shape, const Ten
                                           const Tensor& depth_k, const Tensor& depth_v,
                                           const Tensor& out, const Tensor& lse, const Tensor& dq,
                                           const Tensor& dk, const Tensor& dv,
-                                          const Tensor& d_depth_k, const Tensor& d_depth_v) {
+                                          const Tensor& depth_probs, const Tensor& depth_dscores) {
   timed("attention_backward", 0, 0, [&] {
     inner_.attention_backward(shape, dout, q, k, v, depth_k, depth_v, out, lse, dq, dk, dv,
-                              d_depth_k, d_depth_v);
+                              depth_probs, depth_dscores);
   });
+}
+
+void ProfilingBackend::depth_slot_backward(const AttentionShape& shape, int64_t first,
+                                           int64_t count, std::span<const DepthReader> readers,
+                                           const Tensor& d_depth_k, const Tensor& d_depth_v) {
+  timed("depth_slot_backward", 0, 0,
+        [&] { inner_.depth_slot_backward(shape, first, count, readers, d_depth_k, d_depth_v); });
 }
 
 void ProfilingBackend::swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows,

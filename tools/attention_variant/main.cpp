@@ -1,16 +1,19 @@
 // A stand-alone timer of one build of the attention kernels (scripts/build_attention_variant.sh):
 // cuda_time_attention at each shape given as B,T,Hq,Hk,d,S, medians of 20 forward+backward
-// rounds. Small enough (1 MB) that several variants travel to the GPU machine in one call.
+// rounds; a shape with a seventh number R times instead depth_slot_backward forming two slots'
+// gradients from R readers of S slots each (cuda_time_depth_slot_gradients). Small enough (1 MB)
+// that several variants travel to the GPU machine in one call.
 #include <cstdio>
 
 #include "moda/cuda_backend.hpp"
 
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
-    long long v[6];
-    if (std::sscanf(argv[i], "%lld,%lld,%lld,%lld,%lld,%lld", &v[0], &v[1], &v[2], &v[3], &v[4],
-                    &v[5]) != 6) {
-      std::fprintf(stderr, "attention_variant: '%s' is not B,T,Hq,Hk,d,S\n", argv[i]);
+    long long v[7];
+    const int n = std::sscanf(argv[i], "%lld,%lld,%lld,%lld,%lld,%lld,%lld", &v[0], &v[1], &v[2],
+                              &v[3], &v[4], &v[5], &v[6]);
+    if (n != 6 && n != 7) {
+      std::fprintf(stderr, "attention_variant: '%s' is not B,T,Hq,Hk,d,S[,R]\n", argv[i]);
       return 2;
     }
     moda::AttentionShape shape;
@@ -20,9 +23,14 @@ int main(int argc, char** argv) {
     shape.kv_heads = v[3];
     shape.head_dim = v[4];
     shape.slots = v[5];
+    if (n == 7) {
+      const double ms = moda::cuda_time_depth_slot_gradients(shape, static_cast<int>(v[6]), 20);
+      std::printf("%-22s slot gradients %.3f\n", argv[i], ms);
+      continue;
+    }
     const moda::AttentionTiming t = moda::cuda_time_attention(shape, 20);
-    std::printf("%-22s fwd %.3f bwd %.3f total %.3f\n", argv[i], t.forward_ms, t.backward_ms,
-                t.total_ms);
+    std::printf("%-22s fwd %.3f bwd %.3f (slots %.3f) total %.3f\n", argv[i], t.forward_ms,
+                t.backward_ms, t.slot_gradients_ms, t.total_ms);
   }
   return 0;
 }
