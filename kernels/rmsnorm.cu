@@ -5,7 +5,8 @@
 // add_then_norm rounds the sum to bf16 before normalizing it, so the forward normalizes exactly
 // the tensor the backward sees. The weight gradient is a column sum over rows: each warp keeps
 // its own fp32 row of partial sums in shared memory, the block adds them up at the end and adds
-// its total to dweight with one atomic per column.
+// its total to dweight with one atomic per column. Blocks of rows too wide for eight such rows in
+// shared memory have fewer warps.
 #include <algorithm>
 #include <initializer_list>
 
@@ -99,12 +100,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     rmsnorm_backward_kernel(const bf16* __restrict__ dy, const bf16* __restrict__ x,
                             const bf16* __restrict__ w, const float* __restrict__ rstd, bf16* dx,
                             float* dw, int64_t rows, int cols, bool accumulate) {
-  extern __shared__ float partial[];  // [kWarps][cols]
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  extern __shared__ float partial[];  // [warps][cols]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   float* mine = partial + warp * cols;
   for (int c = lane; c < cols; c += 32) mine[c] = 0.0f;
-  for (int64_t row = blockIdx.x * int64_t{kWarps} + warp; row < rows;
-       row += int64_t{gridDim.x} * kWarps) {
+  for (int64_t row = blockIdx.x * int64_t{warps} + warp; row < rows;
+       row += int64_t{gridDim.x} * warps) {
     const bf16* dyr = dy + row * cols;
     const bf16* xr = x + row * cols;
     const float r = rstd[row];
@@ -142,8 +143,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __syncthreads();
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
     float total = 0;
-#pragma unroll
-    for (int k = 0; k < kWarps; ++k) total += partial[k * cols + c];
+    for (int k = 0; k < warps; ++k) total += partial[k * cols + c];
     atomicAdd(dw + c, total);
   }
 }
@@ -156,14 +156,34 @@ bool vectorizable(int64_t cols, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// Warps per backward block: as many as kWarps whose rows of partial sums fit in shared memory.
+int backward_warps(int cols) {
+  static const size_t limit = [] {
+    int device = 0, bytes = 0;
+    MODA_CUDA_CHECK(cudaGetDevice(&device));
+    MODA_CUDA_CHECK(
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return static_cast<size_t>(bytes);
+  }();
+  for (int warps = kWarps; warps >= 1; warps /= 2) {
+    if (sizeof(float) * static_cast<size_t>(warps) * static_cast<size_t>(cols) <= limit) {
+      return warps;
+    }
+  }
+  throw std::invalid_argument(concat("rmsnorm backward: rows of ", cols, " columns exceed the ",
+                                     limit / sizeof(float),
+                                     " fp32 partial sums one block can keep in shared memory"));
+}
+
 template <int V>
 void launch_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx,
                      float* dw, int64_t rows, int cols, bool accumulate, cudaStream_t stream) {
-  const size_t smem = sizeof(float) * kWarps * static_cast<size_t>(cols);
+  const int warps = backward_warps(cols);
+  const size_t smem = sizeof(float) * static_cast<size_t>(warps) * static_cast<size_t>(cols);
   auto kernel = rmsnorm_backward_kernel<V>;
   allow_smem(kernel, smem);
-  const int blocks = resident_grid(kernel, kWarps * 32, smem, ceil_div(rows, kWarps));
-  kernel<<<blocks, kWarps * 32, smem, stream>>>(dy, x, w, rstd, dx, dw, rows, cols, accumulate);
+  const int blocks = resident_grid(kernel, warps * 32, smem, ceil_div(rows, warps));
+  kernel<<<blocks, warps * 32, smem, stream>>>(dy, x, w, rstd, dx, dw, rows, cols, accumulate);
   MODA_LAUNCH_CHECK();
 }
 
