@@ -437,6 +437,24 @@ __device__ __forceinline__ float group_sum(float x) {
   return x;
 }
 
+// The lane's 16-byte pieces of the slot rows first, first + ROWS, ... (U of them; zero past the
+// last slot), all issued before any is used.
+template <int U, int ROWS>
+__device__ __forceinline__ void load_slot_rows(const bf16* __restrict__ slots, const Dims& s,
+                                               int first, int64_t piece_offset,
+                                               float (&rows)[U][8]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int j = first + u * ROWS;
+    if (j < s.S) {
+      load8(slots + j * s.slot_stride + piece_offset, rows[u]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) rows[u][e] = 0;
+    }
+  }
+}
+
 // Forward depth part: scores of the S slots (log2 units) into shared memory, the joint softmax
 // statistics with the sequence part's lse, then the slots' values added to the rescaled o_seq.
 // Shared memory per warp: scores [G][S].
@@ -469,16 +487,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
   for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
     float kk[U][8];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + u * kRows + group;
-      if (j < s.S) {
-        load8(depth_k + j * s.slot_stride + slot0, kk[u]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) kk[u][e] = 0;
-      }
-    }
+    load_slot_rows<U, kRows>(depth_k, s, j0 + group, slot0, kk);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * kRows + group;
@@ -509,16 +518,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float acc[G][8] = {};
   for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
     float vv[U][8];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + u * kRows + group;
-      if (j < s.S) {
-        load8(depth_v + j * s.slot_stride + slot0, vv[u]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) vv[u][e] = 0;
-      }
-    }
+    load_slot_rows<U, kRows>(depth_v, s, j0 + group, slot0, vv);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = min(j0 + u * kRows + group, s.S - 1);  // past the end, v is zero
