@@ -75,7 +75,7 @@ struct ModelBuffers {
   Tensor final_out, final_rstd, ce, ce_lse;
   Tensor branch_scratch;
   Tensor d_res, d_branch, d_top, d_normed, d_attn_out, d_q, d_k_seq, d_v_seq, d_qkv_raw, d_act,
-      d_mlp_raw, d_slot_k, d_slot_v;
+      d_mlp_raw, d_layer_slot_k, d_layer_slot_v;
 
   ModelBuffers(const ModelShape& s, int64_t batch, int64_t seq_len) {
     const int64_t R = batch * seq_len, D = s.d_model, N = s.n_layers, kvw = s.kv_width();
@@ -91,8 +91,10 @@ struct ModelBuffers {
     if (s.slot_buffers() > 0) {
       arena.take(slot_k, Role::activation, s.slot_buffers() * slot_elems);
       arena.take(slot_v, Role::activation, s.slot_buffers() * slot_elems);
-      arena.take(d_slot_k, Role::accum, s.slot_buffers() * slot_elems);
-      arena.take(d_slot_v, Role::accum, s.slot_buffers() * slot_elems);
+      // The gradients of one layer's own slots (attention, then FFN): a slot's gradient is formed
+      // when the backward reaches its layer and consumed within that layer's backward.
+      arena.take(d_layer_slot_k, Role::accum, layer_slots(s) * slot_elems);
+      arena.take(d_layer_slot_v, Role::accum, layer_slots(s) * slot_elems);
     }
     int64_t qkv_max = 0, mlp_max = 0;
     for (int64_t l = 0; l < N; ++l) {
@@ -155,6 +157,8 @@ struct ModelBuffers {
   Tensor slot(const Tensor& base, int64_t index, int64_t slot_elems) const {
     return base.slice(index * slot_elems, slot_elems);
   }
+  // Slots a layer writes at most: its attention slot and, with FFN KV, its FFN slot.
+  static int64_t layer_slots(const ModelShape& s) { return s.ffn_kv ? 2 : 1; }
 };
 
 MemoryPlan plan_memory(const Config& config, int64_t micro_batch, int64_t seq_len,
@@ -426,19 +430,24 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                                s.slots_read(l), slot_elems};
     // ---- the gradients of this layer's depth slots ----
     if (s.moda && l + 1 < N) {
-      // Layers l+1.. read slots [attn_slot(l), slots_read(l+1)) and their backward is done.
+      // Layers l+1.. read this layer's slots [attn_slot(l), slots_read(l+1)) and their backward
+      // is done. Each reader's probabilities and score gradients are passed from slot
+      // attn_slot(l) on, so the op's slots 0.. are this layer's and land in d_layer_slot_*.
+      const int64_t first = s.attn_slot(l), rows_heads = R * s.q_heads;
       std::vector<Backend::DepthReader> readers;
       for (int64_t r = l + 1; r < N; ++r) {
         const LayerActs& ra = b.layers[static_cast<size_t>(r)];
-        readers.push_back({ra.q, ra.d_attn_out, ra.depth_probs, ra.depth_dscores, s.slots_read(r)});
+        const int64_t slots = s.slots_read(r) - first;
+        readers.push_back({ra.q, ra.d_attn_out,
+                           ra.depth_probs.slice(first * rows_heads, slots * rows_heads),
+                           ra.depth_dscores.slice(first * rows_heads, slots * rows_heads), slots});
       }
-      const int64_t first = s.attn_slot(l);
-      backend_.depth_slot_backward(shape, first, s.slots_read(l + 1) - first, readers, b.d_slot_k,
-                                   b.d_slot_v);
+      backend_.depth_slot_backward(shape, 0, s.slots_read(l + 1) - first, readers, b.d_layer_slot_k,
+                                   b.d_layer_slot_v);
     } else if (s.kv_in_slot()) {
       // The last layer's slot holds only its sequence K, V, whose gradients are added below.
-      backend_.zero(b.slot(b.d_slot_k, s.attn_slot(l), slot_elems));
-      backend_.zero(b.slot(b.d_slot_v, s.attn_slot(l), slot_elems));
+      backend_.zero(b.slot(b.d_layer_slot_k, 0, slot_elems));
+      backend_.zero(b.slot(b.d_layer_slot_v, 0, slot_elems));
     }
     // ---- MLP ----
     // Gradient of the MLP branch output.
@@ -462,8 +471,8 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                                     0, s.kv_heads, s.head_dim, config_.model.norm_eps};
       backend_.qkv_norm_rope_backward(slot, a.mlp_raw, Tensor{}, w(p.ffn_slot_k_norm, s.kv_width()),
                                       Tensor{}, a.ffn_slot_rstd, Tensor{},
-                                      b.slot(b.d_slot_k, s.ffn_slot(l), slot_elems),
-                                      b.slot(b.d_slot_v, s.ffn_slot(l), slot_elems), b.d_mlp_raw,
+                                      b.slot(b.d_layer_slot_k, 1, slot_elems),
+                                      b.slot(b.d_layer_slot_v, 1, slot_elems), b.d_mlp_raw,
                                       Tensor{}, g(p.ffn_slot_k_norm, s.kv_width()));
     }
     if (pre) {
@@ -498,8 +507,8 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                              g(p.out, D * s.q_width()), R, D, s.q_width(), false);
     Tensor d_k = b.d_k_seq, d_v = b.d_v_seq;
     if (s.kv_in_slot()) {
-      d_k = b.slot(b.d_slot_k, s.attn_slot(l), slot_elems);
-      d_v = b.slot(b.d_slot_v, s.attn_slot(l), slot_elems);
+      d_k = b.slot(b.d_layer_slot_k, 0, slot_elems);
+      d_v = b.slot(b.d_layer_slot_v, 0, slot_elems);
     } else {
       backend_.zero(d_k);
       backend_.zero(d_v);
@@ -512,8 +521,8 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                                     0, s.kv_heads, s.head_dim, eps};
       backend_.qkv_norm_rope_backward(
           slot, a.qkv_raw, Tensor{}, w(p.attn_slot_k_norm, s.kv_width()), Tensor{},
-          a.attn_slot_rstd, Tensor{}, b.slot(b.d_slot_k, s.attn_slot(l), slot_elems),
-          b.slot(b.d_slot_v, s.attn_slot(l), slot_elems), b.d_qkv_raw, Tensor{},
+          a.attn_slot_rstd, Tensor{}, b.slot(b.d_layer_slot_k, 0, slot_elems),
+          b.slot(b.d_layer_slot_v, 0, slot_elems), b.d_qkv_raw, Tensor{},
           g(p.attn_slot_k_norm, s.kv_width()));
     }
     const Backend::QkvLayout qkv{R, T, qkv_rows, 0, s.q_heads, s.kv_heads, s.head_dim, eps};
