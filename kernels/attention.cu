@@ -13,7 +13,10 @@
 // Backward (dq overwritten; dk, dv accumulated)
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
 //      in the workspace), dq = the depth slots' contribution, and each slot's probability and
-//      score gradient per query head ([S, R, Hq], fp32).
+//      score gradient per query head ([S, R, Hq], fp32). The streaming kernels (head sizes 64 and
+//      128) split this: a preparing pass writes delta and dq := 0, then the depth pass adds its
+//      dq with atomics on a side stream, beside step 2, whose idle SMs and issue slots its
+//      memory-bound loads fill.
 //   2. sequence part: FlashAttention-2 style backward on wgmma (one warpgroup per 64 keys of a
 //      KV head, looping over its G query heads and the query tiles at or after the keys, the next
 //      tile's loads in flight; dK and dV stay in registers, dQ is added with fp32 atomics), or the
@@ -554,16 +557,42 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
-// Backward depth part and preprocessing in one pass over the slots: delta = rowsum(dout * out),
-// dq := the slots' contribution (overwritten), and each slot's probability and score gradient
-// per query head, stored by the first lane of the slot's row.
+// Before the streaming depth part and the sequence part of the backward, which both add into dq
+// and may run side by side: delta = rowsum(dout * out) per (row, query head) and dq := 0. D / 8
+// lanes per head row, one 16-byte piece each.
+template <int D>
+__global__ void __launch_bounds__(256)
+    backward_prepare(int64_t head_rows, const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                     float* __restrict__ dq, float* __restrict__ delta) {
+  constexpr int L = D / 8;
+  const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  const int64_t head_row = t / L;
+  const int piece = static_cast<int>(t % L);
+  // No early return: every lane takes part in the row sum's shuffles.
+  const bool valid = head_row < head_rows;
+  float go[8] = {}, ov[8] = {};
+  if (valid) {
+    load8(dout + head_row * D + piece * 8, go);
+    load8(out + head_row * D + piece * 8, ov);
+  }
+  const float dlt = row_sum<L>(dot8(go, ov));
+  if (!valid) return;
+  if (piece == 0) delta[head_row] = dlt;
+  float4* p = reinterpret_cast<float4*>(dq + head_row * D + piece * 8);
+  p[0] = make_float4(0, 0, 0, 0);
+  p[1] = make_float4(0, 0, 0, 0);
+}
+
+// Backward depth part, after backward_prepare: dq += the slots' contribution (atomics, since the
+// sequence part may add at the same time), and each slot's probability and score gradient per
+// query head, stored by the first lane of the slot's row.
 template <int D, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     depth_backward_stream(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
-                          const bf16* __restrict__ out, const float* __restrict__ lse,
+                          const float* __restrict__ lse, const float* __restrict__ delta,
                           const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
                           float* __restrict__ dq, float* __restrict__ probs,
-                          float* __restrict__ dscores, float* __restrict__ delta) {
+                          float* __restrict__ dscores) {
   constexpr int L = D / 8;
   constexpr int kRows = 32 / L;
   constexpr int U = kDepthBackwardUnroll<G>;
@@ -586,15 +615,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     const int64_t at = (qh0 + g) * D + piece * 8;
     q_raw[g] = *reinterpret_cast<const uint4*>(q + at);
     go_raw[g] = *reinterpret_cast<const uint4*>(dout + at);
-    float go[8], ov[8];
-    unpack8(go_raw[g], go);
-    load8(out + at, ov);
-    dlt[g] = row_sum<L>(dot8(go, ov));
+    dlt[g] = delta[qh0 + g];
     lse2[g] = lse[qh0 + g] * kLog2e;
-  }
-  if (lane == 0) {
-#pragma unroll
-    for (int g = 0; g < G; ++g) delta[qh0 + g] = dlt[g];
   }
   const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
   float dqa[G][8] = {};
@@ -647,9 +669,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if (group == 0) {
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      float4* p = reinterpret_cast<float4*>(dq + (qh0 + g) * D + piece * 8);
-      p[0] = make_float4(dqa[g][0], dqa[g][1], dqa[g][2], dqa[g][3]);
-      p[1] = make_float4(dqa[g][4], dqa[g][5], dqa[g][6], dqa[g][7]);
+      float* p = dq + (qh0 + g) * D + piece * 8;
+      atomic_add4(p, dqa[g][0], dqa[g][1], dqa[g][2], dqa[g][3]);
+      atomic_add4(p + 4, dqa[g][4], dqa[g][5], dqa[g][6], dqa[g][7]);
     }
   }
 }
@@ -1312,7 +1334,8 @@ bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
 
 // The streaming depth kernels take head sizes 64 and 128, G in {1, 2, 3, 4, 8}, 16-byte aligned
 // operands and slot strides, and slot scores that fit in shared memory; the warp kernels take the
-// rest. With S = 0 the backward one still computes delta (and dq := 0).
+// rest. In the backward the streaming path also decides how delta is computed (backward_prepare,
+// even with S = 0; the warp kernels compute it in their pass over the slots).
 bool use_depth_stream(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
   if ((s.head_dim != 64 && s.head_dim != 128) || s.slot_stride % 8 != 0) {
     return false;
@@ -1414,18 +1437,34 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 void attention_backward(const AttentionShape& shape, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
                         const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
-                        float* depth_dscores, float* workspace, cudaStream_t stream) {
+                        float* depth_dscores, float* workspace, cudaStream_t stream,
+                        const SideStream& side) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t rows = int64_t{s.B} * s.T;
   if (rows == 0) return;
   float* delta = workspace;
-  if (use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, depth_probs, depth_dscores})) {
-    with_depth_stream(s, [&](auto dd, auto gg) {
-      depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
-          <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, stream>>>(
-              s, dout, q, out, lse, depth_k, depth_v, dq, depth_probs, depth_dscores, delta);
-    });
+  // The depth part beside the sequence part: at (4, 4096, 16, 8), S = 36, the backward without
+  // the slot gradients took 1.76 instead of 1.84 ms (docs/kernels/moda_attention.md).
+  const bool depth_beside =
+      use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, depth_probs, depth_dscores});
+  if (depth_beside) {
+    const int64_t head_rows = rows * s.Hq;
+    const auto blocks = static_cast<unsigned>(ceil_div(head_rows * (s.d / 8), 256));
+    if (s.d == 64) {
+      backward_prepare<64><<<blocks, 256, 0, stream>>>(head_rows, dout, out, dq, delta);
+    } else {
+      backward_prepare<128><<<blocks, 256, 0, stream>>>(head_rows, dout, out, dq, delta);
+    }
+    MODA_LAUNCH_CHECK();
+    if (s.S > 0) {
+      const cudaStream_t depth_stream = side.fork(stream);
+      with_depth_stream(s, [&](auto dd, auto gg) {
+        depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
+            <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, depth_stream>>>(
+                s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
+      });
+    }
   } else {
     const size_t smem =
         sizeof(float) * kWarpsPerBlock * static_cast<size_t>(depth_backward_floats(s));
@@ -1462,6 +1501,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
+  if (depth_beside && s.S > 0) side.join(stream);
 }
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,

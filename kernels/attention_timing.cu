@@ -81,6 +81,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
   DeviceBuffer workspace(std::max<int64_t>(work, 1) * 4);
   cudaStream_t stream = nullptr;
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const cuda::SideStream side;  // as the backend runs the backward
   uint32_t seed = 1;
   // Amplitudes give scores of order one, as after QK-norm.
   for (const auto& [buf, n, amp] : {std::tuple{&q, qn, 1.0f},
@@ -104,7 +105,8 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
     cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
-                             probs.as<float>(), dscores.as<float>(), workspace.as<float>(), stream);
+                             probs.as<float>(), dscores.as<float>(), workspace.as<float>(), stream,
+                             side);
     MODA_CUDA_CHECK(cudaEventRecord(slots, stream));
     cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
                               d_depth_v.as<float>(), stream);

@@ -67,6 +67,39 @@ struct AllocationCounter {
   void remove(size_t bytes) { current -= bytes; }
 };
 
+// A second stream for work that may run beside the caller's stream: fork() makes it wait for
+// what the caller queued so far, join() makes the caller wait for what was queued on it.
+class SideStream {
+ public:
+  SideStream() {
+    MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    MODA_CUDA_CHECK(cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming));
+    MODA_CUDA_CHECK(cudaEventCreateWithFlags(&joined_, cudaEventDisableTiming));
+  }
+  ~SideStream() {
+    cudaStreamSynchronize(stream_);
+    cudaEventDestroy(forked_);
+    cudaEventDestroy(joined_);
+    cudaStreamDestroy(stream_);
+  }
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+
+  cudaStream_t fork(cudaStream_t caller) const {
+    MODA_CUDA_CHECK(cudaEventRecord(forked_, caller));
+    MODA_CUDA_CHECK(cudaStreamWaitEvent(stream_, forked_));
+    return stream_;
+  }
+  void join(cudaStream_t caller) const {
+    MODA_CUDA_CHECK(cudaEventRecord(joined_, stream_));
+    MODA_CUDA_CHECK(cudaStreamWaitEvent(caller, joined_));
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t forked_ = nullptr, joined_ = nullptr;
+};
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Blocks of a grid-stride elementwise loop over `work` items (capped; the loop covers the rest).

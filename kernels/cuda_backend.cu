@@ -1,9 +1,11 @@
 // The CUDA backend: memory, host transfers, dtype checks and dispatch to the kernel families.
 // Everything runs on one stream owned by the backend; download() and synchronize() wait for it.
-// Scratch for ops that need it (attention's fp32 partial output and deltas, the LM head's logit
-// chunk, the segment table) comes from one grow-only workspace: ops run in stream order, so one
-// buffer serves them all. Every cudaMalloc is counted (current and peak bytes) so the trainer can
-// compare the device memory with its prediction, and profiles time ops with events on the stream.
+// (The attention backward runs its depth part on a side stream forked from it and joined back
+// before the op returns, so that stream order holds between ops.) Scratch for ops that need it
+// (attention's fp32 partial output and deltas, the LM head's logit chunk, the segment table) comes
+// from one grow-only workspace: ops run in stream order, so one buffer serves them all. Every
+// cudaMalloc is counted (current and peak bytes) so the trainer can compare the device memory with
+// its prediction, and profiles time ops with events on the stream.
 #include <cmath>
 #include <unordered_map>
 #include <vector>
@@ -74,12 +76,14 @@ class CudaBackend final : public Backend {
     MODA_CUDA_CHECK(cudaGetDevice(&device_));
     MODA_CUDA_CHECK(cudaGetDeviceProperties(&props_, device_));
     MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    side_ = std::make_unique<cuda::SideStream>();
     gemm_ = std::make_unique<cuda::Gemm>(stream_, counter_);
   }
 
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     gemm_.reset();
+    side_.reset();
     for (const auto& [p, bytes] : allocations_) cudaFree(p);
     cudaFree(workspace_);
     cudaFree(rope_cos_);
@@ -474,10 +478,10 @@ class CudaBackend final : public Backend {
       expect(depth_dscores, DType::f32, op, "depth_dscores", s.slots * rows * s.q_heads);
     }
     float* ws = workspace<float>(moda::attention_backward_workspace(s));
-    cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
-                             depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
-                             lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
-                             depth_probs.as<float>(), depth_dscores.as<float>(), ws, stream_);
+    cuda::attention_backward(
+        s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
+        depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(), dq.as<float>(), dk.as<float>(),
+        dv.as<float>(), depth_probs.as<float>(), depth_dscores.as<float>(), ws, stream_, *side_);
   }
 
   void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
@@ -673,7 +677,8 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
-  cuda::AllocationCounter counter_;  // before gemm_, which counts into it
+  std::unique_ptr<cuda::SideStream> side_;  // attention_backward's depth part
+  cuda::AllocationCounter counter_;         // before gemm_, which counts into it
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unordered_map<void*, size_t> allocations_;  // bytes of each alloc()
   void* workspace_ = nullptr;

@@ -58,10 +58,13 @@ void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int64_t rows, 
 void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
                        float* workspace, cudaStream_t stream);
+// The streaming depth part of the backward runs on `side` beside the sequence part; `stream`
+// waits for both.
 void attention_backward(const AttentionShape& s, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
                         const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
-                        float* depth_dscores, float* workspace, cudaStream_t stream);
+                        float* depth_dscores, float* workspace, cudaStream_t stream,
+                        const SideStream& side);
 // Backend::DepthReader as typed pointers.
 struct DepthReaderPtrs {
   const bf16* q;
