@@ -412,8 +412,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 // Warp steps whose loads are issued together. The forward keeps only the queries and one pass's
 // accumulators live; the backward's per-head registers (q, dout, dq) grow with G, and more steps
-// at G = 4 or 8 spill (ptxas -v), even with K and V kept packed until used.
-constexpr int kDepthForwardUnroll = 4;
+// at G = 4 or 8 spill (ptxas -v), even with K and V kept packed until used. The forward at head
+// size 64 and G <= 3 issues 2, as measured (same registers): Table 6's (64, 1024, 6, 2), S = 47,
+// took 0.78 instead of 0.89 ms, the 700M shape at S = 36 0.84 instead of 0.86; G = 8 was slower.
+template <int D, int G>
+constexpr int kDepthForwardUnroll = D == 64 && G <= 3 ? 2 : 4;
 template <int G>
 constexpr int kDepthBackwardUnroll = G <= 3 ? 4 : (G == 4 ? 2 : 1);
 
@@ -468,7 +471,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
                          bf16* __restrict__ out, float* __restrict__ lse) {
   constexpr int L = D / 8;
   constexpr int kRows = 32 / L;
-  constexpr int U = kDepthForwardUnroll;
+  constexpr int U = kDepthForwardUnroll<D, G>;
   extern __shared__ float depth_stream_smem[];
   const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
   if (w >= int64_t{s.B} * s.T * s.Hk) return;
