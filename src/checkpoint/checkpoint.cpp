@@ -531,16 +531,19 @@ std::optional<std::string> resolve_resume(const std::string& resume, const std::
   return resume;
 }
 
-CheckpointMeta load_checkpoint_meta(const std::string& dir) {
-  MetaFile m = read_meta(dir);
+namespace {
+
+// The meta file's metadata once its plain files are verified, with the config and metrics files.
+CheckpointMeta complete_meta(const std::string& dir, MetaFile& m) {
   for (const FileEntry& f : m.files) verify_plain_file(dir, f);
   m.meta.config_yaml = fileio::read_file((fs::path(dir) / kConfigFile).string());
   m.meta.metrics_jsonl = fileio::read_file((fs::path(dir) / kMetricsFile).string());
   return m.meta;
 }
 
-CheckpointState load_checkpoint(const std::string& dir, ShardRange weights, ShardRange moments) {
-  MetaFile m = read_meta(dir);
+// The shards of a checkpoint whose meta file is read already (once per load).
+CheckpointState load_shards(const std::string& dir, MetaFile m, ShardRange weights,
+                            ShardRange moments) {
   check_coverage(m.shards, m.meta.total_params, (fs::path(dir) / kMetaFile).string());
   for (const ShardRange& r : {weights, moments}) {
     if (r.offset < 0 || r.count < 0 || r.offset + r.count > m.meta.total_params) {
@@ -549,7 +552,7 @@ CheckpointState load_checkpoint(const std::string& dir, ShardRange weights, Shar
     }
   }
   CheckpointState state;
-  state.meta = load_checkpoint_meta(dir);
+  state.meta = complete_meta(dir, m);
   state.shard.range = weights;
   if (moments.count > 0 && moments != weights) state.shard.moments_range = moments;
   state.shard.master.resize(static_cast<size_t>(weights.count));
@@ -565,13 +568,25 @@ CheckpointState load_checkpoint(const std::string& dir, ShardRange weights, Shar
   return state;
 }
 
+}  // namespace
+
+CheckpointMeta load_checkpoint_meta(const std::string& dir) {
+  MetaFile m = read_meta(dir);
+  return complete_meta(dir, m);
+}
+
+CheckpointState load_checkpoint(const std::string& dir, ShardRange weights, ShardRange moments) {
+  return load_shards(dir, read_meta(dir), weights, moments);
+}
+
 CheckpointState load_checkpoint(const std::string& dir, ShardRange range, bool with_optimizer) {
   return load_checkpoint(dir, range, with_optimizer ? range : ShardRange{range.offset, 0});
 }
 
 CheckpointState load_checkpoint(const std::string& dir, int rank, int world) {
-  const MetaFile m = read_meta(dir);
-  return load_checkpoint(dir, shard_range(m.meta.total_params, rank, world), true);
+  MetaFile m = read_meta(dir);
+  const ShardRange range = shard_range(m.meta.total_params, rank, world);
+  return load_shards(dir, std::move(m), range, range);
 }
 
 LoaderState reshard_loader_state(const LoaderState& state, int old_world, int new_world) {
