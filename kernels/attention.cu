@@ -1445,11 +1445,9 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
   const int64_t rows = int64_t{s.B} * s.T;
   if (rows == 0) return;
   float* delta = workspace;
-  // The depth part beside the sequence part: at (4, 4096, 16, 8), S = 36, the backward without
-  // the slot gradients took 1.76 instead of 1.84 ms (docs/kernels/moda_attention.md).
-  const bool depth_beside =
+  const bool streaming =
       use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, depth_probs, depth_dscores});
-  if (depth_beside) {
+  if (streaming) {
     const int64_t head_rows = rows * s.Hq;
     const auto blocks = static_cast<unsigned>(ceil_div(head_rows * (s.d / 8), 256));
     if (s.d == 64) {
@@ -1459,6 +1457,10 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     }
     MODA_LAUNCH_CHECK();
     if (s.S > 0) {
+      // The depth part beside the sequence part: at (4, 4096, 16, 8), S = 36, the backward
+      // without the slot gradients took 1.76 instead of 1.84 ms, measured while ptxas still
+      // serialized the sequence backward's MMAs; beside the faster kernel it hides less
+      // (docs/kernels/moda_attention.md).
       const cudaStream_t depth_stream = side.fork(stream);
       with_depth_stream(s, [&](auto dd, auto gg) {
         depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
@@ -1502,7 +1504,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
-  if (depth_beside && s.S > 0) side.join(stream);
+  if (streaming && s.S > 0) side.join(stream);
 }
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
