@@ -1350,27 +1350,36 @@ bool use_depth_stream(const AttentionShape& s, std::initializer_list<const void*
   return true;
 }
 
+// The group sizes the depth kernels are compiled for, 1, 2, 3, 4 and 8, as a compile-time
+// constant; any other G calls f with Other.
+template <int Other, class F>
+void with_group(int G, F&& f) {
+  switch (G) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 8:
+      f(std::integral_constant<int, 8>{});
+      break;
+    default:
+      f(std::integral_constant<int, Other>{});
+      break;
+  }
+}
+
+// use_depth_stream has checked G, so no other G reaches the streaming kernels.
 template <class F>
 void with_depth_stream(const Dims& s, F&& f) {
-  const auto with_g = [&](auto dd) {
-    switch (s.G) {
-      case 1:
-        f(dd, std::integral_constant<int, 1>{});
-        break;
-      case 2:
-        f(dd, std::integral_constant<int, 2>{});
-        break;
-      case 3:
-        f(dd, std::integral_constant<int, 3>{});
-        break;
-      case 4:
-        f(dd, std::integral_constant<int, 4>{});
-        break;
-      default:
-        f(dd, std::integral_constant<int, 8>{});
-        break;
-    }
-  };
+  const auto with_g = [&](auto dd) { with_group<8>(s.G, [&](auto gg) { f(dd, gg); }); };
   if (s.d == 64) {
     with_g(std::integral_constant<int, 64>{});
   } else {
@@ -1546,21 +1555,10 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
           launch(v, std::integral_constant<int, 1>{}, g);
         }
       };
-      const std::integral_constant<int, 8> v8;
-      if (!vec) {
-        with_slots(std::integral_constant<int, 1>{}, std::integral_constant<int, 0>{});
-      } else if (s.G == 1) {
-        with_slots(v8, std::integral_constant<int, 1>{});
-      } else if (s.G == 2) {
-        with_slots(v8, std::integral_constant<int, 2>{});
-      } else if (s.G == 3) {
-        with_slots(v8, std::integral_constant<int, 3>{});
-      } else if (s.G == 4) {
-        with_slots(v8, std::integral_constant<int, 4>{});
-      } else if (s.G == 8) {
-        with_slots(v8, std::integral_constant<int, 8>{});
+      if (vec) {  // other G: the run-time group size (GT = 0)
+        with_group<0>(s.G, [&](auto g) { with_slots(std::integral_constant<int, 8>{}, g); });
       } else {
-        with_slots(v8, std::integral_constant<int, 0>{});
+        with_slots(std::integral_constant<int, 1>{}, std::integral_constant<int, 0>{});
       }
       MODA_LAUNCH_CHECK();
     } while (next < readers.size());

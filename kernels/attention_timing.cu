@@ -17,7 +17,8 @@ using cuda::bf16;
 
 namespace {
 
-__global__ void fill_hashed(bf16* p, int64_t n, uint32_t seed, float amplitude) {
+// Values uniform in [-1, 1): scores of order one, as after QK-norm.
+__global__ void fill_hashed(bf16* p, int64_t n, uint32_t seed) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed ^ static_cast<uint32_t>(i >> 32);
@@ -25,7 +26,7 @@ __global__ void fill_hashed(bf16* p, int64_t n, uint32_t seed, float amplitude) 
     h *= 0x85EBCA6Bu;
     h ^= h >> 13;
     const float u = static_cast<float>(h & 0xFFFFFF) / 16777216.0f;  // [0, 1)
-    p[i] = __float2bfloat16((2.0f * u - 1.0f) * amplitude);
+    p[i] = __float2bfloat16(2.0f * u - 1.0f);
   }
 }
 
@@ -54,7 +55,7 @@ double median(std::vector<float> v) {
 
 // Every operand filled with hashed pseudo-random values of order one.
 void fill_random(const DeviceBuffer& buf, int64_t n, uint32_t seed, cudaStream_t stream) {
-  if (n > 0) fill_hashed<<<1024, 256, 0, stream>>>(buf.as<bf16>(), n, seed, 1.0f);
+  if (n > 0) fill_hashed<<<1024, 256, 0, stream>>>(buf.as<bf16>(), n, seed);
   MODA_LAUNCH_CHECK();
 }
 
@@ -83,16 +84,14 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const cuda::SideStream side;  // as the backend runs the backward
   uint32_t seed = 1;
-  // Amplitudes give scores of order one, as after QK-norm.
-  for (const auto& [buf, n, amp] : {std::tuple{&q, qn, 1.0f},
-                                    {&k, kn, 1.0f},
-                                    {&v, kn, 1.0f},
-                                    {&dout, qn, 1.0f},
-                                    {&depth_k, depth_n, 1.0f},
-                                    {&depth_v, depth_n, 1.0f}}) {
-    if (n > 0) fill_hashed<<<1024, 256, 0, stream>>>(buf->as<bf16>(), n, seed++, amp);
+  for (const auto& [buf, n] : {std::pair{&q, qn},
+                               {&k, kn},
+                               {&v, kn},
+                               {&dout, qn},
+                               {&depth_k, depth_n},
+                               {&depth_v, depth_n}}) {
+    fill_random(*buf, n, seed++, stream);
   }
-  MODA_LAUNCH_CHECK();
   cudaEvent_t start = nullptr, mid = nullptr, slots = nullptr, stop = nullptr;
   for (cudaEvent_t* e : {&start, &mid, &slots, &stop}) MODA_CUDA_CHECK(cudaEventCreate(e));
   std::vector<float> fwd, bwd, slot_grads;
