@@ -812,18 +812,16 @@ __device__ __forceinline__ void cp_async_wait() {
 constexpr int kTile = 64;  // keys per tile (forward) and per warpgroup (backward)
 
 // Epilogue of the tensor-core forward kernels: the thread's rows row_lo and row_lo + 8 (C-fragment
-// layout), normalized by the row sums completed over the quad, to out (bf16) or, with depth slots,
-// o_seq (fp32); lse in natural-log units.
+// layout), normalized by their complete row sums, to out (bf16) or, with depth slots left to the
+// streaming kernel, o_seq (fp32); lse in natural-log units.
 template <int D>
 __device__ __forceinline__ void store_forward_rows(const Dims& s, int b, int h, int row_lo,
                                                    const float (&o)[D / 8][4], const float (&m)[2],
-                                                   float (&l)[2], bf16* out, float* o_seq,
+                                                   const float (&l)[2], bf16* out, float* o_seq,
                                                    float* lse) {
   const int t4 = threadIdx.x % 4;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
     const int row = row_lo + 8 * i;
     if (row >= s.T) continue;
     const float inv = 1.0f / l[i];
@@ -849,13 +847,32 @@ __device__ __forceinline__ void store_forward_rows(const Dims& s, int b, int h, 
 // tile. K and V are double-buffered with cp.async. At head size 64 the softmax's instructions
 // outnumber the tensor cores' time, so its per-score work is one FFMA, one EX2, one FMNMX, one
 // FADD and half a conversion.
+//
+// With depth slots (kDepth) the block also takes the S slots of its tokens, one slot per step:
+// the slot's K and V for the block's tokens are staged by cp.async with the step's key tile and
+// added to the online softmax at the start of the step (add_depth_slot), while other warps' MMAs
+// and softmax run. The slots' loads thus run under the sequence part's math instead of in a
+// memory-bound pass of their own, and no partial output goes through global memory. Blocks with
+// fewer key tiles than slots take the remaining slots in steps of their own. With an even group
+// size (kHeads = 2) a block takes 64 tokens of two heads of one group, a warpgroup each, so that a
+// slot row is read once for both: with one head per block every slot row was read G times from
+// L2, and that bound the fused forward (at S = 72 it was no faster than the two passes).
 constexpr int kForwardRows = 128;
 constexpr int kForwardThreads = 256;
 
+// Stages of the cp.async ring (loads are issued kForwardStages - 1 steps ahead). With depth slots
+// a block needs 113 KB (one head) or 81 KB (two heads), so that two blocks fit on an SM and
+// overlap each other's loads and barriers. Measured: four stages at one block per SM (209 KB) made
+// the forward slower than the separate depth pass, mostly because the sequence part alone lost
+// 0.2 ms at one block per SM; three stages with two heads per block gained nothing.
+constexpr int kForwardStages = 2;
 template <int D>
-constexpr size_t forward_wgmma_smem() {
-  // Q, 2 x K, 2 x V, and room to align the tiles to the 1024-byte swizzle period.
-  return sizeof(bf16) * (kForwardRows + 4 * kTile) * D + wgmma::kAtomBytes;
+constexpr size_t forward_wgmma_smem(bool depth, int heads) {
+  // Q, the stages of K and V, with depth slots the stages of one slot's K and V for the block's
+  // tokens, and room to align the tiles to the 1024-byte swizzle period.
+  const int slot_rows = depth ? kForwardRows / heads : 0;
+  return sizeof(bf16) * (kForwardRows + 2 * kForwardStages * (kTile + slot_rows)) * D +
+         wgmma::kAtomBytes;
 }
 
 // Rows [r0, r0 + ROWS) of a [T, D] view into a swizzled tile (wgmma.cuh) by THREADS threads;
@@ -890,54 +907,200 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-template <int D>
-__global__ void __launch_bounds__(kForwardThreads)
+// ---- the depth slots inside the tensor-core forward ----
+// Per token the depth part is a vector-matrix product (one query row against its own S slots), so
+// a warp forms its 16 rows' scores for one slot as the diagonal of Q K_slot^T with mma.sync
+// m16n8k16 (two 8-token n-tiles, one useful score per column: 8 of 128 products used), and adds
+// the values as diag(p) V_slot (k = the 16 tokens). That wastes products but not issue slots: 16
+// MMAs and 8 ldmatrix per slot and warp against about 200 instructions per thread on the CUDA
+// cores (measured: those made the fused forward slower than the separate streaming pass), and the
+// sums land in the C-fragment layout of o (rows g, g + 8, columns 8 dn + 2 t4 and the next).
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8 x 8 bf16 matrices; lane l gives the address of row l % 8 of matrix l / 8.
+template <bool kTranspose>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  if constexpr (kTranspose) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  }
+}
+
+// The maximum is moved only when a slot's score exceeds it by more than kDepthRescaleSlack (log2
+// units), so most slots skip the rescale; the probabilities stay below 2^slack, and the result is
+// the same softmax.
+constexpr float kDepthRescaleSlack = 8.0f;
+
+// One slot added to the 16 rows of a warp in the sequence part's own online softmax: o, m (log2
+// units), and l, the thread's partial row sums, to which lane t4 = 0 adds the slot's probability
+// once for its quad. The warp's queries are the 16 rows at q_rows (shared address inside a
+// swizzled [rows][64] Q tile, 8-row aligned), its tokens rows r0 .. r0 + 15 of the slot's K and V,
+// staged in swizzled [kTokens][D] tiles. Called between steps, when no MMA of the sequence part
+// is in flight on o.
+template <int D, int kTokens>
+__device__ __forceinline__ void add_depth_slot(float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
+                                               uint32_t q_rows, uint32_t k_tile, uint32_t v_tile,
+                                               int r0, float sl2) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  // Scores: n-tile nt holds the keys of tokens r0 + 8 nt .. r0 + 8 nt + 7.
+  float c[2][4] = {};
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    // A: matrices rows 0.. / 8.. of the warp's, columns 16 ks.. / 16 ks + 8.. (the fragment's
+    // order).
+    uint32_t qa[4];
+    const int mat = lane / 8;
+    ldmatrix_x4<false>(qa, q_rows + wgmma::swizzled_offset(kForwardRows, (mat % 2) * 8 + lane % 8,
+                                                           16 * ks + (mat / 2) * 8));
+    // B: matrices columns 16 ks.. and 16 ks + 8.. of the tokens of n-tiles 0 and 1.
+    uint32_t kf[4];
+    ldmatrix_x4<false>(kf, k_tile + wgmma::swizzled_offset(kTokens, r0 + (mat / 2) * 8 + lane % 8,
+                                                           16 * ks + (mat % 2) * 8));
+    mma_16816(c[0], qa, kf[0], kf[1]);
+    mma_16816(c[1], qa, kf[2], kf[3]);
+  }
+  // Row g's score is C[g][g] of n-tile 0, row g + 8's C[g + 8][g] of n-tile 1: both in lane
+  // 4 g + g / 2 of the row's quad.
+  const int src = 4 * g + g / 2;
+  const bool odd = g % 2 == 1;
+  const float sc[2] = {__shfl_sync(0xffffffffu, odd ? c[0][1] : c[0][0], src) * sl2,
+                       __shfl_sync(0xffffffffu, odd ? c[1][3] : c[1][2], src) * sl2};
+  const bool grow = sc[0] > m[0] + kDepthRescaleSlack || sc[1] > m[1] + kDepthRescaleSlack;
+  if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float m_new = fmaxf(m[i], sc[i]);
+      const float alpha = fast_exp2(m[i] - m_new);  // 0 while m is -inf
+      m[i] = m_new;
+      l[i] *= alpha;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[dn][2 * i] *= alpha;
+        o[dn][2 * i + 1] *= alpha;
+      }
+    }
+  }
+  const float p_lo = fast_exp2(sc[0] - m[0]), p_hi = fast_exp2(sc[1] - m[1]);
+  if (t4 == 0) {
+    l[0] += p_lo;
+    l[1] += p_hi;
+  }
+  // A = diag(p) over the 16 tokens: A[g][g] and A[g + 8][g + 8] sit in lane 4 g + g / 2.
+  const bool owner = t4 == g / 2;
+  const uint32_t pa[4] = {owner ? pack_bf16(odd ? 0.0f : p_lo, odd ? p_lo : 0.0f) : 0u, 0u, 0u,
+                          owner ? pack_bf16(odd ? 0.0f : p_hi, odd ? p_hi : 0.0f) : 0u};
+#pragma unroll
+  for (int dn = 0; dn < D / 8; dn += 2) {
+    // B (transposed): matrices tokens r0.., r0 + 8.. of columns 8 dn.., then of 8 dn + 8...
+    uint32_t vb[4];
+    ldmatrix_x4<true>(vb,
+                      v_tile + wgmma::swizzled_offset(kTokens, r0 + ((lane / 8) % 2) * 8 + lane % 8,
+                                                      8 * dn + (lane / 16) * 8));
+    mma_16816(o[dn], pa, vb[0], vb[1]);
+    mma_16816(o[dn + 1], pa, vb[2], vb[3]);
+  }
+}
+
+template <int D, bool kDepth, int kHeads>
+__global__ void __launch_bounds__(kForwardThreads, kDepth ? 2 : 0)
     seq_forward_wgmma(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
-                      const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ o_seq,
-                      float* __restrict__ lse) {
+                      const bf16* __restrict__ v, const bf16* __restrict__ depth_k,
+                      const bf16* __restrict__ depth_v, bf16* __restrict__ out,
+                      float* __restrict__ o_seq, float* __restrict__ lse) {
+  static_assert(kHeads == 1 || (kHeads == 2 && D == 64), "two heads stack two [64][64] Q tiles");
+  constexpr int kTokens = kForwardRows / kHeads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = wgmma::smem_addr(smem_raw);
   bf16* sq = reinterpret_cast<bf16*>(
       smem_raw + (((raw + wgmma::kAtomBytes - 1) & ~uint32_t{wgmma::kAtomBytes - 1}) - raw));
   bf16* sk = sq + kForwardRows * D;
-  bf16* sv = sk + 2 * kTile * D;
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  bf16* sv = sk + kForwardStages * kTile * D;
+  bf16* sdk = sv + kForwardStages * kTile * D;     // with kDepth: one slot's K rows per stage
+  bf16* sdv = sdk + kForwardStages * kTokens * D;  // and its V rows
+  const int qt = gridDim.x - 1 - blockIdx.x, h0 = blockIdx.y * kHeads, b = blockIdx.z;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;
-  const int q0 = qt * kForwardRows;
+  const int t0 = qt * kTokens;
+  // Warpgroup wg: 64 tokens of one head (the block's 128 tokens of head h0 split in two, or the
+  // block's 64 tokens of heads h0 and h0 + 1).
+  const int head = h0 + (kHeads == 2 ? wg : 0);
+  const int wg_row0 = t0 + (kHeads == 2 ? 0 : wg * 64);
   const int64_t q_stride = int64_t{s.Hq} * D, kv_stride = int64_t{s.Hk} * D;
-  const bf16* qb = q + (int64_t{b} * s.T * s.Hq + h) * D;
-  const bf16* kb = k + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
-  const bf16* vb = v + (int64_t{b} * s.T * s.Hk + h / s.G) * D;
-  load_tile_swizzled<D, kForwardRows, kForwardThreads>(sq, qb, q_stride, q0, s.T, tid);
-  load_tile_swizzled<D, kTile, kForwardThreads>(sk, kb, kv_stride, 0, s.T, tid);
-  load_tile_swizzled<D, kTile, kForwardThreads>(sv, vb, kv_stride, 0, s.T, tid);
-  cp_async_commit();
+  const int64_t kv_base = (int64_t{b} * s.T * s.Hk + h0 / s.G) * D;
+  const bf16* kb = k + kv_base;
+  const bf16* vb = v + kv_base;
+  // Key tiles the block needs, slots, and steps (one key tile and one slot each).
+  const int n_kt = (min(t0 + kTokens, s.T) - 1) / kTile + 1;
+  const int n_slots = kDepth ? s.S : 0;
+  const int n_steps = kDepth ? max(n_kt, n_slots) : n_kt;
+  // Step j's key tile and slot into stage j % kForwardStages, as one cp.async group.
+  const auto load_step = [&](int j) {
+    const int stage = j % kForwardStages;
+    if (!kDepth || j < n_kt) {
+      load_tile_swizzled<D, kTile, kForwardThreads>(sk + stage * kTile * D, kb, kv_stride,
+                                                    j * kTile, s.T, tid);
+      load_tile_swizzled<D, kTile, kForwardThreads>(sv + stage * kTile * D, vb, kv_stride,
+                                                    j * kTile, s.T, tid);
+    }
+    if (j < n_slots) {
+      load_tile_swizzled<D, kTokens, kForwardThreads>(sdk + stage * kTokens * D,
+                                                      depth_k + j * s.slot_stride + kv_base,
+                                                      kv_stride, t0, s.T, tid);
+      load_tile_swizzled<D, kTokens, kForwardThreads>(sdv + stage * kTokens * D,
+                                                      depth_v + j * s.slot_stride + kv_base,
+                                                      kv_stride, t0, s.T, tid);
+    }
+  };
+#pragma unroll
+  for (int hh = 0; hh < kHeads; ++hh) {
+    load_tile_swizzled<D, kTokens, kForwardThreads>(
+        sq + hh * kTokens * D, q + (int64_t{b} * s.T * s.Hq + h0 + hh) * D, q_stride, t0, s.T, tid);
+  }
+  // Groups: steps 0 .. kForwardStages - 2 ahead (Q with step 0), then one per step, empty ones
+  // too, so that step kt's group is complete when at most kForwardStages - 1 newer ones are
+  // pending.
+#pragma unroll
+  for (int j = 0; j < kForwardStages - 1; ++j) {
+    if (j < n_steps) load_step(j);
+    cp_async_commit();
+  }
 
-  const float sl2 = s.scale * kLog2e;  // scores to log2 units
-  const int wg_row0 = q0 + wg * 64;
+  const float sl2 = s.scale * kLog2e;          // scores to log2 units
   const int row_lo = wg_row0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8
-  // Key tiles the block needs, and the last one this warpgroup's rows can see.
-  const int n_kt = (min(q0 + kForwardRows, s.T) - 1) / kTile + 1;
+  // The last key tile this warpgroup's rows can see.
   const int wg_last_kt = (min(wg_row0 + 63, s.T - 1)) / kTile;
   const uint32_t q_tile = wgmma::smem_addr(sq) + wg * 64 * wgmma::kSwizzleBytes;
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // m in log2 units
-  for (int kt = 0; kt < n_kt; ++kt) {
-    const int buf = kt & 1;
-    if (kt + 1 < n_kt) {
-      load_tile_swizzled<D, kTile, kForwardThreads>(sk + (buf ^ 1) * kTile * D, kb, kv_stride,
-                                                    (kt + 1) * kTile, s.T, tid);
-      load_tile_swizzled<D, kTile, kForwardThreads>(sv + (buf ^ 1) * kTile * D, vb, kv_stride,
-                                                    (kt + 1) * kTile, s.T, tid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+  for (int kt = 0; kt < n_steps; ++kt) {
+    const int buf = kt % kForwardStages;
+    if (kt + kForwardStages - 1 < n_steps) load_step(kt + kForwardStages - 1);
+    cp_async_commit();
+    cp_async_wait<kForwardStages - 1>();
     wgmma::fence_shared_for_async();
     __syncthreads();
-    if (kt <= wg_last_kt && wg_row0 < s.T) {
+    if constexpr (kDepth) {
+      // The slot's scores and values (mma.sync); other warps' wgmma and softmax run meanwhile.
+      if (kt < n_slots) {
+        add_depth_slot<D, kTokens>(o, m, l, q_tile + warp * 16 * wgmma::kSwizzleBytes,
+                                   wgmma::smem_addr(sdk + buf * kTokens * D),
+                                   wgmma::smem_addr(sdv + buf * kTokens * D), row_lo - g - t0, sl2);
+      }
+    }
+    if ((!kDepth || kt < n_kt) && kt <= wg_last_kt && wg_row0 < s.T) {
       const uint32_t k_tile = wgmma::smem_addr(sk + buf * kTile * D);
       const uint32_t v_tile = wgmma::smem_addr(sv + buf * kTile * D);
       float sc[kTile / 8][4];
@@ -1005,7 +1168,12 @@ __global__ void __launch_bounds__(kForwardThreads)
     }
     __syncthreads();
   }
-  store_forward_rows<D>(s, b, h, row_lo, o, m, l, out, o_seq, lse);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+  store_forward_rows<D>(s, b, head, row_lo, o, m, l, out, o_seq, lse);
 }
 
 // Epilogue of the backward kernel: adds the block's dK, dV (C-fragment layout, the thread's keys
@@ -1333,6 +1501,17 @@ bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// The tensor-core forward takes the depth slots itself (seq_forward_wgmma<D, true>) at head size
+// 64, where its shared memory and registers leave room for them, when the slots' rows are 16-byte
+// aligned.
+bool fuse_depth_forward(const AttentionShape& s, std::initializer_list<const void*> slots) {
+  if (s.head_dim != 64 || s.slot_stride % 8 != 0) return false;
+  for (const void* p : slots) {
+    if (!aligned16(p)) return false;
+  }
+  return true;
+}
+
 // The streaming depth kernels take head sizes 64 and 128, G in {1, 2, 3, 4, 8}, 16-byte aligned
 // operands and slot strides, and slot scores that fit in shared memory; the warp kernels take the
 // rest. In the backward the streaming path also decides how delta is computed (backward_prepare,
@@ -1400,28 +1579,40 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   const Dims s = dims_of(shape);
   const int64_t rows = int64_t{s.B} * s.T;
   if (rows == 0) return;
-  float* o_seq = s.S > 0 ? workspace : nullptr;
   if (use_mma(shape, {q, k, v, out})) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kForwardRows)), static_cast<unsigned>(s.Hq),
-                    static_cast<unsigned>(s.B));
-    const auto launch = [&](auto kernel, size_t smem) {
+    const auto launch = [&](auto kernel, int heads, size_t smem, float* o_seq) {
+      const dim3 grid(static_cast<unsigned>(ceil_div(s.T, kForwardRows / heads)),
+                      static_cast<unsigned>(s.Hq / heads), static_cast<unsigned>(s.B));
       allow_smem(kernel, smem);
-      kernel<<<grid, kForwardThreads, smem, stream>>>(s, q, k, v, out, o_seq, lse);
+      kernel<<<grid, kForwardThreads, smem, stream>>>(s, q, k, v, depth_k, depth_v, out, o_seq,
+                                                      lse);
+      MODA_LAUNCH_CHECK();
     };
+    if (s.S > 0 && fuse_depth_forward(shape, {depth_k, depth_v})) {
+      // Two heads of a group per block read each slot row once for both.
+      if (s.G % 2 == 0) {
+        launch(seq_forward_wgmma<64, true, 2>, 2, forward_wgmma_smem<64>(true, 2), nullptr);
+      } else {
+        launch(seq_forward_wgmma<64, true, 1>, 1, forward_wgmma_smem<64>(true, 1), nullptr);
+      }
+      return;
+    }
+    float* o_seq = s.S > 0 ? workspace : nullptr;
     if (s.d == 64) {
-      launch(seq_forward_wgmma<64>, forward_wgmma_smem<64>());
+      launch(seq_forward_wgmma<64, false, 1>, 1, forward_wgmma_smem<64>(false, 1), o_seq);
     } else {
-      launch(seq_forward_wgmma<128>, forward_wgmma_smem<128>());
+      launch(seq_forward_wgmma<128, false, 1>, 1, forward_wgmma_smem<128>(false, 1), o_seq);
     }
   } else {
     with_pairs(s.d, [&](auto p) {
       seq_forward_warp<decltype(p)::value>
-          <<<warp_blocks(rows * s.Hq), kWarpsPerBlock * 32, 0, stream>>>(s, q, k, v, out, o_seq,
-                                                                         lse);
+          <<<warp_blocks(rows * s.Hq), kWarpsPerBlock * 32, 0, stream>>>(
+              s, q, k, v, out, s.S > 0 ? workspace : nullptr, lse);
     });
+    MODA_LAUNCH_CHECK();
   }
-  MODA_LAUNCH_CHECK();
   if (s.S == 0) return;
+  float* o_seq = workspace;
   if (use_depth_stream(shape, {q, depth_k, depth_v, out, o_seq})) {
     const size_t stream_smem = sizeof(float) * kWarpsPerBlock * s.G * static_cast<size_t>(s.S);
     with_depth_stream(s, [&](auto dd, auto gg) {

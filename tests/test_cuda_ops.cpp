@@ -407,93 +407,96 @@ TEST_CASE("cuda backend: SwiGLU", "[gpu]") {
 
 TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   MODA_REQUIRE_GPU();
-  // 64 and 128 take the tensor-core and streaming depth kernels, 8 and 4 the warp kernels.
+  // 64 and 128 take the tensor-core and streaming depth kernels (the forward at 64 with the slots
+  // folded into the tensor-core kernel), 8 and 4 the warp kernels.
   // S = 37 spans several unrolled batches of slot rows and ends inside one; G = 8 is the paper's;
   // G = 4 and 8 split the backward's head group over blocks (dK, dV added with atomics), and G = 4
   // has its own depth-kernel instantiation.
+  // q_scale > 1 sharpens the scores so that later slots move the softmax's maximum by more than
+  // the fused forward's slack (kDepthRescaleSlack), which otherwise rarely happens.
+  const auto run = [](int64_t d, int64_t group, int64_t slots, int64_t T, double q_scale) {
+    Harness h;
+    const int64_t B = 2, Hk = 2, Hq = Hk * group, R = B * T;
+    const int64_t qn = R * Hq * d, kn = R * Hk * d;
+    // A gap between slots checks that slot_stride, not the slot size, is used.
+    const int64_t stride = kn + 64, depth_n = slots > 0 ? (slots - 1) * stride + kn : 0;
+    const AttentionShape shape{B, T, Hq, Hk, d, slots, stride};
+    const std::string tag =
+        fmt::format("d={} G={} S={} T={} q_scale={}", d, group, slots, T, q_scale);
+    Twin q = h.random(Role::activation, qn, 1, q_scale);
+    Twin k = h.random(Role::activation, kn, 2);
+    Twin v = h.random(Role::activation, kn, 3);
+    Twin dk_s = h.random(Role::activation, std::max<int64_t>(depth_n, 1), 4);
+    Twin dv_s = h.random(Role::activation, std::max<int64_t>(depth_n, 1), 5);
+    Twin out = h.random(Role::activation, qn, 6);
+    Twin lse = h.random(Role::stat, R * Hq, 7);
+    const auto S_ = [&](const Twin& t, bool g) {
+      return slots > 0 ? (g ? t.gpu : t.cpu) : Tensor{};
+    };
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      be.attention_forward(shape, g ? q.gpu : q.cpu, g ? k.gpu : k.cpu, g ? v.gpu : v.cpu,
+                           S_(dk_s, g), S_(dv_s, g), g ? out.gpu : out.cpu, g ? lse.gpu : lse.cpu);
+    }
+    h.check(out, kAttnTol, "attention forward out " + tag);
+    h.check(lse, 1e-4, "attention forward lse " + tag);
+    h.share_gpu(out);
+    h.share_gpu(lse);
+
+    Twin dout = h.random(Role::activation, qn, 8);
+    Twin dq = h.random(Role::accum, qn, 9);
+    Twin dk = h.random(Role::accum, kn, 10, 0.1);
+    Twin dv = h.random(Role::accum, kn, 11, 0.1);
+    const int64_t pn = std::max<int64_t>(slots * R * Hq, 1);
+    Twin probs = h.random(Role::accum, pn, 12), dscores = h.random(Role::accum, pn, 13);
+    const auto dk_base = h.cpu_values(dk), dv_base = h.cpu_values(dv);
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+      be.attention_backward(shape, P(dout), P(q), P(k), P(v), S_(dk_s, g), S_(dv_s, g), P(out),
+                            P(lse), P(dq), P(dk), P(dv), S_(probs, g), S_(dscores, g));
+    }
+    h.check(dv, kAttnTol, "attention backward dv " + tag, dv_base);
+    if (T == 1 && slots == 0) {
+      // One key per query: p = 1 and dp = delta, so dq and dk are zero up to rounding.
+      const double scale = h.gpu_norm(dv, dv_base);
+      const auto zeros = std::vector<double>(static_cast<size_t>(qn), 0.0);
+      CHECK(h.gpu_norm(dq, zeros) <= 1e-2 * scale);
+      CHECK(h.gpu_norm(dk, dk_base) <= 1e-2 * scale);
+    } else {
+      h.check(dq, kAttnTol, "attention backward dq " + tag);
+      h.check(dk, kAttnTol, "attention backward dk " + tag, dk_base);
+    }
+    if (slots > 0) {
+      h.check(probs, kAttnTol, "attention backward depth_probs " + tag);
+      h.check(dscores, kAttnTol, "attention backward depth_dscores " + tag);
+      // The slot gradients from this layer and a second reader of the same slots. The
+      // gradients start random and are overwritten; the gap between slots must keep its
+      // values.
+      h.share_gpu(probs);
+      h.share_gpu(dscores);
+      Twin q2 = h.random(Role::activation, qn, 14), dout2 = h.random(Role::activation, qn, 15);
+      Twin probs2 = h.random(Role::accum, pn, 16), dscores2 = h.random(Role::accum, pn, 17);
+      Twin ddk = h.random(Role::accum, depth_n, 18), ddv = h.random(Role::accum, depth_n, 19);
+      for (bool g : {true, false}) {
+        const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+        const std::vector<Backend::DepthReader> readers{
+            {P(q), P(dout), P(probs), P(dscores), slots},
+            {P(q2), P(dout2), P(probs2), P(dscores2), slots}};
+        (g ? h.gpu() : h.cpu()).depth_slot_backward(shape, 0, slots, readers, P(ddk), P(ddv));
+      }
+      h.check(ddk, kAttnTol, "depth slot gradients d_depth_k " + tag);
+      h.check(ddv, kAttnTol, "depth slot gradients d_depth_v " + tag);
+    }
+  };
   for (int64_t d : {64, 128, 8, 4}) {
     for (int64_t group : {1, 2, 3, 4, 8}) {
       for (int64_t slots : {0, 1, 3, 37}) {
-        for (int64_t T : {1, 33, 130}) {
-          Harness h;
-          const int64_t B = 2, Hk = 2, Hq = Hk * group, R = B * T;
-          const int64_t qn = R * Hq * d, kn = R * Hk * d;
-          // A gap between slots checks that slot_stride, not the slot size, is used.
-          const int64_t stride = kn + 64, depth_n = slots > 0 ? (slots - 1) * stride + kn : 0;
-          const AttentionShape shape{B, T, Hq, Hk, d, slots, stride};
-          const std::string tag = fmt::format("d={} G={} S={} T={}", d, group, slots, T);
-          Twin q = h.random(Role::activation, qn, 1);
-          Twin k = h.random(Role::activation, kn, 2);
-          Twin v = h.random(Role::activation, kn, 3);
-          Twin dk_s = h.random(Role::activation, std::max<int64_t>(depth_n, 1), 4);
-          Twin dv_s = h.random(Role::activation, std::max<int64_t>(depth_n, 1), 5);
-          Twin out = h.random(Role::activation, qn, 6);
-          Twin lse = h.random(Role::stat, R * Hq, 7);
-          const auto S_ = [&](const Twin& t, bool g) {
-            return slots > 0 ? (g ? t.gpu : t.cpu) : Tensor{};
-          };
-          for (bool g : {true, false}) {
-            Backend& be = g ? h.gpu() : h.cpu();
-            be.attention_forward(shape, g ? q.gpu : q.cpu, g ? k.gpu : k.cpu, g ? v.gpu : v.cpu,
-                                 S_(dk_s, g), S_(dv_s, g), g ? out.gpu : out.cpu,
-                                 g ? lse.gpu : lse.cpu);
-          }
-          h.check(out, kAttnTol, "attention forward out " + tag);
-          h.check(lse, 1e-4, "attention forward lse " + tag);
-          h.share_gpu(out);
-          h.share_gpu(lse);
-
-          Twin dout = h.random(Role::activation, qn, 8);
-          Twin dq = h.random(Role::accum, qn, 9);
-          Twin dk = h.random(Role::accum, kn, 10, 0.1);
-          Twin dv = h.random(Role::accum, kn, 11, 0.1);
-          const int64_t pn = std::max<int64_t>(slots * R * Hq, 1);
-          Twin probs = h.random(Role::accum, pn, 12), dscores = h.random(Role::accum, pn, 13);
-          const auto dk_base = h.cpu_values(dk), dv_base = h.cpu_values(dv);
-          for (bool g : {true, false}) {
-            Backend& be = g ? h.gpu() : h.cpu();
-            const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
-            be.attention_backward(shape, P(dout), P(q), P(k), P(v), S_(dk_s, g), S_(dv_s, g),
-                                  P(out), P(lse), P(dq), P(dk), P(dv), S_(probs, g),
-                                  S_(dscores, g));
-          }
-          h.check(dv, kAttnTol, "attention backward dv " + tag, dv_base);
-          if (T == 1 && slots == 0) {
-            // One key per query: p = 1 and dp = delta, so dq and dk are zero up to rounding.
-            const double scale = h.gpu_norm(dv, dv_base);
-            const auto zeros = std::vector<double>(static_cast<size_t>(qn), 0.0);
-            CHECK(h.gpu_norm(dq, zeros) <= 1e-2 * scale);
-            CHECK(h.gpu_norm(dk, dk_base) <= 1e-2 * scale);
-          } else {
-            h.check(dq, kAttnTol, "attention backward dq " + tag);
-            h.check(dk, kAttnTol, "attention backward dk " + tag, dk_base);
-          }
-          if (slots > 0) {
-            h.check(probs, kAttnTol, "attention backward depth_probs " + tag);
-            h.check(dscores, kAttnTol, "attention backward depth_dscores " + tag);
-            // The slot gradients from this layer and a second reader of the same slots. The
-            // gradients start random and are overwritten; the gap between slots must keep its
-            // values.
-            h.share_gpu(probs);
-            h.share_gpu(dscores);
-            Twin q2 = h.random(Role::activation, qn, 14),
-                 dout2 = h.random(Role::activation, qn, 15);
-            Twin probs2 = h.random(Role::accum, pn, 16), dscores2 = h.random(Role::accum, pn, 17);
-            Twin ddk = h.random(Role::accum, depth_n, 18), ddv = h.random(Role::accum, depth_n, 19);
-            for (bool g : {true, false}) {
-              const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
-              const std::vector<Backend::DepthReader> readers{
-                  {P(q), P(dout), P(probs), P(dscores), slots},
-                  {P(q2), P(dout2), P(probs2), P(dscores2), slots}};
-              (g ? h.gpu() : h.cpu()).depth_slot_backward(shape, 0, slots, readers, P(ddk), P(ddv));
-            }
-            h.check(ddk, kAttnTol, "depth slot gradients d_depth_k " + tag);
-            h.check(ddv, kAttnTol, "depth slot gradients d_depth_v " + tag);
-          }
-        }
+        for (int64_t T : {1, 33, 130}) run(d, group, slots, T, 1.0);
       }
     }
   }
+  for (int64_t group : {1, 2}) run(64, group, 37, 130, 6.0);
 }
 
 TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
