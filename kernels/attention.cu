@@ -685,7 +685,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // and writes them once. Per reader it reads the q and dout rows of the group's query heads (bf16)
 // and a probability and score gradient per head and slot.
 constexpr int kMaxPullReaders = 32;
-constexpr int kMaxPullSlots = 2;
+constexpr int kMaxPullSlots = 4;
 constexpr int kPullThreads = 256;
 
 struct PullReaders {
@@ -1708,7 +1708,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                          std::span<const DepthReaderPtrs> readers, float* d_depth_k,
-                         float* d_depth_v, cudaStream_t stream) {
+                         float* d_depth_v, bool accumulate, cudaStream_t stream) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t units = int64_t{s.B} * s.T * s.Hk;
@@ -1717,7 +1717,7 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
   for (const DepthReaderPtrs& r : readers) {
     vec = vec && aligned16(r.q) && aligned16(r.dout) && aligned16(r.probs) && aligned16(r.dscores);
   }
-  // Readers beyond one launch's table are added by further launches; slots two at a time.
+  // Readers beyond one launch's table are added by further launches; slots up to four at a time.
   for (int64_t slot = first; slot < first + count; slot += kMaxPullSlots) {
     const int slots = static_cast<int>(std::min<int64_t>(kMaxPullSlots, first + count - slot));
     size_t next = 0;
@@ -1731,19 +1731,27 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
         table.dscores[table.count] = r.dscores;
         ++table.count;
       }
-      const bool accumulate = next > static_cast<size_t>(table.count);
+      const bool add = accumulate || next > static_cast<size_t>(table.count);
       const auto launch = [&](auto v, auto c, auto g) {
         auto kernel =
             depth_slot_backward_kernel<decltype(v)::value, decltype(c)::value, decltype(g)::value>;
         const int64_t threads = units * (s.d / decltype(v)::value);
         kernel<<<static_cast<unsigned>(ceil_div(threads, kPullThreads)), kPullThreads, 0, stream>>>(
-            s, static_cast<int>(slot), accumulate, table, d_depth_k, d_depth_v);
+            s, static_cast<int>(slot), add, table, d_depth_k, d_depth_v);
       };
       const auto with_slots = [&](auto v, auto g) {
-        if (slots == 2) {
-          launch(v, std::integral_constant<int, 2>{}, g);
-        } else {
-          launch(v, std::integral_constant<int, 1>{}, g);
+        switch (slots) {
+          case 4:
+            launch(v, std::integral_constant<int, 4>{}, g);
+            break;
+          case 3:
+            launch(v, std::integral_constant<int, 3>{}, g);
+            break;
+          case 2:
+            launch(v, std::integral_constant<int, 2>{}, g);
+            break;
+          default:
+            launch(v, std::integral_constant<int, 1>{}, g);
         }
       };
       if (vec) {  // other G: the run-time group size (GT = 0)

@@ -108,7 +108,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
                              side);
     MODA_CUDA_CHECK(cudaEventRecord(slots, stream));
     cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
-                              d_depth_v.as<float>(), stream);
+                              d_depth_v.as<float>(), false, stream);
     MODA_CUDA_CHECK(cudaEventRecord(stop, stream));
     MODA_CUDA_CHECK(cudaEventSynchronize(stop));
     float f = 0, b = 0, g = 0;
@@ -162,7 +162,8 @@ double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, 
   std::vector<float> ms;
   for (int i = 0; i <= reps; ++i) {  // the first round warms up and is not counted
     MODA_CUDA_CHECK(cudaEventRecord(start, stream));
-    cuda::depth_slot_backward(s, 0, 2, table, d_depth_k.as<float>(), d_depth_v.as<float>(), stream);
+    cuda::depth_slot_backward(s, 0, 2, table, d_depth_k.as<float>(), d_depth_v.as<float>(), false,
+                              stream);
     MODA_CUDA_CHECK(cudaEventRecord(stop, stream));
     MODA_CUDA_CHECK(cudaEventSynchronize(stop));
     float t = 0;

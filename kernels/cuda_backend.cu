@@ -486,7 +486,7 @@ class CudaBackend final : public Backend {
 
   void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
                            std::span<const DepthReader> readers, const Tensor& d_depth_k,
-                           const Tensor& d_depth_v) override {
+                           const Tensor& d_depth_v, bool accumulate) override {
     const char* op = "depth_slot_backward";
     const int64_t rows = s.batch * s.seq_len;
     const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
@@ -509,7 +509,7 @@ class CudaBackend final : public Backend {
           {r.q.as<bf16>(), r.dout.as<bf16>(), r.probs.as<float>(), r.dscores.as<float>()});
     }
     cuda::depth_slot_backward(s, first, count, ptrs, d_depth_k.as<float>(), d_depth_v.as<float>(),
-                              stream_);
+                              accumulate, stream_);
   }
 
   void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,

@@ -74,7 +74,7 @@ struct DepthReaderPtrs {
 };
 void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
                          std::span<const DepthReaderPtrs> readers, float* d_depth_k,
-                         float* d_depth_v, cudaStream_t stream);
+                         float* d_depth_v, bool accumulate, cudaStream_t stream);
 
 // cross_entropy.cu. `workspace` holds lm_head_workspace_bytes(chunk_rows, vocab) bytes
 // (moda/cuda_backend.hpp).

@@ -483,7 +483,8 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
         const std::vector<Backend::DepthReader> readers{
             {P(q), P(dout), P(probs), P(dscores), slots},
             {P(q2), P(dout2), P(probs2), P(dscores2), slots}};
-        (g ? h.gpu() : h.cpu()).depth_slot_backward(shape, 0, slots, readers, P(ddk), P(ddv));
+        (g ? h.gpu() : h.cpu())
+            .depth_slot_backward(shape, 0, slots, readers, P(ddk), P(ddv), false);
       }
       h.check(ddk, kAttnTol, "depth slot gradients d_depth_k " + tag);
       h.check(ddv, kAttnTol, "depth slot gradients d_depth_v " + tag);
@@ -502,54 +503,61 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
 TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
   MODA_REQUIRE_GPU();
   // 40 readers take two launches of the reader table (32 each), the second adding to the first;
-  // slots 1..3 of 5 are one pair and one single slot. d = 8 takes the scalar path.
+  // slots 1..5 of 7 are one launch of four slots and one of a single slot. d = 8 takes the scalar
+  // path. With accumulate the gradients are added to the slots' values (the model's second
+  // producing layer of a pair adds its one remaining reader so).
   for (int64_t d : {64, 8}) {
     for (int64_t readers_n : {0, 1, 40}) {
-      Harness h;
-      const int64_t B = 2, T = 19, Hk = 2, Hq = 6, S = 5, R = B * T;
-      const int64_t qn = R * Hq * d, kn = R * Hk * d, stride = kn + 64;
-      const AttentionShape shape{B, T, Hq, Hk, d, S, stride};
-      const std::string tag = fmt::format("d={} readers={}", d, readers_n);
-      std::vector<std::array<Twin, 4>> twins;
-      for (int64_t i = 0; i < readers_n; ++i) {
-        const auto seed = static_cast<uint64_t>(4 * i);
-        twins.push_back({h.random(Role::activation, qn, seed),
-                         h.random(Role::activation, qn, seed + 1),
-                         h.random(Role::accum, S * R * Hq, seed + 2),
-                         h.random(Role::accum, S * R * Hq, seed + 3)});
-      }
-      Twin ddk = h.random(Role::accum, S * stride, 1000),
-           ddv = h.random(Role::accum, S * stride, 1001);
-      const std::vector<double> before = h.cpu_values(ddk);
-      for (bool g : {true, false}) {
-        const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
-        std::vector<Backend::DepthReader> readers;
-        for (const auto& t : twins) readers.push_back({P(t[0]), P(t[1]), P(t[2]), P(t[3]), S});
-        (g ? h.gpu() : h.cpu()).depth_slot_backward(shape, 1, 3, readers, P(ddk), P(ddv));
-      }
-      h.check(ddk, kF32Tol, "depth slot gradients d_depth_k " + tag);
-      h.check(ddv, kF32Tol, "depth slot gradients d_depth_v " + tag);
-      // Slots 1..3 are written (zero without readers); slots 0 and 4 and the gaps keep their
-      // values.
-      const std::vector<double> got = h.gpu_values(ddk);
-      int64_t wrong = 0;
-      for (int64_t j = 0; j < S; ++j) {
-        for (int64_t i = 0; i < stride; ++i) {
-          const auto at = static_cast<size_t>(j * stride + i);
-          if (j >= 1 && j < 4 && i < kn) {
-            wrong += readers_n == 0 && got[at] != 0.0;
-          } else {
-            wrong += got[at] != before[at];
+      for (bool accumulate : {false, true}) {
+        Harness h;
+        const int64_t B = 2, T = 19, Hk = 2, Hq = 6, S = 7, first = 1, count = 5, R = B * T;
+        const int64_t qn = R * Hq * d, kn = R * Hk * d, stride = kn + 64;
+        const AttentionShape shape{B, T, Hq, Hk, d, S, stride};
+        const std::string tag =
+            fmt::format("d={} readers={} accumulate={}", d, readers_n, accumulate);
+        std::vector<std::array<Twin, 4>> twins;
+        for (int64_t i = 0; i < readers_n; ++i) {
+          const auto seed = static_cast<uint64_t>(4 * i);
+          twins.push_back({h.random(Role::activation, qn, seed),
+                           h.random(Role::activation, qn, seed + 1),
+                           h.random(Role::accum, S * R * Hq, seed + 2),
+                           h.random(Role::accum, S * R * Hq, seed + 3)});
+        }
+        Twin ddk = h.random(Role::accum, S * stride, 1000),
+             ddv = h.random(Role::accum, S * stride, 1001);
+        const std::vector<double> before = h.cpu_values(ddk);
+        for (bool g : {true, false}) {
+          const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+          std::vector<Backend::DepthReader> readers;
+          for (const auto& t : twins) readers.push_back({P(t[0]), P(t[1]), P(t[2]), P(t[3]), S});
+          (g ? h.gpu() : h.cpu())
+              .depth_slot_backward(shape, first, count, readers, P(ddk), P(ddv), accumulate);
+        }
+        h.check(ddk, kF32Tol, "depth slot gradients d_depth_k " + tag);
+        h.check(ddv, kF32Tol, "depth slot gradients d_depth_v " + tag);
+        // Without readers the written slots are zero, or keep their values when added to; the
+        // other slots and the gaps keep theirs.
+        const std::vector<double> got = h.gpu_values(ddk);
+        int64_t wrong = 0;
+        for (int64_t j = 0; j < S; ++j) {
+          for (int64_t i = 0; i < stride; ++i) {
+            const auto at = static_cast<size_t>(j * stride + i);
+            if (j >= first && j < first + count && i < kn) {
+              if (readers_n == 0) wrong += got[at] != (accumulate ? before[at] : 0.0);
+            } else {
+              wrong += got[at] != before[at];
+            }
           }
         }
-      }
-      CHECK(wrong == 0);
-      // A reader that reads fewer slots than asked for is refused.
-      if (readers_n > 0) {
-        std::vector<Backend::DepthReader> short_reader{
-            {twins[0][0].gpu, twins[0][1].gpu, twins[0][2].gpu, twins[0][3].gpu, 3}};
-        CHECK_THROWS_WITH(h.gpu().depth_slot_backward(shape, 1, 3, short_reader, ddk.gpu, ddv.gpu),
-                          Catch::Contains("reads fewer slots"));
+        CHECK(wrong == 0);
+        // A reader that reads fewer slots than asked for is refused.
+        if (readers_n > 0) {
+          std::vector<Backend::DepthReader> short_reader{
+              {twins[0][0].gpu, twins[0][1].gpu, twins[0][2].gpu, twins[0][3].gpu, 5}};
+          CHECK_THROWS_WITH(h.gpu().depth_slot_backward(shape, first, count, short_reader, ddk.gpu,
+                                                        ddv.gpu, accumulate),
+                            Catch::Contains("reads fewer slots"));
+        }
       }
     }
   }
@@ -583,7 +591,7 @@ TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
       g.attention_backward(shape, dout.gpu, q.gpu, k.gpu, v.gpu, sk.gpu, sv.gpu, out.gpu, lse.gpu,
                            dq.gpu, dk.gpu, dv.gpu, probs.gpu, dscores.gpu);
       const Backend::DepthReader reader{q.gpu, dout.gpu, probs.gpu, dscores.gpu, S};
-      g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk.gpu, dsv.gpu);
+      g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk.gpu, dsv.gpu, false);
       std::vector<std::vector<double>> now;
       for (Twin* t : {&out, &lse, &dk, &dv, &probs, &dscores, &dsk, &dsv, &dq}) {
         now.push_back(h.gpu_values(*t));
@@ -980,7 +988,7 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
         g,
         [&] {
           g.attention_backward(shape, dout, q, k, v, sk, sv, out, lse, dq, dk, dv, probs, dscores);
-          g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk, dsv);
+          g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk, dsv, false);
         },
         5);
     fmt::print(
@@ -1006,9 +1014,10 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
     }
     Tensor dsk = alloc(Role::accum, 2 * kn), dsv = alloc(Role::accum, 2 * kn);
     const AttentionShape shape{B, T, Hq, Hk, d, S, kn};
-    report_bandwidth("depth slot gradients, 2 slots from 18 readers",
-                     time_ms(g, [&] { g.depth_slot_backward(shape, 0, 2, readers, dsk, dsv); }),
-                     readers_n * (2 * qn * bf + 2 * 2 * R * Hq * f32) + 2 * 2 * kn * f32);
+    report_bandwidth(
+        "depth slot gradients, 2 slots from 18 readers",
+        time_ms(g, [&] { g.depth_slot_backward(shape, 0, 2, readers, dsk, dsv, false); }),
+        readers_n * (2 * qn * bf + 2 * 2 * R * Hq * f32) + 2 * 2 * kn * f32);
     for (Tensor& t : owned) g.release(t);
     owned.clear();
   }

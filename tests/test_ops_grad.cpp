@@ -249,8 +249,13 @@ TEST_CASE("MoDA attention gradients (sequence + depth, GQA)", "[grad][ops][atten
                                       reader.probs, reader.dscores);
             readers.push_back(reader);
           }
-          hs.be->depth_slot_backward(first, 0, slots, readers, dsk, dsv);
-          hs.be->depth_slot_backward(first, slots, 1, std::span(readers).subspan(1), dsk, dsv);
+          // The shared slots as the model forms them for a pair of producing layers: the later
+          // reader first, then the earlier one added.
+          hs.be->depth_slot_backward(first, 0, slots, std::span(readers).subspan(1), dsk, dsv,
+                                     false);
+          hs.be->depth_slot_backward(first, 0, slots, std::span(readers).first(1), dsk, dsv, true);
+          hs.be->depth_slot_backward(first, slots, 1, std::span(readers).subspan(1), dsk, dsv,
+                                     false);
           return Inputs{hs.get(dq[0]), hs.get(dq[1]), hs.get(dk),
                         hs.get(dv),    hs.get(dsk),   hs.get(dsv)};
         };

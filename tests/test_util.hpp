@@ -88,13 +88,15 @@ struct Variant {
   NormPlacement placement = NormPlacement::reordered;
   bool moda = false, ffn_kv = false, attn_kv_proj = false;
   int64_t group = 1;
+  int64_t n_layers = 3;
 };
 
-// A small model of every variant: 3 layers, Hk = 2, Hq = 2G, head_dim 4, vocabulary 20 padded
-// to 24. Validation is skipped (the byte tokenizer's vocabulary floor does not apply here).
+// A small model of every variant: 3 layers (unless asked for more), Hk = 2, Hq = 2G, head_dim 4,
+// vocabulary 20 padded to 24. Validation is skipped (the byte tokenizer's vocabulary floor does not
+// apply here).
 inline Config tiny_variant_config(const Variant& v, int64_t head_dim = 4) {
   Config c;
-  c.model.n_layers = 3;
+  c.model.n_layers = v.n_layers;
   c.model.n_kv_heads = 2;
   c.model.n_heads = 2 * v.group;
   c.model.d_model = c.model.n_heads * head_dim;

@@ -211,14 +211,14 @@ class Backend {
     int64_t slots = 0;
   };
   // Gradients of the depth slots [first, first + count) of shape.slot_stride-strided d_depth_k,
-  // d_depth_v (accum), overwritten: for slot j, row r and KV head h,
+  // d_depth_v (accum), overwritten or, with accumulate, added to: for slot j, row r and KV head h,
   //   d_depth_k[j, r, h] = sum over readers and the query heads g of h of dscores[j, r, g] q[r, g],
   //   d_depth_v[j, r, h] = the same with probs and dout.
   // Every reader must read these slots (slots >= first + count); with no readers they are zero.
   // shape.slots is not used.
   virtual void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                                    std::span<const DepthReader> readers, const Tensor& d_depth_k,
-                                   const Tensor& d_depth_v) = 0;
+                                   const Tensor& d_depth_v, bool accumulate) = 0;
 
   // out[r, :] = silu(in[r, 0:F]) * in[r, F:2F], row stride ld of `in`.
   virtual void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,

@@ -125,7 +125,7 @@ void attention_backward_cpu(const AttentionShape& s, const T* dop, const T* qp, 
 template <class T>
 void depth_slot_backward_cpu(const AttentionShape& s, int64_t first, int64_t count,
                              std::span<const DepthReaderView<T>> readers, T* d_depth_k,
-                             T* d_depth_v) {
+                             T* d_depth_v, bool accumulate) {
   const int64_t rows = s.batch * s.seq_len, d = s.head_dim, group = s.q_heads / s.kv_heads;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -134,8 +134,10 @@ void depth_slot_backward_cpu(const AttentionShape& s, int64_t first, int64_t cou
         const int64_t at = j * s.slot_stride + (r * s.kv_heads + kvh) * d;
         T* gk = d_depth_k + at;
         T* gv = d_depth_v + at;
-        std::fill(gk, gk + d, T(0));
-        std::fill(gv, gv + d, T(0));
+        if (!accumulate) {
+          std::fill(gk, gk + d, T(0));
+          std::fill(gv, gv + d, T(0));
+        }
         for (const DepthReaderView<T>& reader : readers) {
           for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
             const int64_t qh = r * s.q_heads + h;
@@ -161,7 +163,7 @@ void depth_slot_backward_cpu(const AttentionShape& s, int64_t first, int64_t cou
                                           const T*, const T*, const T*, const T*, const T*, T*, \
                                           T*, T*, T*, T*);                                      \
   template void depth_slot_backward_cpu<T>(const AttentionShape&, int64_t, int64_t,             \
-                                           std::span<const DepthReaderView<T>>, T*, T*);
+                                           std::span<const DepthReaderView<T>>, T*, T*, bool);
 MODA_INSTANTIATE(float)
 MODA_INSTANTIATE(double)
 #undef MODA_INSTANTIATE

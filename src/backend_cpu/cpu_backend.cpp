@@ -439,7 +439,8 @@ void CpuBackend<T>::attention_backward(const AttentionShape& shape, const Tensor
 template <class T>
 void CpuBackend<T>::depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                                         std::span<const DepthReader> readers,
-                                        const Tensor& d_depth_k, const Tensor& d_depth_v) {
+                                        const Tensor& d_depth_k, const Tensor& d_depth_v,
+                                        bool accumulate) {
   std::vector<DepthReaderView<T>> views;
   for (const DepthReader& r : readers) {
     if (r.slots < first + count) {
@@ -447,7 +448,8 @@ void CpuBackend<T>::depth_slot_backward(const AttentionShape& shape, int64_t fir
     }
     views.push_back({ptr(r.q), ptr(r.dout), ptr(r.probs), ptr(r.dscores)});
   }
-  depth_slot_backward_cpu<T>(shape, first, count, views, ptr(d_depth_k), ptr(d_depth_v));
+  depth_slot_backward_cpu<T>(shape, first, count, views, ptr(d_depth_k), ptr(d_depth_v),
+                             accumulate);
 }
 
 template <class T>

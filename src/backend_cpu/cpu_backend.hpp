@@ -73,7 +73,7 @@ class CpuBackend final : public Backend {
                           const Tensor& depth_probs, const Tensor& depth_dscores) override;
   void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                            std::span<const DepthReader> readers, const Tensor& d_depth_k,
-                           const Tensor& d_depth_v) override;
+                           const Tensor& d_depth_v, bool accumulate) override;
   void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,
                       int64_t ld) override;
   void swiglu_backward(const Tensor& dout, const Tensor& in, const Tensor& din, int64_t rows,

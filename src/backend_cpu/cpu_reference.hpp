@@ -31,7 +31,7 @@ struct DepthReaderView {
 template <class T>
 void depth_slot_backward_cpu(const AttentionShape& shape, int64_t first, int64_t count,
                              std::span<const DepthReaderView<T>> readers, T* d_depth_k,
-                             T* d_depth_v);
+                             T* d_depth_v, bool accumulate);
 
 // Cross-entropy over logits = x W^T, one row at a time (no [rows, vocab] tensor kept). When dx
 // is non-null, writes dx and adds into dweight the gradient of

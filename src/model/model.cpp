@@ -3,9 +3,10 @@
 // Residual stream buffers res[0..2N]: res[2l] enters layer l, res[2l+1] leaves its attention,
 // res[2N] leaves the last layer. Under pre-norm these are the sums x + branch; under reordered
 // and post they are the sublayer outputs. Backward walks the layers top-down: a reader of depth
-// slots keeps its q, dout and the slots' probabilities and score gradients, and when the backward
-// reaches the layer that wrote a slot, every reader is done and the slot's gradient is formed from
-// them at once (Backend::depth_slot_backward) before the producer consumes it.
+// slots keeps its q, dout and the slots' probabilities and score gradients, and the slots'
+// gradients are formed from them (Backend::depth_slot_backward) per pair of producing layers: when
+// the backward reaches the upper layer of a pair, from all the readers above it for both layers'
+// slots, and at the lower layer from the one reader left, before the producer consumes them.
 #include "moda/model.hpp"
 
 #include <fmt/format.h>
@@ -75,7 +76,7 @@ struct ModelBuffers {
   Tensor final_out, final_rstd, ce, ce_lse;
   Tensor branch_scratch;
   Tensor d_res, d_branch, d_top, d_normed, d_attn_out, d_q, d_k_seq, d_v_seq, d_qkv_raw, d_act,
-      d_mlp_raw, d_layer_slot_k, d_layer_slot_v;
+      d_mlp_raw, d_pair_slot_k, d_pair_slot_v;
 
   ModelBuffers(const ModelShape& s, int64_t batch, int64_t seq_len) {
     const int64_t R = batch * seq_len, D = s.d_model, N = s.n_layers, kvw = s.kv_width();
@@ -91,10 +92,11 @@ struct ModelBuffers {
     if (s.slot_buffers() > 0) {
       arena.take(slot_k, Role::activation, s.slot_buffers() * slot_elems);
       arena.take(slot_v, Role::activation, s.slot_buffers() * slot_elems);
-      // The gradients of one layer's own slots (attention, then FFN): a slot's gradient is formed
-      // when the backward reaches its layer and consumed within that layer's backward.
-      arena.take(d_layer_slot_k, Role::accum, layer_slots(s) * slot_elems);
-      arena.take(d_layer_slot_v, Role::accum, layer_slots(s) * slot_elems);
+      // The gradients of the slots of a pair of layers (each layer's attention, then FFN slot;
+      // layer_slot_offset): formed when the backward reaches the pair's upper layer, consumed
+      // within each layer's backward.
+      arena.take(d_pair_slot_k, Role::accum, 2 * layer_slots(s) * slot_elems);
+      arena.take(d_pair_slot_v, Role::accum, 2 * layer_slots(s) * slot_elems);
     }
     int64_t qkv_max = 0, mlp_max = 0;
     for (int64_t l = 0; l < N; ++l) {
@@ -159,6 +161,13 @@ struct ModelBuffers {
   }
   // Slots a layer writes at most: its attention slot and, with FFN KV, its FFN slot.
   static int64_t layer_slots(const ModelShape& s) { return s.ffn_kv ? 2 : 1; }
+  // Layers pair up from the top below the last one: (N - 2, N - 3), (N - 4, N - 5), ...; the upper
+  // layer of a pair has its slots' gradients in the upper half of d_pair_slot_*, the lower layer
+  // (and the last layer, N - 1) in the lower half.
+  static bool pair_upper(const ModelShape& s, int64_t l) { return (s.n_layers - 1 - l) % 2 == 1; }
+  static int64_t layer_slot_offset(const ModelShape& s, int64_t l, int64_t slot_elems) {
+    return pair_upper(s, l) ? layer_slots(s) * slot_elems : 0;
+  }
 };
 
 MemoryPlan plan_memory(const Config& config, int64_t micro_batch, int64_t seq_len,
@@ -428,26 +437,42 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
     const int64_t F = s.mlp_hidden, mlp_rows = s.mlp_in_rows(l), qkv_rows = s.qkv_rows(l);
     const AttentionShape shape{batch_,          T,         s.q_heads, s.kv_heads, s.head_dim,
                                s.slots_read(l), slot_elems};
+    // This layer's half of the pair's slot gradients (none without depth slots).
+    const auto layer_part = [&](const Tensor& pair) {
+      return pair.empty() ? Tensor{}
+                          : pair.slice(ModelBuffers::layer_slot_offset(s, l, slot_elems),
+                                       ModelBuffers::layer_slots(s) * slot_elems);
+    };
+    const Tensor d_layer_slot_k = layer_part(b.d_pair_slot_k);
+    const Tensor d_layer_slot_v = layer_part(b.d_pair_slot_v);
     // ---- the gradients of this layer's depth slots ----
+    // Layers l+1.. read this layer's slots [attn_slot(l), slots_read(l+1)). Each reader's
+    // probabilities and score gradients are passed from the first slot formed on, so that the op's
+    // slots 0.. land in d_pair_slot_* from that slot's layer's half. The upper layer of a pair
+    // forms the slots of both layers from the readers above it, reading each reader's q and dout
+    // (most of the op's bytes) once for both layers; the lower layer then adds the one reader in
+    // between, the upper layer.
     if (s.moda && l + 1 < N) {
-      // Layers l+1.. read this layer's slots [attn_slot(l), slots_read(l+1)) and their backward
-      // is done. Each reader's probabilities and score gradients are passed from slot
-      // attn_slot(l) on, so the op's slots 0.. are this layer's and land in d_layer_slot_*.
-      const int64_t first = s.attn_slot(l), rows_heads = R * s.q_heads;
+      const int64_t rows_heads = R * s.q_heads;
+      const bool upper = ModelBuffers::pair_upper(s, l);
+      const int64_t lowest = upper && l > 0 ? l - 1 : l, first = s.attn_slot(lowest);
       std::vector<Backend::DepthReader> readers;
-      for (int64_t r = l + 1; r < N; ++r) {
+      for (int64_t r = l + 1; r < (upper ? N : l + 2); ++r) {
         const LayerActs& ra = b.layers[static_cast<size_t>(r)];
         const int64_t slots = s.slots_read(r) - first;
         readers.push_back({ra.q, ra.d_attn_out,
                            ra.depth_probs.slice(first * rows_heads, slots * rows_heads),
                            ra.depth_dscores.slice(first * rows_heads, slots * rows_heads), slots});
       }
-      backend_.depth_slot_backward(shape, 0, s.slots_read(l + 1) - first, readers, b.d_layer_slot_k,
-                                   b.d_layer_slot_v);
+      const int64_t count = s.slots_read(l + 1) - first;
+      const int64_t at = ModelBuffers::layer_slot_offset(s, lowest, slot_elems);
+      backend_.depth_slot_backward(shape, 0, count, readers,
+                                   b.d_pair_slot_k.slice(at, count * slot_elems),
+                                   b.d_pair_slot_v.slice(at, count * slot_elems), !upper);
     } else if (s.kv_in_slot()) {
       // The last layer's slot holds only its sequence K, V, whose gradients are added below.
-      backend_.zero(b.slot(b.d_layer_slot_k, 0, slot_elems));
-      backend_.zero(b.slot(b.d_layer_slot_v, 0, slot_elems));
+      backend_.zero(b.slot(d_layer_slot_k, 0, slot_elems));
+      backend_.zero(b.slot(d_layer_slot_v, 0, slot_elems));
     }
     // ---- MLP ----
     // Gradient of the MLP branch output.
@@ -469,11 +494,10 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
     if (s.has_ffn_slot(l)) {
       const Backend::QkvLayout slot{R, T,          mlp_rows,   2 * F,
                                     0, s.kv_heads, s.head_dim, config_.model.norm_eps};
-      backend_.qkv_norm_rope_backward(slot, a.mlp_raw, Tensor{}, w(p.ffn_slot_k_norm, s.kv_width()),
-                                      Tensor{}, a.ffn_slot_rstd, Tensor{},
-                                      b.slot(b.d_layer_slot_k, 1, slot_elems),
-                                      b.slot(b.d_layer_slot_v, 1, slot_elems), b.d_mlp_raw,
-                                      Tensor{}, g(p.ffn_slot_k_norm, s.kv_width()));
+      backend_.qkv_norm_rope_backward(
+          slot, a.mlp_raw, Tensor{}, w(p.ffn_slot_k_norm, s.kv_width()), Tensor{}, a.ffn_slot_rstd,
+          Tensor{}, b.slot(d_layer_slot_k, 1, slot_elems), b.slot(d_layer_slot_v, 1, slot_elems),
+          b.d_mlp_raw, Tensor{}, g(p.ffn_slot_k_norm, s.kv_width()));
     }
     if (pre) {
       backend_.matmul_backward(b.d_mlp_raw, a.mlp_in_norm, w(p.mlp_in, mlp_rows * D), b.d_normed,
@@ -507,8 +531,8 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                              g(p.out, D * s.q_width()), R, D, s.q_width(), false);
     Tensor d_k = b.d_k_seq, d_v = b.d_v_seq;
     if (s.kv_in_slot()) {
-      d_k = b.slot(b.d_layer_slot_k, 0, slot_elems);
-      d_v = b.slot(b.d_layer_slot_v, 0, slot_elems);
+      d_k = b.slot(d_layer_slot_k, 0, slot_elems);
+      d_v = b.slot(d_layer_slot_v, 0, slot_elems);
     } else {
       backend_.zero(d_k);
       backend_.zero(d_v);
@@ -521,8 +545,8 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                                     0, s.kv_heads, s.head_dim, eps};
       backend_.qkv_norm_rope_backward(
           slot, a.qkv_raw, Tensor{}, w(p.attn_slot_k_norm, s.kv_width()), Tensor{},
-          a.attn_slot_rstd, Tensor{}, b.slot(b.d_layer_slot_k, 0, slot_elems),
-          b.slot(b.d_layer_slot_v, 0, slot_elems), b.d_qkv_raw, Tensor{},
+          a.attn_slot_rstd, Tensor{}, b.slot(d_layer_slot_k, 0, slot_elems),
+          b.slot(d_layer_slot_v, 0, slot_elems), b.d_qkv_raw, Tensor{},
           g(p.attn_slot_k_norm, s.kv_width()));
     }
     const Backend::QkvLayout qkv{R, T, qkv_rows, 0, s.q_heads, s.kv_heads, s.head_dim, eps};

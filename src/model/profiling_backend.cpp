@@ -203,9 +203,11 @@ void ProfilingBackend::attention_backward(const AttentionShape& shape, const Ten
 
 void ProfilingBackend::depth_slot_backward(const AttentionShape& shape, int64_t first,
                                            int64_t count, std::span<const DepthReader> readers,
-                                           const Tensor& d_depth_k, const Tensor& d_depth_v) {
-  timed("depth_slot_backward", 0, 0,
-        [&] { inner_.depth_slot_backward(shape, first, count, readers, d_depth_k, d_depth_v); });
+                                           const Tensor& d_depth_k, const Tensor& d_depth_v,
+                                           bool accumulate) {
+  timed("depth_slot_backward", 0, 0, [&] {
+    inner_.depth_slot_backward(shape, first, count, readers, d_depth_k, d_depth_v, accumulate);
+  });
 }
 
 void ProfilingBackend::swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows,
