@@ -682,10 +682,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // ============================ depth slot gradients ============================
 // d_depth_k and d_depth_v of up to C slots (the model passes both layers' slots of a pair of
 // producing layers, so that each reader is read once for them), summed over the layers that read
-// them: one thread owns
-// V values of one (row, KV head) row in each slot, keeps the sums in registers across all readers
-// and writes them once. Per reader it reads the q and dout rows of the group's query heads (bf16)
-// and a probability and score gradient per head and slot.
+// them: one thread owns V values of one (row, KV head) row in each slot, keeps the sums in
+// registers across all readers and writes them once. Per reader it reads the q and dout rows of
+// the group's query heads (bf16) and a probability and score gradient per head and slot.
 constexpr int kMaxPullReaders = 32;
 constexpr int kMaxPullSlots = 4;
 constexpr int kPullThreads = 256;
