@@ -1494,23 +1494,19 @@ void check_shape(const AttentionShape& s) {
   }
 }
 
-bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
-  if (s.head_dim != 64 && s.head_dim != 128) return false;
-  for (const void* p : ptrs) {
-    if (!aligned16(p)) return false;
-  }
-  return true;
+bool all_aligned16(std::initializer_list<const void*> ptrs) {
+  return std::all_of(ptrs.begin(), ptrs.end(), aligned16);
 }
 
-// The tensor-core forward takes the depth slots itself (seq_forward_wgmma<D, true>) at head size
-// 64, where its shared memory and registers leave room for them, when the slots' rows are 16-byte
-// aligned.
+bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
+  return (s.head_dim == 64 || s.head_dim == 128) && all_aligned16(ptrs);
+}
+
+// The tensor-core forward takes the depth slots itself (seq_forward_wgmma<64, true, kHeads>) at
+// head size 64, where its shared memory and registers leave room for them, when the slots' rows
+// are 16-byte aligned.
 bool fuse_depth_forward(const AttentionShape& s, std::initializer_list<const void*> slots) {
-  if (s.head_dim != 64 || s.slot_stride % 8 != 0) return false;
-  for (const void* p : slots) {
-    if (!aligned16(p)) return false;
-  }
-  return true;
+  return s.head_dim == 64 && s.slot_stride % 8 == 0 && all_aligned16(slots);
 }
 
 // The streaming depth kernels take head sizes 64 and 128, G in {1, 2, 3, 4, 8}, 16-byte aligned
@@ -1524,10 +1520,7 @@ bool use_depth_stream(const AttentionShape& s, std::initializer_list<const void*
   const int64_t g = s.q_heads / s.kv_heads;
   if (g != 1 && g != 2 && g != 3 && g != 4 && g != 8) return false;
   if (sizeof(float) * kWarpsPerBlock * g * s.slots > 160 * 1024) return false;
-  for (const void* p : ptrs) {
-    if (!aligned16(p)) return false;
-  }
-  return true;
+  return all_aligned16(ptrs);
 }
 
 // The group sizes the depth kernels are compiled for, 1, 2, 3, 4 and 8, as a compile-time
