@@ -804,6 +804,10 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wgmma::smem_addr(dst)),
                "l"(src), "r"(valid ? 16 : 0));
 }
+// 4-byte copy (through L1: the 16-byte .cg form is the only one that bypasses it).
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(wgmma::smem_addr(dst)), "l"(src));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -1239,16 +1243,242 @@ constexpr size_t backward_wgmma_smem() {
          sizeof(float) * 4 * kBackwardQueries + wgmma::kAtomBytes;
 }
 
+// ---- the depth part at the end of the tensor-core backward ----
+// Once a block's sequence part is done (its dK, dV stored, its shared memory free), the block takes
+// the depth part of the same tokens: per token, the S slots against the group's G query heads.
+// Since a token's slots are its own, the MMAs run per token, with the slots as M (16 per item) and
+// the heads as N (8; G <= 8 of them used) instead of the forward's diagonal products, which waste
+// 15 of 16 products in each of G passes:
+//   scores^T = K_slot q^T, dP^T = V_slot dO^T    A: slot rows (ldmatrix), B: the token's q, dO rows
+//   dq^T    += K_slot^T dS^T                      A: slot rows transposed (ldmatrix.trans), B: dS^T
+// 12 mma.sync and 12 ldmatrix per 16 slots of a token for all G heads. Each warp streams its
+// (token, KV head) pairs' items of 16 slots through a ring of kTailStages cp.async stages, so its
+// loads run ahead of its math. The tail is memory-bound (K and V of every slot row, 256 bytes at
+// d 64), but blocks reach it at different times, so one SM's tail loads while other SMs run their
+// sequence parts; the streaming pass beside this kernel (still used at head size 128) overlapped
+// only partly.
+constexpr int kTailSlots = 16;
+constexpr int kTailStages = 4;
+constexpr int kTailHeads = 8;  // the N of the MMAs: G <= 8
+template <int D>
+struct TailStage {
+  // Byte offsets in a stage: the item's K and V slot rows ([16][D], swizzled as a wgmma tile),
+  // with a token's first item its q and dout rows ([8][D], rows < G loaded), lse and delta.
+  static constexpr int k = 0;
+  static constexpr int v = k + kTailSlots * D * 2;
+  static constexpr int q = v + kTailSlots * D * 2;
+  static constexpr int dout = q + kTailHeads * D * 2;
+  static constexpr int lse = dout + kTailHeads * D * 2;
+  static constexpr int delta = lse + kTailHeads * 4;
+  static constexpr int bytes = delta + kTailHeads * 4;
+  static_assert(D == 64, "rows of one 128-byte swizzle block");
+  static_assert(kTailHeads * D * 4 <= 2 * kTailHeads * D * 2, "dq^T fits where q and dout were");
+};
+template <int D>
+constexpr size_t depth_tail_smem() {
+  return size_t{kBackwardThreads / 32} * kTailStages * TailStage<D>::bytes;
+}
+
+// Byte offset of 16-byte chunk c of row r in a [rows][64] bf16 tile with the 128-byte swizzle.
+__device__ __forceinline__ uint32_t tail_offset(int r, int c) {
+  return static_cast<uint32_t>(r * wgmma::kSwizzleBytes + ((c ^ (r % 8)) * 16));
+}
+
+// The depth part of (token, KV head) pairs [pair_lo, pair_hi) of batch row b (pair t Hk + kvh),
+// for all G heads of a pair's group: dq += the slots' contribution (atomics: the sequence part of
+// other blocks adds to the same rows), and each slot's probability and score gradient per head.
+// `ring` is the block's shared memory, free of the sequence part. Pairs, not one KV head's
+// tokens: the warps of a block then read a slot's rows of all KV heads of a token, which are
+// adjacent in memory, and write the adjacent probabilities of all its heads.
+template <int D>
+__device__ __forceinline__ void depth_backward_tail(
+    const Dims& s, int b, int pair_lo, int pair_hi, const bf16* __restrict__ dout,
+    const bf16* __restrict__ q, const float* __restrict__ lse, const float* __restrict__ delta,
+    const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v, float* __restrict__ dq,
+    float* __restrict__ probs, float* __restrict__ dscores, unsigned char* ring) {
+  using L = TailStage<D>;
+  constexpr int kChunks = D / 8;  // 16-byte chunks of a row
+  constexpr int kWarps = kBackwardThreads / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  unsigned char* stages = ring + warp * kTailStages * L::bytes;
+  const int first = pair_lo + warp;
+  const int n_pairs = first < pair_hi ? (pair_hi - first + kWarps - 1) / kWarps : 0;
+  const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
+  const int n_items = n_pairs * n_chunks;
+  const int G = s.G;
+  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
+  // The pair's slot row (of [B][T][Hk] rows) and its first query head row (of [B][T][Hq]).
+  const auto kv_row = [&](int pair) { return int64_t{b} * s.T * s.Hk + pair; };
+  const auto head_row = [&](int pair) { return kv_row(pair) * G; };
+  // The items in order: (pair, chunk) of the next one to issue and of the next one to compute.
+  int issue_pair = first, issue_chunk = 0, pair = first, chunk = 0;
+  const auto issue = [&](int item) {
+    unsigned char* st = stages + (item % kTailStages) * L::bytes;
+    const int64_t row = kv_row(issue_pair) * D;
+#pragma unroll
+    for (int u = 0; u < kTailSlots * kChunks / 32; ++u) {
+      const int piece = lane + 32 * u, r = piece / kChunks, c = piece % kChunks;
+      const int j = issue_chunk * kTailSlots + r;
+      const bool valid = j < s.S;  // past the last slot: zero-filled, nothing read
+      const int64_t at = valid ? j * s.slot_stride + row + c * 8 : 0;
+      cp_async16(st + L::k + tail_offset(r, c), depth_k + at, valid);
+      cp_async16(st + L::v + tail_offset(r, c), depth_v + at, valid);
+    }
+    if (issue_chunk == 0) {
+      const int64_t hr = head_row(issue_pair);
+      for (int piece = lane; piece < G * kChunks; piece += 32) {
+        const int h = piece / kChunks, c = piece % kChunks;
+        cp_async16(st + L::q + tail_offset(h, c), q + (hr + h) * D + c * 8, true);
+        cp_async16(st + L::dout + tail_offset(h, c), dout + (hr + h) * D + c * 8, true);
+      }
+      if (lane < G) {
+        cp_async4(st + L::lse + lane * 4, lse + hr + lane);
+        cp_async4(st + L::delta + lane * 4, delta + hr + lane);
+      }
+    }
+    if (++issue_chunk == n_chunks) {
+      issue_chunk = 0;
+      issue_pair += kWarps;
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < kTailStages - 1; ++i) {
+    if (i < n_items) issue(i);
+    cp_async_commit();
+  }
+  const float sl2 = s.scale * kLog2e;
+  const int m = lane / 8;
+  // The pair's B fragments (k = d, n = head): q and dout rows, k-steps 0 .. D / 16 - 1.
+  uint32_t qb[D / 16][2], ob[D / 16][2];
+  float lse2[2], dlt[2];      // heads 2 t4 and 2 t4 + 1 (lse in log2 units; +inf past G: p = 0)
+  float dqt[D / 16][4] = {};  // dq^T: rows d = 16 mt + g (+ 8), columns heads 2 t4 (+ 1)
+  for (int i = 0; i < n_items; ++i) {
+    __syncwarp();  // every lane is done with the stage the next issue overwrites
+    if (i + kTailStages - 1 < n_items) issue(i + kTailStages - 1);
+    cp_async_commit();  // empty past the last item: the wait below keeps its count
+    cp_async_wait<kTailStages - 1>();
+    __syncwarp();
+    unsigned char* st = stages + (i % kTailStages) * L::bytes;
+    const uint32_t sa = wgmma::smem_addr(st);
+    if (chunk == 0) {
+      // Rows past G repeat row G - 1 (no uninitialized shared memory is read); their lse is +inf.
+      const int h = min(lane % 8, G - 1);
+#pragma unroll
+      for (int kp = 0; kp < D / 32; ++kp) {
+        uint32_t r[4];
+        ldmatrix_x4<false>(r, sa + L::q + tail_offset(h, 4 * kp + m));
+        qb[2 * kp][0] = r[0];
+        qb[2 * kp][1] = r[1];
+        qb[2 * kp + 1][0] = r[2];
+        qb[2 * kp + 1][1] = r[3];
+        ldmatrix_x4<false>(r, sa + L::dout + tail_offset(h, 4 * kp + m));
+        ob[2 * kp][0] = r[0];
+        ob[2 * kp][1] = r[1];
+        ob[2 * kp + 1][0] = r[2];
+        ob[2 * kp + 1][1] = r[3];
+      }
+      const float* stats_lse = reinterpret_cast<const float*>(st + L::lse);
+      const float* stats_delta = reinterpret_cast<const float*>(st + L::delta);
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int head = 2 * t4 + e;
+        lse2[e] = head < G ? stats_lse[head] * kLog2e : INFINITY;
+        dlt[e] = head < G ? stats_delta[head] : 0.0f;
+      }
+    }
+    // scores^T and dP^T: rows = slots g and g + 8 of the item, columns = heads 2 t4 and 2 t4 + 1.
+    float sc[4] = {}, dp[4] = {};
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const uint32_t at = tail_offset((m % 2) * 8 + lane % 8, 2 * ks + m / 2);
+      uint32_t a[4];
+      ldmatrix_x4<false>(a, sa + L::k + at);
+      mma_16816(sc, a, qb[ks][0], qb[ks][1]);
+      ldmatrix_x4<false>(a, sa + L::v + at);
+      mma_16816(dp, a, ob[ks][0], ob[ks][1]);
+    }
+    const int j0 = chunk * kTailSlots + g;
+    float p[4], ds[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      // Zero-filled slots past S would otherwise get exp2(-lse).
+      p[e] = j0 + (e / 2) * 8 < s.S ? fast_exp2(fmaf(sc[e], sl2, -lse2[e % 2])) : 0.0f;
+      ds[e] = p[e] * (dp[e] - dlt[e % 2]) * s.scale;
+    }
+    const int64_t hr = head_row(pair);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int j = j0 + half * 8, head = 2 * t4;
+      if (j >= s.S || head >= G) continue;
+      float* pp = probs + j * rows_heads + hr + head;
+      float* pd = dscores + j * rows_heads + hr + head;
+      if (G % 2 == 0) {  // head even, the row's heads start at an even index: 8-byte aligned
+        *reinterpret_cast<float2*>(pp) = make_float2(p[2 * half], p[2 * half + 1]);
+        *reinterpret_cast<float2*>(pd) = make_float2(ds[2 * half], ds[2 * half + 1]);
+      } else {
+        pp[0] = p[2 * half];
+        pd[0] = ds[2 * half];
+        if (head + 1 < G) {
+          pp[1] = p[2 * half + 1];
+          pd[1] = ds[2 * half + 1];
+        }
+      }
+    }
+    // dS^T (rows = slots) into the B fragment of dq^T (k = slots, n = heads): lane (g, t4) needs
+    // slots 2 t4, 2 t4 + 1 (and + 8) of head g, which lanes 8 t4 + g / 2 and 8 t4 + 4 + g / 2
+    // hold as the (g % 2)-th half of a packed pair of heads.
+    const uint32_t lo = pack_bf16(ds[0], ds[1]), hi = pack_bf16(ds[2], ds[3]);
+    const int src = 8 * t4 + g / 2;
+    const uint32_t lo_a = __shfl_sync(0xffffffffu, lo, src);
+    const uint32_t lo_b = __shfl_sync(0xffffffffu, lo, src + 4);
+    const uint32_t hi_a = __shfl_sync(0xffffffffu, hi, src);
+    const uint32_t hi_b = __shfl_sync(0xffffffffu, hi, src + 4);
+    const uint32_t sel = g % 2 == 1 ? 0x7632u : 0x5410u;
+    const uint32_t db0 = __byte_perm(lo_a, lo_b, sel), db1 = __byte_perm(hi_a, hi_b, sel);
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt) {
+      uint32_t a[4];
+      ldmatrix_x4<true>(a, sa + L::k + tail_offset((m / 2) * 8 + lane % 8, 2 * mt + m % 2));
+      mma_16816(dqt[mt], a, db0, db1);
+    }
+    if (++chunk == n_chunks) {
+      // dq^T through the stage's q and dout rows (read at the pair's first item, or unused) to
+      // [8][D] floats, then one 16-byte atomic per 4 values.
+      float* scratch = reinterpret_cast<float*>(st + L::q);
+      __syncwarp();
+#pragma unroll
+      for (int mt = 0; mt < D / 16; ++mt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          scratch[(2 * t4 + e % 2) * D + 16 * mt + g + (e / 2) * 8] = dqt[mt][e];
+          dqt[mt][e] = 0.0f;
+        }
+      }
+      __syncwarp();
+      for (int piece = lane; piece < G * D / 4; piece += 32) {
+        const int head = piece / (D / 4), c = piece % (D / 4);
+        const float4 x = reinterpret_cast<const float4*>(scratch)[head * (D / 4) + c];
+        atomic_add4(dq + (hr + head) * D + c * 4, x.x, x.y, x.z, x.w);
+      }
+      chunk = 0;
+      pair += kWarps;
+    }
+  }
+  cp_async_wait<0>();
+}
+
 // One block of 8 warps per SM (206 registers at head size 64, 255 at 128, 12 bytes spilled):
 // against three blocks of one warpgroup per SM, before dQ ran a step behind, equal at head size
 // 64 and G = 2, 0.80x the time at 128 and at G = 8.
-template <int D>
+// With kDepth the block then takes the depth part of its keys' tokens (depth_backward_tail).
+template <int D, bool kDepth>
 __global__ void __launch_bounds__(kBackwardThreads, 1)
     seq_backward_wgmma(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                        const bf16* __restrict__ k, const bf16* __restrict__ v,
                        const float* __restrict__ lse, const float* __restrict__ delta,
+                       const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
                        float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
-                       int head_blocks) {
+                       float* __restrict__ probs, float* __restrict__ dscores, int head_blocks) {
   constexpr int BQ = kBackwardQueries, BK = kBackwardKeys;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = wgmma::smem_addr(smem_raw);
@@ -1261,8 +1491,9 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
   float* slse_buf = reinterpret_cast<float*>(sds_buf + 2 * BK * BQ);  // [2][BQ]
   float* sdelta_buf = slse_buf + 2 * BQ;
   // blockIdx.y: the KV head and which of its head_blocks groups of query heads.
-  const int kb = blockIdx.x, kvh = blockIdx.y / head_blocks, b = blockIdx.z;
-  const int heads = s.G / head_blocks, head0 = kvh * s.G + (blockIdx.y % head_blocks) * heads;
+  const int kb = blockIdx.x, hb = blockIdx.y % head_blocks, kvh = blockIdx.y / head_blocks;
+  const int b = blockIdx.z;
+  const int heads = s.G / head_blocks, head0 = kvh * s.G + hb * heads;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;
   const int k0 = kb * BK, wg_k0 = k0 + wg * kTile;
@@ -1469,6 +1700,15 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
   }
   wgmma::wait<0>();
   store_key_gradients<D>(s, kv_base, key_lo, kv_stride, head_blocks > 1, dk_acc, dv_acc, dk, dv);
+  if constexpr (kDepth) {
+    // The Hk head_blocks blocks of these keys split the (token, KV head) pairs of their tokens.
+    __syncthreads();  // every warp is done with the sequence part's shared memory
+    const int per = (BK + head_blocks - 1) / head_blocks;
+    const int pair_lo = k0 * s.Hk + static_cast<int>(blockIdx.y) * per;
+    const int pair_hi = min(pair_lo + per, min(k0 + BK, s.T) * s.Hk);
+    depth_backward_tail<D>(s, b, pair_lo, pair_hi, dout, q, lse, delta, depth_k, depth_v, dq, probs,
+                           dscores, smem_raw);
+  }
 }
 
 // =============================== dispatch ===============================
@@ -1641,6 +1881,9 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
   float* delta = workspace;
   const bool streaming =
       use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, depth_probs, depth_dscores});
+  const bool mma = use_mma(shape, {dout, q, k, v});
+  // At head size 64 the tensor-core backward takes the depth part itself (depth_backward_tail).
+  const bool fused = streaming && mma && s.d == 64 && s.S > 0;
   if (streaming) {
     const int64_t head_rows = rows * s.Hq;
     const auto blocks = static_cast<unsigned>(ceil_div(head_rows * (s.d / 8), 256));
@@ -1650,7 +1893,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
       backward_prepare<128><<<blocks, 256, 0, stream>>>(head_rows, dout, out, dq, delta);
     }
     MODA_LAUNCH_CHECK();
-    if (s.S > 0) {
+    if (s.S > 0 && !fused) {
       // The depth part beside the sequence part: the backward (slot gradients of all S included)
       // took 2.73 to 2.78 instead of 2.85 ms at (4, 4096, 16, 8), S = 36, and 2.34 instead of
       // 2.56 at d 128, (2, 4096, 16, 8), S = 32 (docs/kernels/moda_attention.md).
@@ -1672,7 +1915,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
-  if (use_mma(shape, {dout, q, k, v})) {
+  if (mma) {
     // Groups of more than two query heads are split into one block per head, which then add
     // their dK, dV with atomics: one block walking all 8 heads of a group serially was the
     // critical path of the launch (G = 8, T = 4096: 2.19 -> 1.69 ms in blocks of two heads).
@@ -1681,13 +1924,17 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
                     static_cast<unsigned>(s.Hk * head_blocks), static_cast<unsigned>(s.B));
     const auto launch = [&](auto kernel, size_t smem_bytes) {
       allow_smem(kernel, smem_bytes);
-      kernel<<<grid, kBackwardThreads, smem_bytes, stream>>>(s, dout, q, k, v, lse, delta, dq, dk,
-                                                             dv, head_blocks);
+      kernel<<<grid, kBackwardThreads, smem_bytes, stream>>>(s, dout, q, k, v, lse, delta, depth_k,
+                                                             depth_v, dq, dk, dv, depth_probs,
+                                                             depth_dscores, head_blocks);
     };
-    if (s.d == 64) {
-      launch(seq_backward_wgmma<64>, backward_wgmma_smem<64>());
+    if (fused) {
+      launch(seq_backward_wgmma<64, true>,
+             std::max(backward_wgmma_smem<64>(), depth_tail_smem<64>()));
+    } else if (s.d == 64) {
+      launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
     } else {
-      launch(seq_backward_wgmma<128>, backward_wgmma_smem<128>());
+      launch(seq_backward_wgmma<128, false>, backward_wgmma_smem<128>());
     }
   } else {
     with_pairs(s.d, [&](auto p) {
@@ -1697,7 +1944,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
-  if (streaming && s.S > 0) side.join(stream);
+  if (streaming && s.S > 0 && !fused) side.join(stream);
 }
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
