@@ -1255,8 +1255,11 @@ constexpr size_t backward_wgmma_smem() {
 // (token, KV head) pairs' items of 16 slots through a ring of kTailStages cp.async stages, so its
 // loads run ahead of its math. The tail is memory-bound (K and V of every slot row, 256 bytes at
 // d 64), but blocks reach it at different times, so one SM's tail loads while other SMs run their
-// sequence parts; the streaming pass beside this kernel (still used at head size 128) overlapped
-// only partly.
+// sequence parts; the streaming pass beside this kernel overlapped only partly. At head size 128
+// the streaming pass stays: a tail there (2 stages of 12 KB per warp) was slower at the 1.5B
+// shapes, (2, 4096, 16, 8) S 16 1.60 -> 1.78 ms (the pass beside the sequence kernel cost almost
+// nothing there: 1.60 against 1.09 ms at S 0 with 0.50 of slot gradients), and MoDA-1.5B ran at
+// 0.889x of OLMo2-1.5B (0.896x to 0.917x before).
 constexpr int kTailSlots = 16;
 constexpr int kTailStages = 4;
 constexpr int kTailHeads = 8;  // the N of the MMAs: G <= 8
