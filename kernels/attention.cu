@@ -1273,7 +1273,7 @@ constexpr int kTailHeads = 8;  // the N of the MMAs: G <= 8
 template <int D>
 struct TailStage {
   // Byte offsets in a stage: the item's K and V slot rows ([16][D], swizzled as a wgmma tile),
-  // with a token's first item its q and dout rows ([8][D], rows < G loaded), lse and delta.
+  // with a pair's first item its q and dout rows ([8][D], rows < G loaded), lse and delta.
   static constexpr int k = 0;
   static constexpr int v = k + kTailSlots * D * 2;
   static constexpr int q = v + kTailSlots * D * 2;
@@ -1477,9 +1477,9 @@ __device__ __forceinline__ void depth_backward_tail(
   cp_async_wait<0>();
 }
 
-// One block of 8 warps per SM (206 registers at head size 64, 255 at 128, 12 bytes spilled):
-// against three blocks of one warpgroup per SM, before dQ ran a step behind, equal at head size
-// 64 and G = 2, 0.80x the time at 128 and at G = 8.
+// One block of 8 warps per SM (195 registers at head size 64, 254 at 128): against three blocks
+// of one warpgroup per SM, measured before dQ ran a step behind, equal at head size 64 and G = 2,
+// 0.80x the time at 128 and at G = 8.
 // With kDepth the block then takes the depth part of its keys' tokens (depth_backward_tail).
 template <int D, bool kDepth>
 __global__ void __launch_bounds__(kBackwardThreads, 1)
@@ -1948,7 +1948,9 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // (8, 2048, 16, 8) unchanged; with the group split over blocks the blocks of one (b, KV head)
     // together: in work order Table 6's (64, 1024, 6, 2) took 0.648 instead of 0.549 ms and
     // (1, 4096, 64, 8) 1.139 instead of 1.069 (probably: blocks that share query tiles no longer
-    // run together).
+    // run together). With depth slots it gained nothing (S 36 2.628 -> 2.633 ms) and may cost the
+    // tail at S 72, where blocks of one key block reach their tails together (moda_attention.md,
+    // "Measured"); not measured side by side.
     const bool work_order = head_blocks == 1;
     const auto grid =
         static_cast<unsigned>(int64_t{s.B} * s.Hk * head_blocks * ceil_div(s.T, kBackwardKeys));
