@@ -13,10 +13,10 @@
 // Backward (dq overwritten; dk, dv accumulated)
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
 //      in the workspace), dq = the depth slots' contribution, and each slot's probability and
-//      score gradient per query head ([S, R, Hq], fp32). The streaming kernels (head sizes 64 and
-//      128) split this: a preparing pass writes delta and dq := 0, then the depth pass adds its
-//      dq with atomics on a side stream, beside step 2, whose idle SMs and issue slots its
-//      memory-bound loads fill.
+//      score gradient per query head (fp32, moda/depth_stats_layout.hpp). The streaming kernels
+//      (head sizes 64 and 128) split this: a preparing pass writes delta and dq := 0, then the
+//      depth pass adds its dq with atomics on a side stream, beside step 2, whose idle SMs and
+//      issue slots its memory-bound loads fill.
 //   2. sequence part: FlashAttention-2 style backward on wgmma (one warpgroup per 64 keys of a
 //      KV head, looping over its G query heads and the query tiles at or after the keys, the next
 //      tile's loads in flight; dK and dV stay in registers, dQ is added with fp32 atomics), or the
@@ -30,6 +30,7 @@
 #include <span>
 #include <type_traits>
 
+#include "moda/depth_stats_layout.hpp"
 #include "ops.cuh"
 #include "wgmma.cuh"
 
@@ -368,7 +369,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     }
   }
   __syncwarp();
-  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
+  const int64_t units = int64_t{s.B} * s.T * s.Hk;
   for (int j = 0; j < s.S; ++j) {
     float kj[P][2], vj[P][2];
     load_head<P>(depth_k + j * s.slot_stride + slot0, s.d, kj);
@@ -388,7 +389,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       }
       add_head<P>(sdq + g * s.d, s.d, gq);
       if (leader) {
-        const int64_t at = j * rows_heads + row * s.Hq + int64_t{kvh} * s.G + g;
+        const int64_t at = depth_stats_index(s.S, units, s.G, j, w, g);
         probs[at] = p;
         dscores[at] = ds;
       }
@@ -621,7 +622,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     dlt[g] = delta[qh0 + g];
     lse2[g] = lse[qh0 + g] * kLog2e;
   }
-  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
+  const int64_t units = int64_t{s.B} * s.T * s.Hk;
   float dqa[G][8] = {};
   for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
     uint4 k_raw[U], v_raw[U];
@@ -659,8 +660,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         ds_group[g] = ds;
       }
       if (piece == 0 && j < s.S) {  // one access per head group (G = 2, 4, 8)
-        store_vec<G>(probs + j * rows_heads + qh0, p_group);
-        store_vec<G>(dscores + j * rows_heads + qh0, ds_group);
+        const int64_t at = depth_stats_index(s.S, units, G, j, w, 0);
+        store_vec<G>(probs + at, p_group);
+        store_vec<G>(dscores + at, ds_group);
       }
     }
   }
@@ -684,7 +686,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // producing layers, so that each reader is read once for them), summed over the layers that read
 // them: one thread owns V values of one (row, KV head) row in each slot, keeps the sums in
 // registers across all readers and writes them once. Per reader it reads the q and dout rows of
-// the group's query heads (bf16) and a probability and score gradient per head and slot.
+// the group's query heads (bf16) and a probability and score gradient per head and slot. A launch
+// forms C consecutive slots of the readers (given by where their statistics lie) into d_depth_k
+// and d_depth_v, which point at the first one's gradient.
 constexpr int kMaxPullReaders = 32;
 constexpr int kMaxPullSlots = 4;
 constexpr int kPullThreads = 256;
@@ -694,6 +698,11 @@ struct PullReaders {
   const bf16* dout[kMaxPullReaders];
   const float* probs[kMaxPullReaders];
   const float* dscores[kMaxPullReaders];
+  // Where the launch's slot c of the unit u's heads starts in reader i's probs and dscores:
+  // stats_at[i][c] + u stats_step[i][c] (moda/depth_stats_layout.hpp), formed on the host: the
+  // index arithmetic per slot and reader cost the kernel a tenth of its time at G = 3.
+  int64_t stats_at[kMaxPullReaders][kMaxPullSlots];
+  int stats_step[kMaxPullReaders][kMaxPullSlots];
   int count;
 };
 
@@ -701,8 +710,7 @@ struct PullReaders {
 // issued together), 0 for the run-time s.G.
 template <int V, int C, int GT>
 __global__ void __launch_bounds__(kPullThreads)
-    depth_slot_backward_kernel(Dims s, int first, bool accumulate,
-                               const __grid_constant__ PullReaders readers,
+    depth_slot_backward_kernel(Dims s, bool accumulate, const __grid_constant__ PullReaders readers,
                                float* __restrict__ d_depth_k, float* __restrict__ d_depth_v) {
   const int G = GT > 0 ? GT : s.G;
   const int lanes = s.d / V;
@@ -710,7 +718,6 @@ __global__ void __launch_bounds__(kPullThreads)
   const int64_t unit = thread / lanes;  // row * Hk + KV head
   if (unit >= int64_t{s.B} * s.T * s.Hk) return;
   const int piece = static_cast<int>(thread % lanes);
-  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
   const int64_t qh0 = unit / s.Hk * s.Hq + unit % s.Hk * G;
   float gk[C][V] = {}, gv[C][V] = {};
   // Two readers' loads in flight pay at G >= 4 and cost at G <= 3 (measured, moda_attention.md).
@@ -719,15 +726,17 @@ __global__ void __launch_bounds__(kPullThreads)
   for (int i = 0; i < readers.count; ++i) {
     const bf16* q = readers.q[i] + qh0 * s.d + piece * V;
     const bf16* dout = readers.dout[i] + qh0 * s.d + piece * V;
-    const float* probs = readers.probs[i] + first * rows_heads + qh0;
-    const float* dscores = readers.dscores[i] + first * rows_heads + qh0;
+    // Slot first + c's values of the unit's heads are adjacent.
+    const auto stats = [&](int c) {
+      return readers.stats_at[i][c] + unit * readers.stats_step[i][c];
+    };
     if constexpr (GT > 0) {
       // The group's probabilities and score gradients in one access per slot.
       float p[C][GT], ds[C][GT];
 #pragma unroll
       for (int c = 0; c < C; ++c) {
-        load_vec<GT>(probs + c * rows_heads, p[c]);
-        load_vec<GT>(dscores + c * rows_heads, ds[c]);
+        load_vec<GT>(readers.probs[i] + stats(c), p[c]);
+        load_vec<GT>(readers.dscores[i] + stats(c), ds[c]);
       }
 #pragma unroll
       for (int g = 0; g < GT; ++g) {
@@ -750,7 +759,8 @@ __global__ void __launch_bounds__(kPullThreads)
         load_vec<V>(dout + g * s.d, go);
 #pragma unroll
         for (int c = 0; c < C; ++c) {
-          const float p = probs[c * rows_heads + g], ds = dscores[c * rows_heads + g];
+          const float p = readers.probs[i][stats(c) + g];
+          const float ds = readers.dscores[i][stats(c) + g];
 #pragma unroll
           for (int e = 0; e < V; ++e) {
             gk[c][e] += ds * qv[e];
@@ -762,7 +772,7 @@ __global__ void __launch_bounds__(kPullThreads)
   }
 #pragma unroll
   for (int c = 0; c < C; ++c) {
-    const int64_t at = (first + c) * s.slot_stride + unit * s.d + piece * V;
+    const int64_t at = int64_t{c} * s.slot_stride + unit * s.d + piece * V;
     if (accumulate) {
       float old_k[V], old_v[V];
       load_vec<V>(d_depth_k + at, old_k);
@@ -1318,7 +1328,7 @@ __device__ __forceinline__ void depth_backward_tail(
   const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
   const int n_items = n_pairs * n_chunks;
   const int G = s.G;
-  const int64_t rows_heads = int64_t{s.B} * s.T * s.Hq;
+  const int64_t units = int64_t{s.B} * s.T * s.Hk;
   // The pair's slot row (of [B][T][Hk] rows) and its first query head row (of [B][T][Hq]).
   const auto kv_row = [&](int pair) { return int64_t{b} * s.T * s.Hk + pair; };
   const auto head_row = [&](int pair) { return kv_row(pair) * G; };
@@ -1422,8 +1432,10 @@ __device__ __forceinline__ void depth_backward_tail(
     for (int half = 0; half < 2; ++half) {
       const int j = j0 + half * 8, head = 2 * t4;
       if (j >= s.S || head >= G) continue;
-      float* pp = probs + j * rows_heads + hr + head;
-      float* pd = dscores + j * rows_heads + hr + head;
+      // A unit's slots of a chunk are adjacent (moda/depth_stats_layout.hpp).
+      const int64_t at = depth_stats_index(s.S, units, G, j, kv_row(pair), head);
+      float* pp = probs + at;
+      float* pd = dscores + at;
       if (G % 2 == 0) {  // head even, the row's heads start at an even index: 8-byte aligned
         *reinterpret_cast<float2*>(pp) = make_float2(p[2 * half], p[2 * half + 1]);
         *reinterpret_cast<float2*>(pd) = make_float2(ds[2 * half], ds[2 * half + 1]);
@@ -1950,10 +1962,14 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // (8, 2048, 16, 8) unchanged; with the group split over blocks the blocks of one (b, KV head)
     // together: in work order Table 6's (64, 1024, 6, 2) took 0.648 instead of 0.549 ms and
     // (1, 4096, 64, 8) 1.139 instead of 1.069 (probably: blocks that share query tiles no longer
-    // run together). With depth slots it gained nothing (S 36 2.628 -> 2.633 ms) and may cost the
-    // tail at S 72, where blocks of one key block reach their tails together (moda_attention.md,
-    // "Measured"); not measured side by side.
-    const bool work_order = head_blocks == 1;
+    // run together). With the depth tail (fused) only while the tail is short: in work order the
+    // blocks of a key block reach their tails together, so that their slot loads no longer
+    // overlap other blocks' sequence math. (4, 4096, 16, 8) bwd with slots, old order against
+    // work order: S 4 1.419 / 1.364, S 16 1.825 / 1.808, S 24 2.149 / 2.134, S 36 2.607 / 2.623,
+    // S 48 3.007 / 3.103, S 72 3.948 / 4.112. Beside the side-stream pass (d 128) the old order
+    // measured 1.608, 1.611 and 1.716 against 1.630, 1.627 and 1.630 at (2, 4096, 16, 8) S 16:
+    // no clear gain, so the work order stays there.
+    const bool work_order = head_blocks == 1 && (!fused || s.S < 32);
     const auto grid =
         static_cast<unsigned>(int64_t{s.B} * s.Hk * head_blocks * ceil_div(s.T, kBackwardKeys));
     const auto launch = [&](auto kernel, size_t smem_bytes) {
@@ -2004,6 +2020,12 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
         table.dout[table.count] = r.dout;
         table.probs[table.count] = r.probs;
         table.dscores[table.count] = r.dscores;
+        for (int c = 0; c < slots; ++c) {
+          const int64_t at = depth_stats_index(r.slots, units, s.G, slot + c, 0, 0);
+          table.stats_at[table.count][c] = at;
+          table.stats_step[table.count][c] =
+              static_cast<int>(depth_stats_index(r.slots, units, s.G, slot + c, 1, 0) - at);
+        }
         ++table.count;
       }
       const bool add = accumulate || next > static_cast<size_t>(table.count);
@@ -2011,8 +2033,9 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
         auto kernel =
             depth_slot_backward_kernel<decltype(v)::value, decltype(c)::value, decltype(g)::value>;
         const int64_t threads = units * (s.d / decltype(v)::value);
+        const int64_t out = (slot - first) * s.slot_stride;
         kernel<<<static_cast<unsigned>(ceil_div(threads, kPullThreads)), kPullThreads, 0, stream>>>(
-            s, static_cast<int>(slot), add, table, d_depth_k, d_depth_v);
+            s, add, table, d_depth_k + out, d_depth_v + out);
       };
       const auto with_slots = [&](auto v, auto g) {
         switch (slots) {

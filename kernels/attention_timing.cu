@@ -76,7 +76,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
       d_depth_v(depth_n * 4);
   DeviceBuffer probs(s.slots * rows * s.q_heads * 4), dscores(s.slots * rows * s.q_heads * 4);
   const cuda::DepthReaderPtrs reader{q.as<bf16>(), dout.as<bf16>(), probs.as<float>(),
-                                     dscores.as<float>()};
+                                     dscores.as<float>(), s.slots};
   const int64_t work =
       std::max(moda::attention_forward_workspace(s), moda::attention_backward_workspace(s));
   DeviceBuffer workspace(std::max<int64_t>(work, 1) * 4);
@@ -153,7 +153,7 @@ double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, 
     }
     const size_t at = owned.size() - 4;
     table.push_back({owned[at]->as<bf16>(), owned[at + 1]->as<bf16>(), owned[at + 2]->as<float>(),
-                     owned[at + 3]->as<float>()});
+                     owned[at + 3]->as<float>(), shape.slots});
   }
   DeviceBuffer d_depth_k(2 * kn * 4), d_depth_v(2 * kn * 4);
   cudaEvent_t start = nullptr, stop = nullptr;

@@ -492,7 +492,7 @@ class CudaBackend final : public Backend {
     const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
     if (first < 0 || count < 0) throw std::invalid_argument("depth_slot_backward: negative slot");
     if (count == 0) return;
-    const int64_t extent = (first + count - 1) * s.slot_stride + kn;
+    const int64_t extent = (count - 1) * s.slot_stride + kn;
     expect(d_depth_k, DType::f32, op, "d_depth_k", extent);
     expect(d_depth_v, DType::f32, op, "d_depth_v", extent);
     std::vector<cuda::DepthReaderPtrs> ptrs;
@@ -506,7 +506,7 @@ class CudaBackend final : public Backend {
       expect(r.probs, DType::f32, op, "probs", r.slots * rows * s.q_heads);
       expect(r.dscores, DType::f32, op, "dscores", r.slots * rows * s.q_heads);
       ptrs.push_back(
-          {r.q.as<bf16>(), r.dout.as<bf16>(), r.probs.as<float>(), r.dscores.as<float>()});
+          {r.q.as<bf16>(), r.dout.as<bf16>(), r.probs.as<float>(), r.dscores.as<float>(), r.slots});
     }
     cuda::depth_slot_backward(s, first, count, ptrs, d_depth_k.as<float>(), d_depth_v.as<float>(),
                               accumulate, stream_);

@@ -71,6 +71,7 @@ struct DepthReaderPtrs {
   const bf16* dout;
   const float* probs;
   const float* dscores;
+  int64_t slots;
 };
 void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
                          std::span<const DepthReaderPtrs> readers, float* d_depth_k,

@@ -4,10 +4,12 @@
 // paper's layout) and repacked into the backend's slot-major layout.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 
 #include "moda/backend.hpp"
+#include "moda/depth_stats_layout.hpp"
 #include "test_util.hpp"
 
 using namespace moda;
@@ -120,6 +122,37 @@ TEST_CASE("MoDA attention equals the naive one-softmax formula", "[attention]") 
         CHECK(test::rel_error(got, ref.out) < tol);
         CHECK(test::rel_error(got_lse, ref.lse) < tol);
       }
+    }
+  }
+}
+
+// The depth statistics layout puts every (slot, unit, head) at its own place in [0, S U G) and the
+// 16 slots of a unit's chunk (fewer in the last chunk) side by side, heads fastest.
+TEST_CASE("depth statistics layout is a bijection with adjacent chunk slots", "[attention]") {
+  for (int64_t S : {1, 5, 16, 17, 37, 72}) {
+    for (int64_t G : {1, 2, 3}) {
+      const int64_t units = 6;
+      std::vector<int> hits(static_cast<size_t>(S * units * G), 0);
+      int64_t outside = 0, apart = 0;
+      for (int64_t j = 0; j < S; ++j) {
+        for (int64_t u = 0; u < units; ++u) {
+          for (int64_t g = 0; g < G; ++g) {
+            const int64_t at = depth_stats_index(S, units, G, j, u, g);
+            if (at < 0 || at >= S * units * G) {
+              ++outside;
+              continue;
+            }
+            ++hits[static_cast<size_t>(at)];
+            if (j % kDepthStatsChunk > 0) {
+              apart += at != depth_stats_index(S, units, G, j - 1, u, g) + G;
+            }
+          }
+        }
+      }
+      INFO("S " << S << " G " << G);
+      CHECK(outside == 0);
+      CHECK(apart == 0);
+      CHECK(std::count(hits.begin(), hits.end(), 1) == S * units * G);
     }
   }
 }

@@ -535,14 +535,14 @@ TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
         }
         h.check(ddk, kF32Tol, "depth slot gradients d_depth_k " + tag);
         h.check(ddv, kF32Tol, "depth slot gradients d_depth_v " + tag);
-        // Without readers the written slots are zero, or keep their values when added to; the
-        // other slots and the gaps keep theirs.
+        // Slots first .. first + count - 1 land at 0 .. count - 1. Without readers they are zero,
+        // or keep their values when added to; the other slots and the gaps keep theirs.
         const std::vector<double> got = h.gpu_values(ddk);
         int64_t wrong = 0;
         for (int64_t j = 0; j < S; ++j) {
           for (int64_t i = 0; i < stride; ++i) {
             const auto at = static_cast<size_t>(j * stride + i);
-            if (j >= first && j < first + count && i < kn) {
+            if (j < count && i < kn) {
               if (readers_n == 0) wrong += got[at] != (accumulate ? before[at] : 0.0);
             } else {
               wrong += got[at] != before[at];

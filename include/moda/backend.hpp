@@ -193,7 +193,8 @@ class Backend {
                                  const Tensor& v, const Tensor& depth_k, const Tensor& depth_v,
                                  const Tensor& out, const Tensor& lse) = 0;
   // dq (accum) is overwritten; dk, dv (accum) are accumulated into. With depth slots it also
-  // writes, for slot j, row r and query head h, at (j R + r) Hq + h (accum, [S, R, Hq]):
+  // writes, for slot j, row r and query head h (of KV head h / G), S R Hq values (accum) at
+  // depth_stats_index(S, R Hk, G, j, r Hk + h / G, h % G) (moda/depth_stats_layout.hpp):
   //   depth_probs   = p, the slot's probability under the joint softmax,
   //   depth_dscores = p (dout . v_j - dout . out) / sqrt(d), the gradient of the product q . k_j.
   // The slots' own gradients are formed from these by depth_slot_backward once every layer that
@@ -205,15 +206,17 @@ class Backend {
                                   const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                   const Tensor& depth_probs, const Tensor& depth_dscores) = 0;
   // A layer's attention as a reader of depth slots: its q and dout [R, Hq d] (activation), the
-  // depth_probs and depth_dscores its attention_backward wrote, and how many slots it reads.
+  // whole depth_probs and depth_dscores its attention_backward wrote, and how many slots it reads.
   struct DepthReader {
     Tensor q, dout, probs, dscores;
     int64_t slots = 0;
   };
-  // Gradients of the depth slots [first, first + count) of shape.slot_stride-strided d_depth_k,
-  // d_depth_v (accum), overwritten or, with accumulate, added to: for slot j, row r and KV head h,
-  //   d_depth_k[j, r, h] = sum over readers and the query heads g of h of dscores[j, r, g] q[r, g],
-  //   d_depth_v[j, r, h] = the same with probs and dout.
+  // Gradients of the depth slots [first, first + count) into d_depth_k, d_depth_v (accum), which
+  // hold slot first + c at c shape.slot_stride, overwritten or, with accumulate, added to: for
+  // slot j, row r and KV head h,
+  //   d_depth_k[j - first, r, h] = sum over readers and the query heads g of h of
+  //                                dscores[j, r, g] q[r, g],
+  //   d_depth_v[j - first, r, h] = the same with probs and dout.
   // Every reader must read these slots (slots >= first + count); with no readers they are zero.
   // shape.slots is not used.
   virtual void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend_cpu/cpu_reference.hpp"
+#include "moda/depth_stats_layout.hpp"
 
 namespace moda {
 
@@ -112,7 +113,8 @@ void attention_backward_cpu(const AttentionShape& s, const T* dop, const T* qp, 
             const T p = std::exp(dot(qv, key, d) * scale - l);
             const T ds = p * (dot(go, ix.slot(sv, j, t), d) - delta) * scale;
             for (int64_t c = 0; c < d; ++c) gq[c] += ds * key[c];
-            const int64_t at = (j * rows + row) * s.q_heads + h;
+            const int64_t at = depth_stats_index(s.slots, rows * s.kv_heads, group, j,
+                                                 row * s.kv_heads + kvh, h - kvh * group);
             probs[at] = p;
             dscores[at] = ds;
           }
@@ -131,7 +133,8 @@ void depth_slot_backward_cpu(const AttentionShape& s, int64_t first, int64_t cou
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = first; j < first + count; ++j) {
       for (int64_t kvh = 0; kvh < s.kv_heads; ++kvh) {
-        const int64_t at = j * s.slot_stride + (r * s.kv_heads + kvh) * d;
+        const int64_t unit = r * s.kv_heads + kvh;
+        const int64_t at = (j - first) * s.slot_stride + unit * d;
         T* gk = d_depth_k + at;
         T* gv = d_depth_v + at;
         if (!accumulate) {
@@ -141,8 +144,10 @@ void depth_slot_backward_cpu(const AttentionShape& s, int64_t first, int64_t cou
         for (const DepthReaderView<T>& reader : readers) {
           for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
             const int64_t qh = r * s.q_heads + h;
-            const T ds = reader.dscores[j * rows * s.q_heads + qh];
-            const T p = reader.probs[j * rows * s.q_heads + qh];
+            const int64_t stat =
+                depth_stats_index(reader.slots, rows * s.kv_heads, group, j, unit, h - kvh * group);
+            const T ds = reader.dscores[stat];
+            const T p = reader.probs[stat];
             const T* qv = reader.q + qh * d;
             const T* go = reader.dout + qh * d;
             for (int64_t c = 0; c < d; ++c) {

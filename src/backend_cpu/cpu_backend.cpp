@@ -446,7 +446,7 @@ void CpuBackend<T>::depth_slot_backward(const AttentionShape& shape, int64_t fir
     if (r.slots < first + count) {
       throw std::invalid_argument("depth_slot_backward: a reader reads fewer slots than asked for");
     }
-    views.push_back({ptr(r.q), ptr(r.dout), ptr(r.probs), ptr(r.dscores)});
+    views.push_back({ptr(r.q), ptr(r.dout), ptr(r.probs), ptr(r.dscores), r.slots});
   }
   depth_slot_backward_cpu<T>(shape, first, count, views, ptr(d_depth_k), ptr(d_depth_v),
                              accumulate);

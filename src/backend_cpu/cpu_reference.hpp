@@ -27,6 +27,7 @@ void attention_backward_cpu(const AttentionShape& shape, const T* dout, const T*
 template <class T>
 struct DepthReaderView {
   const T *q, *dout, *probs, *dscores;
+  int64_t slots;
 };
 template <class T>
 void depth_slot_backward_cpu(const AttentionShape& shape, int64_t first, int64_t count,

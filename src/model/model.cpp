@@ -446,27 +446,22 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
     const Tensor d_layer_slot_k = layer_part(b.d_pair_slot_k);
     const Tensor d_layer_slot_v = layer_part(b.d_pair_slot_v);
     // ---- the gradients of this layer's depth slots ----
-    // Layers l+1.. read this layer's slots [attn_slot(l), slots_read(l+1)). Each reader's
-    // probabilities and score gradients are passed from the first slot formed on, so that the op's
-    // slots 0.. land in d_pair_slot_* from that slot's layer's half. The upper layer of a pair
+    // Layers l+1.. read this layer's slots [attn_slot(l), slots_read(l+1)); the op's first slot's
+    // gradient lands in d_pair_slot_* at that slot's layer's half. The upper layer of a pair
     // forms the slots of both layers from the readers above it, reading each reader's q and dout
     // (most of the op's bytes) once for both layers; the lower layer then adds the one reader in
     // between, the upper layer.
     if (s.moda && l + 1 < N) {
-      const int64_t rows_heads = R * s.q_heads;
       const bool upper = ModelBuffers::pair_upper(s, l);
       const int64_t lowest = upper && l > 0 ? l - 1 : l, first = s.attn_slot(lowest);
       std::vector<Backend::DepthReader> readers;
       for (int64_t r = l + 1; r < (upper ? N : l + 2); ++r) {
         const LayerActs& ra = b.layers[static_cast<size_t>(r)];
-        const int64_t slots = s.slots_read(r) - first;
-        readers.push_back({ra.q, ra.d_attn_out,
-                           ra.depth_probs.slice(first * rows_heads, slots * rows_heads),
-                           ra.depth_dscores.slice(first * rows_heads, slots * rows_heads), slots});
+        readers.push_back({ra.q, ra.d_attn_out, ra.depth_probs, ra.depth_dscores, s.slots_read(r)});
       }
       const int64_t count = s.slots_read(l + 1) - first;
       const int64_t at = ModelBuffers::layer_slot_offset(s, lowest, slot_elems);
-      backend_.depth_slot_backward(shape, 0, count, readers,
+      backend_.depth_slot_backward(shape, first, count, readers,
                                    b.d_pair_slot_k.slice(at, count * slot_elems),
                                    b.d_pair_slot_v.slice(at, count * slot_elems), !upper);
     } else if (s.kv_in_slot()) {
