@@ -127,7 +127,7 @@ TEST_CASE("MoDA attention equals the naive one-softmax formula", "[attention]") 
 }
 
 // The depth statistics layout puts every (slot, unit, head) at its own place in [0, S U G) and the
-// 16 slots of a unit's chunk (fewer in the last chunk) side by side, heads fastest.
+// slots of a unit's chunk (fewer in the last chunk) side by side, heads fastest.
 TEST_CASE("depth statistics layout is a bijection with adjacent chunk slots", "[attention]") {
   for (int64_t S : {1, 5, 16, 17, 37, 72}) {
     for (int64_t G : {1, 2, 3}) {
