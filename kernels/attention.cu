@@ -726,7 +726,7 @@ __global__ void __launch_bounds__(kPullThreads)
   for (int i = 0; i < readers.count; ++i) {
     const bf16* q = readers.q[i] + qh0 * s.d + piece * V;
     const bf16* dout = readers.dout[i] + qh0 * s.d + piece * V;
-    // Slot first + c's values of the unit's heads are adjacent.
+    // The launch's slot c's values of the unit's heads are adjacent.
     const auto stats = [&](int c) {
       return readers.stats_at[i][c] + unit * readers.stats_step[i][c];
     };
