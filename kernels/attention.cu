@@ -855,6 +855,19 @@ __device__ __forceinline__ void store_forward_rows(const Dims& s, int b, int h, 
   }
 }
 
+// The tile and group (a (b, heads) of the forward, a (b, KV head, head block) of the backward) of
+// block `at` of a 1D grid of n_tiles x n_groups blocks. In work order the tiles come in order of
+// their work (tile 0, the most, of every group first); otherwise the tiles of one group are
+// adjacent, so that the blocks running together read the same tiles of the other operand.
+struct BlockTile {
+  int tile, group;
+};
+__device__ __forceinline__ BlockTile block_tile(int at, int n_tiles, int n_groups,
+                                                bool work_order) {
+  return work_order ? BlockTile{at / n_groups, at % n_groups}
+                    : BlockTile{at % n_tiles, at / n_tiles};
+}
+
 // ---- Hopper forward: wgmma with operands read from swizzled shared memory ----
 // A block of two warpgroups takes 128 query rows (64 per warpgroup) and walks 64-key tiles;
 // S = Q K^T reads both operands from shared memory, O += P V takes P from registers (the score
@@ -1045,13 +1058,10 @@ __global__ void __launch_bounds__(kForwardThreads, kDepth ? 2 : 0)
   bf16* sv = sk + kForwardStages * kTile * D;
   bf16* sdk = sv + kForwardStages * kTile * D;     // with kDepth: one slot's K rows per stage
   bf16* sdv = sdk + kForwardStages * kTokens * D;  // and its V rows
-  // The block's query tile (the last, with the most keys, first) and (b, heads). In work order the
-  // tiles come in order of their work across all (b, heads); otherwise the tiles of one (b, heads)
-  // are adjacent, so that the blocks running together read the same key tiles.
-  const int n_qt = (s.T + kTokens - 1) / kTokens, n_bh = s.B * (s.Hq / kHeads);
-  const int at = blockIdx.x;
-  const int qt = n_qt - 1 - (work_order ? at / n_bh : at % n_qt);
-  const int bh = work_order ? at % n_bh : at / n_qt;
+  // The block's query tile (counted from the last, with the most keys) and (b, heads).
+  const int n_qt = (s.T + kTokens - 1) / kTokens;
+  const BlockTile bt = block_tile(blockIdx.x, n_qt, s.B * (s.Hq / kHeads), work_order);
+  const int qt = n_qt - 1 - bt.tile, bh = bt.group;
   const int h0 = bh % (s.Hq / kHeads) * kHeads, b = bh / (s.Hq / kHeads);
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;
@@ -1515,15 +1525,11 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
   bf16* sds_buf = sdo_buf + 2 * BQ * D;  // dS^T: [2][BK keys][BQ queries], swizzled
   float* slse_buf = reinterpret_cast<float*>(sds_buf + 2 * BK * BQ);  // [2][BQ]
   float* sdelta_buf = slse_buf + 2 * BQ;
-  // The block's key block kb, batch row b, and y: its KV head and which of its head_blocks groups
-  // of query heads. In work order the key blocks come in order of their work (kb = 0, the most
-  // query tiles, first) across all (b, y); otherwise the key blocks of one (b, y) are adjacent,
-  // so that the blocks running together read the same query tiles.
-  const int n_kb = (s.T + BK - 1) / BK, n_y = s.Hk * head_blocks;
-  const int at = blockIdx.x;
-  const int kb = work_order ? at / (s.B * n_y) : at % n_kb;
-  const int by = work_order ? at % (s.B * n_y) : at / n_kb;  // b * n_y + y
-  const int b = by / n_y, y = by % n_y;
+  // The block's key block kb (kb = 0 has the most query tiles), batch row b, and y: its KV head
+  // and which of its head_blocks groups of query heads.
+  const int n_y = s.Hk * head_blocks;
+  const BlockTile bt = block_tile(blockIdx.x, (s.T + BK - 1) / BK, s.B * n_y, work_order);
+  const int kb = bt.tile, b = bt.group / n_y, y = bt.group % n_y;
   const int hb = y % head_blocks, kvh = y / head_blocks;
   const int heads = s.G / head_blocks, head0 = kvh * s.G + hb * heads;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
