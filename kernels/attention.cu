@@ -411,11 +411,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // accesses, and they issue the loads of several steps before using any of them, so each
 // lane keeps several loads in flight. Dot products are completed by shuffles among a row's lanes.
 
-// Warp steps whose loads are issued together. The forward keeps only the queries and one pass's
-// accumulators live; the backward's per-head registers (q, dout, dq) grow with G, and more steps
-// at G = 4 or 8 spill (ptxas -v), even with K and V kept packed until used. The forward at head
-// size 64 and G <= 3 issues 2, as measured (same registers): Table 6's (64, 1024, 6, 2), S = 47,
-// took 0.78 instead of 0.89 ms, the 700M shape at S = 36 0.84 instead of 0.86; G = 8 was slower.
+// Warp steps whose loads are issued together. The backward's per-head registers (q, dout, dq)
+// grow with G, and more steps at G = 4 or 8 spill (ptxas -v), even with K and V kept packed until
+// used. The forward at head size 64 and G <= 3 issues 2, as measured with its earlier two-pass
+// form: Table 6's (64, 1024, 6, 2), S = 47, took 0.78 instead of 0.89 ms, the 700M shape at
+// S = 36 0.84 instead of 0.86; G = 8 was slower. In one pass at head size 128 and G = 2, 8 steps
+// were slower than 4 (96 -> 127 registers): (2, 4096, 16, 8), S = 32, 0.657 -> 0.784 ms.
 template <int D, int G>
 constexpr int kDepthForwardUnroll = D == 64 && G <= 3 ? 2 : 4;
 template <int G>
@@ -444,27 +445,10 @@ __device__ __forceinline__ float group_sum(float x) {
   return x;
 }
 
-// The lane's 16-byte pieces of the slot rows first, first + ROWS, ... (U of them; zero past the
-// last slot), all issued before any is used.
-template <int U, int ROWS>
-__device__ __forceinline__ void load_slot_rows(const bf16* __restrict__ slots, const Dims& s,
-                                               int first, int64_t piece_offset,
-                                               float (&rows)[U][8]) {
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int j = first + u * ROWS;
-    if (j < s.S) {
-      load8(slots + j * s.slot_stride + piece_offset, rows[u]);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) rows[u][e] = 0;
-    }
-  }
-}
-
-// Forward depth part: scores of the S slots (log2 units) into shared memory, the joint softmax
-// statistics with the sequence part's lse, then the slots' values added to the rescaled o_seq.
-// Shared memory per warp: scores [G][S].
+// Forward depth part, one pass over the slots with an online softmax that starts from the
+// sequence part's (o_seq, lse): each warp step issues the K and V loads of its rows together, so a
+// unit takes one memory round trip per step instead of one per step of a K pass and again of a V
+// pass, and no scores go through shared memory (which also left S unbounded).
 template <int D, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     depth_forward_stream(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ depth_k,
@@ -473,69 +457,84 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   constexpr int L = D / 8;
   constexpr int kRows = 32 / L;
   constexpr int U = kDepthForwardUnroll<D, G>;
-  extern __shared__ float depth_stream_smem[];
   const int64_t w = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
   if (w >= int64_t{s.B} * s.T * s.Hk) return;
   const int lane = threadIdx.x % 32;
   const int piece = lane % L;
   const int group = lane / L;
-  float* score = depth_stream_smem + (threadIdx.x / 32) * G * s.S;
   const int kvh = static_cast<int>(w % s.Hk);
   const int64_t row = w / s.Hk;
   const int64_t slot0 = w * D + piece * 8;
   const int64_t qh0 = row * s.Hq + int64_t{kvh} * G;
   const float to_log2 = s.scale * kLog2e;
-  float qv[G][8];
+  // Per head, in log2 units: the running maximum m (the sequence part's lse to start with), the
+  // sum l of 2^(score - m) with the sequence part's 2^(lse - m), and the lane's piece of the sum
+  // of 2^(score - m) v over its rows. Every lane of the warp holds the same m and l.
+  float qv[G][8], seq2[G], m[G], l[G], acc[G][8] = {};
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     load8(q + (qh0 + g) * D + piece * 8, qv[g]);
 #pragma unroll
     for (int e = 0; e < 8; ++e) qv[g][e] *= to_log2;
+    seq2[g] = lse[qh0 + g] * kLog2e;
+    m[g] = seq2[g];
+    l[g] = 1.0f;
   }
   for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
-    float kk[U][8];
-    load_slot_rows<U, kRows>(depth_k, s, j0 + group, slot0, kk);
+    uint4 k_raw[U], v_raw[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * kRows + group;
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const float sc = row_sum<L>(dot8(qv[g], kk[u]));
-        if (piece == 0 && j < s.S) score[g * s.S + j] = sc;
+      if (j < s.S) {
+        const int64_t at = j * s.slot_stride + slot0;
+        k_raw[u] = *reinterpret_cast<const uint4*>(depth_k + at);
+        v_raw[u] = *reinterpret_cast<const uint4*>(depth_v + at);
+      } else {
+        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
       }
     }
-  }
-  __syncwarp();
-  // Joint statistics (log2 units); score becomes the probabilities.
-  float lse2[G], keep[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    float* sg = score + g * s.S;
-    const float seq2 = lse[qh0 + g] * kLog2e;
-    float m = seq2;
-    for (int j = lane; j < s.S; j += 32) m = fmaxf(m, sg[j]);
-    m = warp_max(m);
-    float part = 0;
-    for (int j = lane; j < s.S; j += 32) part += exp2f(sg[j] - m);
-    lse2[g] = m + log2f(warp_sum(part) + exp2f(seq2 - m));
-    keep[g] = exp2f(seq2 - lse2[g]);
-    for (int j = lane; j < s.S; j += 32) sg[j] = exp2f(sg[j] - lse2[g]);
-  }
-  __syncwarp();
-  float acc[G][8] = {};
-  for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
-    float vv[U][8];
-    load_slot_rows<U, kRows>(depth_v, s, j0 + group, slot0, vv);
+    float sc[G][U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int j = min(j0 + u * kRows + group, s.S - 1);  // past the end, v is zero
+      float kk[8];
+      unpack8(k_raw[u], kk);
+      const bool valid = j0 + u * kRows + group < s.S;
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        const float p = score[g * s.S + j];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] += p * vv[u][e];
+        const float x = row_sum<L>(dot8(qv[g], kk));
+        sc[g][u] = valid ? x : -INFINITY;
       }
     }
+    float p_sum[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float mx = sc[g][0];
+#pragma unroll
+      for (int u = 1; u < U; ++u) mx = fmaxf(mx, sc[g][u]);
+#pragma unroll
+      for (int o = L; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_new = fmaxf(m[g], mx);
+      const float rescale = exp2f(m[g] - m_new);
+      m[g] = m_new;
+      l[g] *= rescale;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] *= rescale;
+      p_sum[g] = 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float vv[8];
+      unpack8(v_raw[u], vv);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = exp2f(sc[g][u] - m[g]);  // 0 past the last slot (score -inf)
+        p_sum[g] += p;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += p * vv[e];
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) l[g] += group_sum<L>(p_sum[g]);
   }
 #pragma unroll
   for (int g = 0; g < G; ++g) {
@@ -549,15 +548,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       const float4* os = reinterpret_cast<const float4*>(o_seq + at);
       const float4 o0 = os[0], o1 = os[1];
       const float o[8] = {o0.x, o0.y, o0.z, o0.w, o1.x, o1.y, o1.z, o1.w};
+      const float inv = 1.0f / l[g], keep = exp2f(seq2[g] - m[g]) * inv;
       float r[8];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) r[e] = o[e] * keep[g] + acc[g][e];
+      for (int e = 0; e < 8; ++e) r[e] = o[e] * keep + acc[g][e] * inv;
       store8(out + at, r);
     }
   }
   if (lane == 0) {
 #pragma unroll
-    for (int g = 0; g < G; ++g) lse[qh0 + g] = lse2[g] * kLn2;
+    for (int g = 0; g < G; ++g) lse[qh0 + g] = (m[g] + log2f(l[g])) * kLn2;
   }
 }
 
@@ -1788,16 +1788,15 @@ bool fuse_depth_forward(const AttentionShape& s, std::initializer_list<const voi
 }
 
 // The streaming depth kernels take head sizes 64 and 128, G in {1, 2, 3, 4, 8}, 16-byte aligned
-// operands and slot strides, and slot scores that fit in shared memory; the warp kernels take the
-// rest. In the backward the streaming path also decides how delta is computed (backward_prepare,
-// even with S = 0; the warp kernels compute it in their pass over the slots).
+// operands and slot strides, any S; the warp kernels take the rest. In the backward the streaming
+// path also decides how delta is computed (backward_prepare, even with S = 0; the warp kernels
+// compute it in their pass over the slots).
 bool use_depth_stream(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
   if ((s.head_dim != 64 && s.head_dim != 128) || s.slot_stride % 8 != 0) {
     return false;
   }
   const int64_t g = s.q_heads / s.kv_heads;
   if (g != 1 && g != 2 && g != 3 && g != 4 && g != 8) return false;
-  if (sizeof(float) * kWarpsPerBlock * g * s.slots > 160 * 1024) return false;
   return all_aligned16(ptrs);
 }
 
@@ -1891,12 +1890,10 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   if (s.S == 0) return;
   float* o_seq = workspace;
   if (use_depth_stream(shape, {q, depth_k, depth_v, out, o_seq})) {
-    const size_t stream_smem = sizeof(float) * kWarpsPerBlock * s.G * static_cast<size_t>(s.S);
     with_depth_stream(s, [&](auto dd, auto gg) {
-      auto kernel = depth_forward_stream<decltype(dd)::value, decltype(gg)::value>;
-      allow_smem(kernel, stream_smem);
-      kernel<<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, stream_smem, stream>>>(
-          s, q, depth_k, depth_v, o_seq, out, lse);
+      depth_forward_stream<decltype(dd)::value, decltype(gg)::value>
+          <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, stream>>>(s, q, depth_k, depth_v,
+                                                                         o_seq, out, lse);
     });
     MODA_LAUNCH_CHECK();
     return;

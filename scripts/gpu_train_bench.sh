@@ -4,8 +4,8 @@
 # tokens; the model keeps its full 100K vocabulary, so every layer costs what it costs on real
 # data). Prints the trainer's own log lines; the steady-state tokens/s is the median of the
 # steps after the first few. Each run also prints the trainer's memory line after step 1
-# (prediction, allocation counter, cudaMemGetInfo), and OLMo2-700M and MoDA-700M the per-phase profile of one
-# step (runtime.profile_step, CUDA events around each backend op).
+# (prediction, allocation counter, cudaMemGetInfo), and the 700M, 1.5B and Table 6 MoDA + FFN KV
+# runs the per-phase profile of one step (runtime.profile_step, CUDA events around each backend op).
 # Usage: scripts/gpu_train_bench.sh [dist-dir] [steps] [run names...]
 #   run names: any of tiny olmo2_700m moda_700m olmo2_1p5b moda_1p5b (default: all), and the
 #   Table 6 48-layer models at T = 1024, micro-batch ${T6_MICRO:-64}: t6_olmo2_pre t6_olmo2_post
@@ -58,8 +58,10 @@ run olmo2_700m --config "$p/table3_row1_olmo2_36l.yaml" --set batch.micro_batch=
   --set batch.global_batch=$((4 * accum)) --set runtime.profile_step="$profile_step"
 run moda_700m --config "$p/table3_row4_moda_ffn_kv.yaml" --set batch.micro_batch=4 \
   --set batch.global_batch=$((4 * accum)) --set runtime.profile_step="$profile_step"
-run olmo2_1p5b --config "$p/olmo2_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=$((2 * accum))
-run moda_1p5b --config "$p/moda_1p5b.yaml" --set batch.micro_batch=2 --set batch.global_batch=$((2 * accum))
+run olmo2_1p5b --config "$p/olmo2_1p5b.yaml" --set batch.micro_batch=2 \
+  --set batch.global_batch=$((2 * accum)) --set runtime.profile_step="$profile_step"
+run moda_1p5b --config "$p/moda_1p5b.yaml" --set batch.micro_batch=2 \
+  --set batch.global_batch=$((2 * accum)) --set runtime.profile_step="$profile_step"
 t6="${T6_MICRO:-64}"
 run t6_olmo2_pre --config "$p/table6_olmo2_48l_pre.yaml" --set batch.micro_batch="$t6" --set batch.global_batch="$t6"
 run t6_olmo2_post --config "$p/table6_olmo2_48l_post.yaml" --set batch.micro_batch="$t6" --set batch.global_batch="$t6"

@@ -497,7 +497,13 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
       }
     }
   }
-  for (int64_t group : {1, 2}) run(64, group, 37, 130, 6.0);
+  for (int64_t group : {1, 2}) {
+    run(64, group, 37, 130, 6.0);
+    run(128, group, 37, 130, 6.0);  // the streaming forward's online maximum moves
+  }
+  // Many slots: S = 1,300 at G = 8 once took the warp kernels (the streaming forward kept its
+  // scores in shared memory); now every path takes any S.
+  for (int64_t d : {64, 128}) run(d, 8, 1300, 33, 1.0);
 }
 
 TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
