@@ -119,6 +119,18 @@ inline int sm_count() {
   return count;
 }
 
+// The most dynamic shared memory one block may opt into on the current device, in bytes.
+inline size_t smem_per_block_limit() {
+  static const size_t limit = [] {
+    int device = 0, bytes = 0;
+    MODA_CUDA_CHECK(cudaGetDevice(&device));
+    MODA_CUDA_CHECK(
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    return static_cast<size_t>(bytes);
+  }();
+  return limit;
+}
+
 // Grid size for a grid-stride loop over `blocks` blocks' worth of work of `kernel`: enough
 // resident blocks to fill every multiprocessor, never more than the work needs.
 template <class Kernel>

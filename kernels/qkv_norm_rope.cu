@@ -1,12 +1,17 @@
-// QK-norm + RoPE + V copy, straight from the fused projection row [q | k | v]. One warp per row:
-// it normalizes q over all its heads (one RMS over Hq*d), rotates each head, then does the same
-// for k, and copies v. RoPE pairs element i of a head with element i + d/2 ("rotate_half"), so a
-// lane works on V elements of the first half and the V matching ones of the second half; V = 8
-// (16-byte accesses) when d/2 is a multiple of 8 and the addresses allow, else V = 1.
+// QK-norm + RoPE + V copy, straight from the fused projection row [q | k | v]. A group of L lanes
+// per row (a warp, or a quarter or half of one for narrow rows): it normalizes q over all its
+// heads (one RMS over Hq*d), rotates each head, then does the same for k, and copies v. RoPE pairs
+// element i of a head with element i + d/2 ("rotate_half"), so a lane works on V elements of the
+// first half and the V matching ones of the second half; V = 8 (16-byte accesses) when d/2 is a
+// multiple of 8 and the addresses allow, else V = 1. L is the number of such units in k, between
+// 8 and 32: a whole warp on Table 6's k of 2 heads of 64 (8 units) left 24 lanes idle there and
+// 16 in the copy of v.
 //
 // Backward: the output gradient is rotated back (R^T), then goes through the RMSNorm backward;
 // the weight gradients are column sums kept per warp in shared memory, as in rmsnorm.cu.
 #include <algorithm>
+#include <bit>
+#include <type_traits>
 
 #include "ops.cuh"
 
@@ -17,21 +22,32 @@ namespace {
 constexpr int kFwdWarps = 8;
 constexpr int kBwdWarps = 4;
 
+// Sum over the L lanes of a row's group (contiguous, L a power of two); only the group's lanes take
+// part, so groups whose row is past the end may leave early.
+template <int L>
+__device__ __forceinline__ float group_sum(float x) {
+  unsigned mask = 0xffffffffu;
+  if constexpr (L < 32) mask = ((1u << L) - 1u) << (threadIdx.x % 32 / L * L);
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(mask, x, o);
+  return x;
+}
+
 // One normalized and rotated part (q or k) of a row.
-template <int V>
+template <int V, int L>
 __device__ void norm_rope_part(const bf16* in, const bf16* w, bf16* out, int width, int d,
                                float eps, const float* cs, const float* sn, float* rstd_out) {
-  const int lane = threadIdx.x % 32, half = d / 2, units_per_head = half / V;
+  const int lane = threadIdx.x % L, half = d / 2, units_per_head = half / V;
   float ss = 0;
-  for (int c = lane * V; c < width; c += 32 * V) {
+  for (int c = lane * V; c < width; c += L * V) {
     float v[V];
     load_vec<V>(in + c, v);
 #pragma unroll
     for (int i = 0; i < V; ++i) ss += v[i] * v[i];
   }
-  const float r = rsqrtf(warp_sum(ss) / static_cast<float>(width) + eps);
+  const float r = rsqrtf(group_sum<L>(ss) / static_cast<float>(width) + eps);
   const int units = (width / d) * units_per_head;
-  for (int u = lane; u < units; u += 32) {
+  for (int u = lane; u < units; u += L) {
     const int i0 = (u % units_per_head) * V;
     const int a = (u / units_per_head) * d + i0, b = a + half;
     float xa[V], xb[V], wa[V], wb[V], c[V], s[V], ya[V], yb[V];
@@ -53,13 +69,13 @@ __device__ void norm_rope_part(const bf16* in, const bf16* w, bf16* out, int wid
   if (lane == 0) *rstd_out = r;
 }
 
-template <int V>
+template <int V, int L>
 __global__ void __launch_bounds__(kFwdWarps * 32)
     qkv_forward_kernel(QkvArgs args, const bf16* __restrict__ raw, const bf16* __restrict__ qw,
                        const bf16* __restrict__ kw, bf16* __restrict__ q_out,
                        bf16* __restrict__ k_out, bf16* __restrict__ v_out,
                        float* __restrict__ q_rstd, float* __restrict__ k_rstd) {
-  const int64_t row = blockIdx.x * int64_t{kFwdWarps} + threadIdx.x / 32;
+  const int64_t row = (blockIdx.x * int64_t{kFwdWarps * 32} + threadIdx.x) / L;
   if (row >= args.rows) return;
   const int d = static_cast<int>(args.head_dim), half = d / 2;
   const int q_width = static_cast<int>(args.q_heads) * d;
@@ -69,13 +85,14 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
   const float* cs = args.rope_cos + t * half;
   const float* sn = args.rope_sin + t * half;
   if (q_width > 0) {
-    norm_rope_part<V>(src, qw, q_out + row * q_width, q_width, d, args.eps, cs, sn, q_rstd + row);
+    norm_rope_part<V, L>(src, qw, q_out + row * q_width, q_width, d, args.eps, cs, sn,
+                         q_rstd + row);
   }
-  norm_rope_part<V>(src + q_width, kw, k_out + row * kv_width, kv_width, d, args.eps, cs, sn,
-                    k_rstd + row);
+  norm_rope_part<V, L>(src + q_width, kw, k_out + row * kv_width, kv_width, d, args.eps, cs, sn,
+                       k_rstd + row);
   const bf16* vs = src + q_width + kv_width;
   bf16* vd = v_out + row * kv_width;
-  for (int c = (threadIdx.x % 32) * V; c < kv_width; c += 32 * V) {
+  for (int c = (threadIdx.x % L) * V; c < kv_width; c += L * V) {
     float v[V];
     load_vec<V>(vs + c, v);
     store_vec<V>(vd + c, v);
@@ -85,11 +102,11 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
 // Backward of one part: gradient g (fp32, rotated space) -> dx (bf16), weight-gradient partials.
 // A lane's first kCached units stay in registers between the two passes (all of them at the 700M
 // shape); further units are loaded again in the second pass.
-template <int V>
+template <int V, int L>
 __device__ void norm_rope_part_backward(const bf16* x, const bf16* w, float r, const float* g,
                                         bf16* dx, float* dw_partial, int width, int d,
                                         const float* cs, const float* sn) {
-  const int lane = threadIdx.x % 32, half = d / 2, units_per_head = half / V;
+  const int lane = threadIdx.x % L, half = d / 2, units_per_head = half / V;
   const int units = (width / d) * units_per_head;
   // V elements of a head's first half (at a) and the V matching ones of its second half; dn is
   // R^T g, the gradient with respect to the normalized (unrotated) values.
@@ -142,59 +159,62 @@ __device__ void norm_rope_part_backward(const bf16* x, const bf16* w, float r, c
   float dot = 0;
 #pragma unroll
   for (int k = 0; k < kCached; ++k) {
-    if (lane + 32 * k < units) {
-      load(lane + 32 * k, cached[k]);
+    if (lane + L * k < units) {
+      load(lane + L * k, cached[k]);
       dot += dot_of(cached[k]);
     }
   }
-  for (int u = lane + 32 * kCached; u < units; u += 32) {
+  for (int u = lane + L * kCached; u < units; u += L) {
     Unit t;
     load(u, t);
     dot += dot_of(t);
   }
-  const float coef = warp_sum(dot) / static_cast<float>(width) * r * r;
+  const float coef = group_sum<L>(dot) / static_cast<float>(width) * r * r;
 #pragma unroll
   for (int k = 0; k < kCached; ++k) {
-    if (lane + 32 * k < units) finish(cached[k], coef);
+    if (lane + L * k < units) finish(cached[k], coef);
   }
-  for (int u = lane + 32 * kCached; u < units; u += 32) {
+  for (int u = lane + L * kCached; u < units; u += L) {
     Unit t;
     load(u, t);
     finish(t, coef);
   }
 }
 
-template <int V>
+template <int V, int L>
 __global__ void __launch_bounds__(kBwdWarps * 32)
     qkv_backward_kernel(QkvArgs args, const bf16* __restrict__ raw, const bf16* __restrict__ qw,
                         const bf16* __restrict__ kw, const float* __restrict__ q_rstd,
                         const float* __restrict__ k_rstd, const float* __restrict__ dq,
                         const float* __restrict__ dk, const float* __restrict__ dv, bf16* draw,
                         float* dqw, float* dkw) {
-  extern __shared__ float partial[];  // [kBwdWarps][q_width + kv_width]
+  // [groups][q_width + kv_width]: each group of L lanes adds into its own partial row, since two
+  // groups of a warp add to the same columns in the same instruction.
+  extern __shared__ float partial[];
+  constexpr int kGroups = kBwdWarps * 32 / L;
   const int d = static_cast<int>(args.head_dim), half = d / 2;
   const int q_width = static_cast<int>(args.q_heads) * d;
   const int kv_width = static_cast<int>(args.kv_heads) * d;
   const int width = q_width + kv_width;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float* mine = partial + warp * width;
-  for (int c = lane; c < width; c += 32) mine[c] = 0.0f;
+  const int lane = threadIdx.x % L, group = threadIdx.x / L;
+  float* mine = partial + group * width;
+  for (int c = lane; c < width; c += L) mine[c] = 0.0f;
   __syncwarp();
-  for (int64_t row = blockIdx.x * int64_t{kBwdWarps} + warp; row < args.rows;
-       row += int64_t{gridDim.x} * kBwdWarps) {
+  for (int64_t row = blockIdx.x * int64_t{kGroups} + group; row < args.rows;
+       row += int64_t{gridDim.x} * kGroups) {
     const bf16* src = raw + row * args.ld + args.col0;
     bf16* dst = draw + row * args.ld + args.col0;
     const int64_t t = row % args.seq_len;
     const float* cs = args.rope_cos + t * half;
     const float* sn = args.rope_sin + t * half;
     if (q_width > 0) {
-      norm_rope_part_backward<V>(src, qw, q_rstd[row], dq + row * q_width, dst, mine, q_width, d,
-                                 cs, sn);
+      norm_rope_part_backward<V, L>(src, qw, q_rstd[row], dq + row * q_width, dst, mine, q_width, d,
+                                    cs, sn);
     }
-    norm_rope_part_backward<V>(src + q_width, kw, k_rstd[row], dk + row * kv_width, dst + q_width,
-                               mine + q_width, kv_width, d, cs, sn);
+    norm_rope_part_backward<V, L>(src + q_width, kw, k_rstd[row], dk + row * kv_width,
+                                  dst + q_width, mine + q_width, kv_width, d, cs, sn);
     const float* dvr = dv + row * kv_width;
-    for (int c = lane * V; c < kv_width; c += 32 * V) {
+    for (int c = lane * V; c < kv_width; c += L * V) {
       float v[V];
       load_vec<V>(dvr + c, v);
       store_vec<V>(dst + width + c, v);
@@ -204,7 +224,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
   for (int c = threadIdx.x; c < width; c += blockDim.x) {
     float total = 0;
 #pragma unroll
-    for (int k = 0; k < kBwdWarps; ++k) total += partial[k * width + c];
+    for (int k = 0; k < kGroups; ++k) total += partial[k * width + c];
     if (c < q_width) {
       atomicAdd(dqw + c, total);
     } else {
@@ -222,21 +242,42 @@ bool vectorizable(const QkvArgs& a, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// Calls kernel_for(std::integral_constant<int, V>{}, std::integral_constant<int, L>{}) with the
+// vector width and the lanes per row of these arguments. The backward keeps a row of partial
+// weight-gradient sums per group of lanes (bytes_per_group), so it takes wider groups where
+// narrow ones would not fit in shared memory.
+template <typename KernelFor>
+void dispatch(const QkvArgs& a, bool vector, size_t bytes_per_group, int threads,
+              KernelFor kernel_for) {
+  using std::integral_constant;
+  if (!vector) return kernel_for(integral_constant<int, 1>{}, integral_constant<int, 32>{});
+  int lanes = std::clamp(static_cast<int>(a.kv_heads * (a.head_dim / 2 / 8)), 8, 32);
+  lanes = std::bit_ceil(static_cast<unsigned>(lanes));
+  while (lanes < 32 &&
+         bytes_per_group * static_cast<size_t>(threads / lanes) > smem_per_block_limit()) {
+    lanes *= 2;
+  }
+  if (lanes == 8) return kernel_for(integral_constant<int, 8>{}, integral_constant<int, 8>{});
+  if (lanes == 16) return kernel_for(integral_constant<int, 8>{}, integral_constant<int, 16>{});
+  kernel_for(integral_constant<int, 8>{}, integral_constant<int, 32>{});
+}
+
 }  // namespace
 
 void qkv_norm_rope_forward(const QkvArgs& a, const bf16* raw, const bf16* q_weight,
                            const bf16* k_weight, bf16* q_out, bf16* k_out, bf16* v_out,
                            float* q_rstd, float* k_rstd, cudaStream_t stream) {
   if (a.rows == 0) return;
-  const int blocks = static_cast<int>(ceil_div(a.rows, kFwdWarps));
-  if (vectorizable(a, {raw, q_weight, k_weight, q_out, k_out, v_out, a.rope_cos, a.rope_sin})) {
-    qkv_forward_kernel<8><<<blocks, kFwdWarps * 32, 0, stream>>>(a, raw, q_weight, k_weight, q_out,
-                                                                 k_out, v_out, q_rstd, k_rstd);
-  } else {
-    qkv_forward_kernel<1><<<blocks, kFwdWarps * 32, 0, stream>>>(a, raw, q_weight, k_weight, q_out,
-                                                                 k_out, v_out, q_rstd, k_rstd);
-  }
-  MODA_LAUNCH_CHECK();
+  const bool vector =
+      vectorizable(a, {raw, q_weight, k_weight, q_out, k_out, v_out, a.rope_cos, a.rope_sin});
+  dispatch(a, vector, 0, kFwdWarps * 32, [&](auto v, auto lanes) {
+    constexpr int kRowsPerBlock = kFwdWarps * 32 / decltype(lanes)::value;
+    const int blocks = static_cast<int>(ceil_div(a.rows, kRowsPerBlock));
+    qkv_forward_kernel<decltype(v)::value, decltype(lanes)::value>
+        <<<blocks, kFwdWarps * 32, 0, stream>>>(a, raw, q_weight, k_weight, q_out, k_out, v_out,
+                                                q_rstd, k_rstd);
+    MODA_LAUNCH_CHECK();
+  });
 }
 
 void qkv_norm_rope_backward(const QkvArgs& a, const bf16* raw, const bf16* q_weight,
@@ -244,20 +285,20 @@ void qkv_norm_rope_backward(const QkvArgs& a, const bf16* raw, const bf16* q_wei
                             const float* dq, const float* dk, const float* dv, bf16* draw,
                             float* dq_weight, float* dk_weight, cudaStream_t stream) {
   if (a.rows == 0) return;
-  const size_t smem =
-      sizeof(float) * kBwdWarps * static_cast<size_t>((a.q_heads + a.kv_heads) * a.head_dim);
-  const auto launch = [&](auto kernel) {
+  const bool vector =
+      vectorizable(a, {raw, q_weight, k_weight, dq, dk, dv, draw, a.rope_cos, a.rope_sin});
+  const size_t partial_row =
+      sizeof(float) * static_cast<size_t>((a.q_heads + a.kv_heads) * a.head_dim);
+  dispatch(a, vector, partial_row, kBwdWarps * 32, [&](auto v, auto lanes) {
+    constexpr int kGroups = kBwdWarps * 32 / decltype(lanes)::value;
+    const auto kernel = qkv_backward_kernel<decltype(v)::value, decltype(lanes)::value>;
+    const size_t smem = partial_row * kGroups;
     allow_smem(kernel, smem);
-    const int blocks = resident_grid(kernel, kBwdWarps * 32, smem, ceil_div(a.rows, kBwdWarps));
+    const int blocks = resident_grid(kernel, kBwdWarps * 32, smem, ceil_div(a.rows, kGroups));
     kernel<<<blocks, kBwdWarps * 32, smem, stream>>>(a, raw, q_weight, k_weight, q_rstd, k_rstd, dq,
                                                      dk, dv, draw, dq_weight, dk_weight);
     MODA_LAUNCH_CHECK();
-  };
-  if (vectorizable(a, {raw, q_weight, k_weight, dq, dk, dv, draw, a.rope_cos, a.rope_sin})) {
-    launch(qkv_backward_kernel<8>);
-  } else {
-    launch(qkv_backward_kernel<1>);
-  }
+  });
 }
 
 }  // namespace moda::cuda

@@ -158,13 +158,7 @@ bool vectorizable(int64_t cols, std::initializer_list<const void*> ptrs) {
 
 // Warps per backward block: as many as kWarps whose rows of partial sums fit in shared memory.
 int backward_warps(int cols) {
-  static const size_t limit = [] {
-    int device = 0, bytes = 0;
-    MODA_CUDA_CHECK(cudaGetDevice(&device));
-    MODA_CUDA_CHECK(
-        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return static_cast<size_t>(bytes);
-  }();
+  const size_t limit = smem_per_block_limit();
   for (int warps = kWarps; warps >= 1; warps /= 2) {
     if (sizeof(float) * static_cast<size_t>(warps) * static_cast<size_t>(cols) <= limit) {
       return warps;

@@ -330,11 +330,14 @@ TEST_CASE("cuda backend: QK-norm + RoPE", "[gpu]") {
   struct Case {
     int64_t d, nq, nk, col0, extra;
   };
-  // Vector path (d/2 % 8 == 0, aligned columns), scalar paths (small heads, odd offsets), and
-  // depth projections (nq = 0) at an offset inside a wider row.
+  // Vector path (d/2 % 8 == 0, aligned columns) with 8, 16 and 32 lanes per row (k of 8, 16 and
+  // 32 8-element units; 64 q heads over 2 KV heads take 16 lanes, since the backward's partial
+  // sums of 8-lane groups would not fit in shared memory), scalar paths (small heads, odd
+  // offsets), and depth projections (nq = 0) at an offset inside a wider row.
   for (const Case& c :
-       {Case{64, 4, 2, 0, 0}, Case{128, 2, 1, 0, 16}, Case{16, 6, 2, 0, 0}, Case{8, 6, 2, 0, 0},
-        Case{4, 2, 2, 0, 3}, Case{64, 0, 2, 256, 0}, Case{64, 4, 2, 3, 5}}) {
+       {Case{64, 4, 2, 0, 0}, Case{128, 2, 1, 0, 16}, Case{64, 8, 4, 0, 0}, Case{64, 16, 8, 0, 0},
+        Case{64, 64, 2, 0, 0}, Case{16, 6, 2, 0, 0}, Case{8, 6, 2, 0, 0}, Case{4, 2, 2, 0, 3},
+        Case{64, 0, 2, 256, 0}, Case{64, 4, 2, 3, 5}}) {
     Harness h;
     const int64_t B = 2, T = 17, rows = B * T;
     const int64_t qw = c.nq * c.d, kw = c.nk * c.d;
@@ -825,6 +828,41 @@ void report_bandwidth(const std::string& op, double ms, double bytes) {
              bytes / ms * 1e-6, bytes / ms * 1e-6 / 30.0);
 }
 
+// Device tensors of a timing test, released together. Random contents (never zeros): 1M random
+// values, then doubled by device copies.
+class BenchTensors {
+ public:
+  explicit BenchTensors(Backend& g) : g_(g) {}
+  BenchTensors(const BenchTensors&) = delete;
+  BenchTensors& operator=(const BenchTensors&) = delete;
+  ~BenchTensors() { release(); }
+
+  Tensor random(Role role, int64_t n) {
+    Tensor t = g_.alloc(role, n);
+    int64_t filled = std::min<int64_t>(n, 1 << 20);
+    g_.upload(t.slice(0, filled),
+              test::random_normal(static_cast<size_t>(filled), owned_.size() + 1));
+    for (; filled < n; filled += std::min(filled, n - filled)) {
+      const int64_t c = std::min(filled, n - filled);
+      g_.copy(t.slice(filled, c), t.slice(0, c));
+    }
+    return keep(t);
+  }
+  // Takes a tensor allocated elsewhere into the set.
+  Tensor keep(Tensor t) {
+    owned_.push_back(t);
+    return t;
+  }
+  void release() {
+    for (Tensor& t : owned_) g_.release(t);
+    owned_.clear();
+  }
+
+ private:
+  Backend& g_;
+  std::vector<Tensor> owned_;
+};
+
 }  // namespace
 
 TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
@@ -851,20 +889,8 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
 
   auto gpu = make_backend("cuda", 0);
   Backend& g = *gpu;
-  std::vector<Tensor> owned;
-  // Random contents (never zeros): 1M random values, then doubled by device copies.
-  const auto alloc = [&](Role role, int64_t n) {
-    Tensor t = g.alloc(role, n);
-    int64_t filled = std::min<int64_t>(n, 1 << 20);
-    g.upload(t.slice(0, filled),
-             test::random_normal(static_cast<size_t>(filled), owned.size() + 1));
-    for (; filled < n; filled += std::min(filled, n - filled)) {
-      const int64_t c = std::min(filled, n - filled);
-      g.copy(t.slice(filled, c), t.slice(0, c));
-    }
-    owned.push_back(t);
-    return t;
-  };
+  BenchTensors bench(g);
+  const auto alloc = [&](Role role, int64_t n) { return bench.random(role, n); };
   const double bf = 2, f32 = 4;
   {
     Tensor x = alloc(Role::activation, R * D), br = alloc(Role::activation, R * D);
@@ -893,7 +919,7 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
                      4 * R * D * bf);
     Tensor tok = g.alloc(Role::index, R);
     g.upload_tokens(tok, test::random_tokens(static_cast<size_t>(R), 50000, 3));
-    owned.push_back(tok);
+    bench.keep(tok);
     Tensor table = alloc(Role::weight, 50304 * D), dtable = alloc(Role::master, 50304 * D);
     report_bandwidth("embedding forward",
                      time_ms(g, [&] { g.embedding_forward(tok, table, out, R, D); }),
@@ -901,28 +927,6 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
     report_bandwidth("embedding backward (fp32 atomics)",
                      time_ms(g, [&] { g.embedding_backward(tok, x, dtable, R, D); }),
                      R * D * (bf + 2 * f32));
-  }
-  {
-    const int64_t qkv = Hq * d + 2 * Hk * d, qw = Hq * d, kw = Hk * d;
-    g.init_rope(T, d, 500000.0);
-    Tensor raw = alloc(Role::activation, R * qkv), draw = alloc(Role::activation, R * qkv);
-    Tensor qn = alloc(Role::weight, qw), kn = alloc(Role::weight, kw);
-    Tensor q = alloc(Role::activation, R * qw), k = alloc(Role::activation, R * kw);
-    Tensor v = alloc(Role::activation, R * kw);
-    Tensor qr = alloc(Role::stat, R), kr = alloc(Role::stat, R);
-    Tensor dq = alloc(Role::accum, R * qw), dk = alloc(Role::accum, R * kw);
-    Tensor dv = alloc(Role::accum, R * kw);
-    Tensor dqn = alloc(Role::master, qw), dkn = alloc(Role::master, kw);
-    const Backend::QkvLayout l{R, T, qkv, 0, Hq, Hk, d, 1e-6};
-    report_bandwidth("qkv norm + rope forward",
-                     time_ms(g, [&] { g.qkv_norm_rope_forward(l, raw, qn, kn, q, k, v, qr, kr); }),
-                     2 * R * qkv * bf);
-    report_bandwidth(
-        "qkv norm + rope backward",
-        time_ms(
-            g,
-            [&] { g.qkv_norm_rope_backward(l, raw, qn, kn, qr, kr, dq, dk, dv, draw, dqn, dkn); }),
-        R * qkv * (2 * bf + f32));
   }
   {
     Tensor in = alloc(Role::activation, R * 2 * F), din = alloc(Role::activation, R * 2 * F);
@@ -933,13 +937,12 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
                      time_ms(g, [&] { g.swiglu_backward(act, in, din, R, F, 2 * F); }),
                      5 * R * F * bf);
   }
-  for (Tensor& t : owned) g.release(t);
-  owned.clear();
+  bench.release();
   {
     const int64_t P = 700'000'000;
     Tensor master = alloc(Role::master, P), grad = alloc(Role::master, P);
     Tensor m = alloc(Role::master, P), v = g.alloc(Role::master, P);
-    owned.push_back(v);  // second moments must be >= 0: start from zeros, the timing is the same
+    bench.keep(v);  // second moments must be >= 0: start from zeros, the timing is the same
     Tensor w = alloc(Role::weight, P);
     AdamWArgs args;
     args.lr = 1e-4;
@@ -953,13 +956,12 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
                          g, [&] { g.segment_sum_squares(grad, seg); }, 5),
                      P * f32);
   }
-  for (Tensor& t : owned) g.release(t);
-  owned.clear();
+  bench.release();
   {
     Tensor x = alloc(Role::activation, R * D), w = alloc(Role::weight, V * D);
     Tensor tok = g.alloc(Role::index, R);
     g.upload_tokens(tok, test::random_tokens(static_cast<size_t>(R), V, 4));
-    owned.push_back(tok);
+    bench.keep(tok);
     Tensor ce = alloc(Role::stat, R), lse = alloc(Role::stat, R);
     Tensor dx = alloc(Role::activation, R * D), dw = alloc(Role::master, V * D);
     const double ms = time_ms(
@@ -967,8 +969,7 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
     fmt::print("bench: {:<44} {:8.3f} ms  {:.0f} TFLOP/s (3 GEMMs of {} x {} x {})\n",
                "lm head + CE fwd+bwd (V=100352)", ms, 6.0 * R * V * D / ms * 1e-9, R, V, D);
   }
-  for (Tensor& t : owned) g.release(t);
-  owned.clear();
+  bench.release();
   for (int64_t S : {0, 72}) {
     const int64_t kn = R * Hk * d;
     Tensor q = alloc(Role::activation, R * Hq * d), k = alloc(Role::activation, kn);
@@ -1005,8 +1006,7 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
         "bench: attention backward S={:<3} {:8.3f} ms  (with the slot gradients; {:.0f} TFLOP/s on "
         "the causal part)\n",
         S, bwd, 2.5 * flops / bwd * 1e-9);
-    for (Tensor& t : owned) g.release(t);
-    owned.clear();
+    bench.release();
   }
   {
     // The gradients of one layer's two slots in the 700M MoDA model, pulled from 18 readers (the
@@ -1024,8 +1024,50 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
         "depth slot gradients, 2 slots from 18 readers",
         time_ms(g, [&] { g.depth_slot_backward(shape, 0, 2, readers, dsk, dsv, false); }),
         readers_n * (2 * qn * bf + 2 * 2 * R * Hq * f32) + 2 * 2 * kn * f32);
-    for (Tensor& t : owned) g.release(t);
-    owned.clear();
+    bench.release();
+  }
+}
+
+TEST_CASE("cuda backend: QK-norm + RoPE timings at the 700M and Table 6 shapes", "[.][gpu_bench]") {
+  MODA_REQUIRE_GPU();
+  const int64_t R = 4 * 4096, T = 4096, Hq = 16, Hk = 8, d = 64;
+  const double bf = 2, f32 = 4;
+  auto gpu = make_backend("cuda", 0);
+  Backend& g = *gpu;
+  BenchTensors bench(g);
+  const auto alloc = [&](Role role, int64_t n) { return bench.random(role, n); };
+  // QK-norm + RoPE at the 700M and Table 6 shapes: attention rows [q | k | v] and the FFN KV
+  // slots' rows [k | v] (no q), each row read whole from a projection of its own width.
+  struct QkvShape {
+    const char* name;
+    int64_t rows, seq, q_heads, kv_heads;
+  };
+  for (const QkvShape& s :
+       {QkvShape{"700M attention", R, T, Hq, Hk}, QkvShape{"700M FFN KV", R, T, 0, Hk},
+        QkvShape{"Table 6 attention", 64 * 1024, 1024, 6, 2},
+        QkvShape{"Table 6 FFN KV", 64 * 1024, 1024, 0, 2}}) {
+    const int64_t qw = s.q_heads * d, kw = s.kv_heads * d, qkv = qw + 2 * kw, rows = s.rows;
+    g.init_rope(s.seq, d, 500000.0);
+    const auto maybe = [&](Role role, int64_t n) { return n > 0 ? alloc(role, n) : Tensor{}; };
+    Tensor raw = alloc(Role::activation, rows * qkv), draw = alloc(Role::activation, rows * qkv);
+    Tensor qn = maybe(Role::weight, qw), kn = alloc(Role::weight, kw);
+    Tensor q = maybe(Role::activation, rows * qw), k = alloc(Role::activation, rows * kw);
+    Tensor v = alloc(Role::activation, rows * kw);
+    Tensor qr = maybe(Role::stat, s.q_heads > 0 ? rows : 0), kr = alloc(Role::stat, rows);
+    Tensor dq = maybe(Role::accum, rows * qw), dk = alloc(Role::accum, rows * kw);
+    Tensor dv = alloc(Role::accum, rows * kw);
+    Tensor dqn = maybe(Role::master, qw), dkn = alloc(Role::master, kw);
+    const Backend::QkvLayout l{rows, s.seq, qkv, 0, s.q_heads, s.kv_heads, d, 1e-6};
+    report_bandwidth(fmt::format("qkv norm + rope forward, {}", s.name),
+                     time_ms(g, [&] { g.qkv_norm_rope_forward(l, raw, qn, kn, q, k, v, qr, kr); }),
+                     2 * rows * qkv * bf);
+    report_bandwidth(
+        fmt::format("qkv norm + rope backward, {}", s.name),
+        time_ms(
+            g,
+            [&] { g.qkv_norm_rope_backward(l, raw, qn, kn, qr, kr, dq, dk, dv, draw, dqn, dkn); }),
+        rows * qkv * (2 * bf + f32));
+    bench.release();
   }
 }
 #endif
