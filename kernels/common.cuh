@@ -289,6 +289,17 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Sum over the L lanes of a row's group (contiguous, L a power of two up to 32); only the group's
+// lanes take part, so groups whose row is past the end may leave early.
+template <int L>
+__device__ __forceinline__ float group_sum(float x) {
+  unsigned mask = 0xffffffffu;
+  if constexpr (L < 32) mask = ((1u << L) - 1u) << (threadIdx.x % 32 / L * L);
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(mask, x, o);
+  return x;
+}
+
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));

@@ -22,17 +22,6 @@ namespace {
 constexpr int kFwdWarps = 8;
 constexpr int kBwdWarps = 4;
 
-// Sum over the L lanes of a row's group (contiguous, L a power of two); only the group's lanes take
-// part, so groups whose row is past the end may leave early.
-template <int L>
-__device__ __forceinline__ float group_sum(float x) {
-  unsigned mask = 0xffffffffu;
-  if constexpr (L < 32) mask = ((1u << L) - 1u) << (threadIdx.x % 32 / L * L);
-#pragma unroll
-  for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(mask, x, o);
-  return x;
-}
-
 // One normalized and rotated part (q or k) of a row.
 template <int V, int L>
 __device__ void norm_rope_part(const bf16* in, const bf16* w, bf16* out, int width, int d,

@@ -274,7 +274,9 @@ TEST_CASE("cuda backend: rmsnorm and fused residual norms", "[gpu]") {
   const double eps = 1e-6;
   // 12288 and 20001 columns are too wide for eight warps' partial sums of the weight gradient in
   // shared memory (the backward takes fewer warps per block); 20001 also takes the scalar path.
-  for (int64_t cols : {64, 100, 1024, 12288, 20001}) {
+  // 8, 16 and 32 lanes per row (up to 256, 512 and any columns), rows kept in registers (up to
+  // 1024 and 2048) or read again, and the element-wise path (100, 20001).
+  for (int64_t cols : {64, 100, 384, 1024, 1536, 12288, 20001}) {
     Harness h;
     const int64_t rows = 37, n = rows * cols;
     Twin x = h.random(Role::activation, n, 1, 2.0);
@@ -1028,7 +1030,7 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
   }
 }
 
-TEST_CASE("cuda backend: QK-norm + RoPE timings at the 700M and Table 6 shapes", "[.][gpu_bench]") {
+TEST_CASE("cuda backend: row kernel timings at the 700M and Table 6 shapes", "[.][gpu_bench]") {
   MODA_REQUIRE_GPU();
   const int64_t R = 4 * 4096, T = 4096, Hq = 16, Hk = 8, d = 64;
   const double bf = 2, f32 = 4;
@@ -1036,6 +1038,26 @@ TEST_CASE("cuda backend: QK-norm + RoPE timings at the 700M and Table 6 shapes",
   Backend& g = *gpu;
   BenchTensors bench(g);
   const auto alloc = [&](Role role, int64_t n) { return bench.random(role, n); };
+  // The norms of the residual stream: 1024 columns (700M, a warp per row) and 384 (Table 6, 16
+  // lanes per row).
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{R, 1024}, {64 * 1024, 384}}) {
+    Tensor x = alloc(Role::activation, rows * cols), br = alloc(Role::activation, rows * cols);
+    Tensor w = alloc(Role::weight, cols), out = alloc(Role::activation, rows * cols);
+    Tensor rstd = alloc(Role::stat, rows), dw = alloc(Role::master, cols);
+    const std::string shape = fmt::format("[{} x {}]", rows, cols);
+    report_bandwidth("residual norm_then_add forward " + shape,
+                     time_ms(g,
+                             [&] {
+                               g.residual_norm_forward(ResidualNorm::norm_then_add, x, br, w,
+                                                       Tensor{}, out, rstd, rows, cols, 1e-6);
+                             }),
+                     3 * rows * cols * bf);
+    report_bandwidth(
+        "rmsnorm backward (accumulate) " + shape,
+        time_ms(g, [&] { g.rmsnorm_backward(br, x, w, rstd, out, dw, rows, cols, true); }),
+        4 * rows * cols * bf);
+    bench.release();
+  }
   // QK-norm + RoPE at the 700M and Table 6 shapes: attention rows [q | k | v] and the FFN KV
   // slots' rows [k | v] (no q), each row read whole from a projection of its own width.
   struct QkvShape {
