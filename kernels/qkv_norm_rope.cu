@@ -3,9 +3,12 @@
 // heads (one RMS over Hq*d), rotates each head, then does the same for k, and copies v. RoPE pairs
 // element i of a head with element i + d/2 ("rotate_half"), so a lane works on V elements of the
 // first half and the V matching ones of the second half; V = 8 (16-byte accesses) when d/2 is a
-// multiple of 8 and the addresses allow, else V = 1. L is the number of such units in k, between
-// 8 and 32: a whole warp on Table 6's k of 2 heads of 64 (8 units) left 24 lanes idle there and
-// 16 in the copy of v.
+// multiple of 8 and the addresses allow, else V = 1. L, between 8 and 32, gives each lane two such
+// units of k in the forward and one in the backward: a whole warp on Table 6's k of 2 heads of 64
+// (8 units) left 24 lanes idle there and 16 in the copy of v, and at the 700M shape (32 units)
+// rows of 16 lanes took the forward from 0.057 to 0.047 ms. The backward's groups each keep a row
+// of partial sums in shared memory, so fewer of its blocks fit as groups narrow: 16 lanes there
+// took 0.097 instead of 0.095 ms, 8 lanes at the forward 0.049 and the backward 0.115.
 //
 // Backward: the output gradient is rotated back (R^T), then goes through the RMSNorm backward;
 // the weight gradients are column sums kept per warp in shared memory, as in rmsnorm.cu.
@@ -232,15 +235,16 @@ bool vectorizable(const QkvArgs& a, std::initializer_list<const void*> ptrs) {
 }
 
 // Calls kernel_for(std::integral_constant<int, V>{}, std::integral_constant<int, L>{}) with the
-// vector width and the lanes per row of these arguments. The backward keeps a row of partial
-// weight-gradient sums per group of lanes (bytes_per_group), so it takes wider groups where
-// narrow ones would not fit in shared memory.
+// vector width and the lanes per row of these arguments: units_per_lane units of k per lane. The
+// backward keeps a row of partial weight-gradient sums per group of lanes (bytes_per_group), so
+// it takes wider groups where narrow ones would not fit in shared memory.
 template <typename KernelFor>
-void dispatch(const QkvArgs& a, bool vector, size_t bytes_per_group, int threads,
-              KernelFor kernel_for) {
+void dispatch(const QkvArgs& a, bool vector, int units_per_lane, size_t bytes_per_group,
+              int threads, KernelFor kernel_for) {
   using std::integral_constant;
   if (!vector) return kernel_for(integral_constant<int, 1>{}, integral_constant<int, 32>{});
-  int lanes = std::clamp(static_cast<int>(a.kv_heads * (a.head_dim / 2 / 8)), 8, 32);
+  const int64_t k_units = a.kv_heads * (a.head_dim / 2 / 8);
+  int lanes = static_cast<int>(std::clamp<int64_t>(k_units / units_per_lane, 8, 32));
   lanes = std::bit_ceil(static_cast<unsigned>(lanes));
   while (lanes < 32 &&
          bytes_per_group * static_cast<size_t>(threads / lanes) > smem_per_block_limit()) {
@@ -259,7 +263,7 @@ void qkv_norm_rope_forward(const QkvArgs& a, const bf16* raw, const bf16* q_weig
   if (a.rows == 0) return;
   const bool vector =
       vectorizable(a, {raw, q_weight, k_weight, q_out, k_out, v_out, a.rope_cos, a.rope_sin});
-  dispatch(a, vector, 0, kFwdWarps * 32, [&](auto v, auto lanes) {
+  dispatch(a, vector, 2, 0, kFwdWarps * 32, [&](auto v, auto lanes) {
     constexpr int kRowsPerBlock = kFwdWarps * 32 / decltype(lanes)::value;
     const int blocks = static_cast<int>(ceil_div(a.rows, kRowsPerBlock));
     qkv_forward_kernel<decltype(v)::value, decltype(lanes)::value>
@@ -278,7 +282,7 @@ void qkv_norm_rope_backward(const QkvArgs& a, const bf16* raw, const bf16* q_wei
       vectorizable(a, {raw, q_weight, k_weight, dq, dk, dv, draw, a.rope_cos, a.rope_sin});
   const size_t partial_row =
       sizeof(float) * static_cast<size_t>((a.q_heads + a.kv_heads) * a.head_dim);
-  dispatch(a, vector, partial_row, kBwdWarps * 32, [&](auto v, auto lanes) {
+  dispatch(a, vector, 1, partial_row, kBwdWarps * 32, [&](auto v, auto lanes) {
     constexpr int kGroups = kBwdWarps * 32 / decltype(lanes)::value;
     const auto kernel = qkv_backward_kernel<decltype(v)::value, decltype(lanes)::value>;
     const size_t smem = partial_row * kGroups;

@@ -332,14 +332,15 @@ TEST_CASE("cuda backend: QK-norm + RoPE", "[gpu]") {
   struct Case {
     int64_t d, nq, nk, col0, extra;
   };
-  // Vector path (d/2 % 8 == 0, aligned columns) with 8, 16 and 32 lanes per row (k of 8, 16 and
-  // 32 8-element units; 64 q heads over 2 KV heads take 16 lanes, since the backward's partial
-  // sums of 8-lane groups would not fit in shared memory), scalar paths (small heads, odd
-  // offsets), and depth projections (nq = 0) at an offset inside a wider row.
+  // Vector path (d/2 % 8 == 0, aligned columns) with 8, 16 and 32 lanes per row (k of 8, 16, 32
+  // and 64 8-element units, two per lane in the forward, one in the backward; 64 q heads over 2
+  // KV heads take 16 lanes in the backward, since the partial sums of 8-lane groups would not fit
+  // in shared memory), scalar paths (small heads, odd offsets), and depth projections (nq = 0) at
+  // an offset inside a wider row.
   for (const Case& c :
        {Case{64, 4, 2, 0, 0}, Case{128, 2, 1, 0, 16}, Case{64, 8, 4, 0, 0}, Case{64, 16, 8, 0, 0},
-        Case{64, 64, 2, 0, 0}, Case{16, 6, 2, 0, 0}, Case{8, 6, 2, 0, 0}, Case{4, 2, 2, 0, 3},
-        Case{64, 0, 2, 256, 0}, Case{64, 4, 2, 3, 5}}) {
+        Case{128, 16, 8, 0, 0}, Case{64, 64, 2, 0, 0}, Case{16, 6, 2, 0, 0}, Case{8, 6, 2, 0, 0},
+        Case{4, 2, 2, 0, 3}, Case{64, 0, 2, 256, 0}, Case{64, 4, 2, 3, 5}}) {
     Harness h;
     const int64_t B = 2, T = 17, rows = B * T;
     const int64_t qw = c.nq * c.d, kw = c.nk * c.d;
