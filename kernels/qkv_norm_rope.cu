@@ -11,7 +11,7 @@
 // took 0.097 instead of 0.095 ms, 8 lanes at the forward 0.049 and the backward 0.115.
 //
 // Backward: the output gradient is rotated back (R^T), then goes through the RMSNorm backward;
-// the weight gradients are column sums kept per warp in shared memory, as in rmsnorm.cu.
+// the weight gradients are column sums kept per group of lanes in shared memory, as in rmsnorm.cu.
 #include <algorithm>
 #include <bit>
 #include <type_traits>
