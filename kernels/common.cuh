@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace moda::cuda {
 
@@ -129,6 +130,23 @@ inline size_t smem_per_block_limit() {
     return static_cast<size_t>(bytes);
   }();
   return limit;
+}
+
+// Calls f(std::integral_constant<int, L>{}) with L = lanes, one of 8, 16 and 32: the row kernels'
+// lanes per row as a template argument.
+template <class F>
+void with_lanes(int lanes, F&& f) {
+  switch (lanes) {
+    case 8:
+      return f(std::integral_constant<int, 8>{});
+    case 16:
+      return f(std::integral_constant<int, 16>{});
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    default:
+      throw std::invalid_argument(
+          concat("row kernels take 8, 16 or 32 lanes per row, not ", lanes));
+  }
 }
 
 // Grid size for a grid-stride loop over `blocks` blocks' worth of work of `kernel`: enough

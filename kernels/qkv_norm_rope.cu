@@ -3,12 +3,10 @@
 // heads (one RMS over Hq*d), rotates each head, then does the same for k, and copies v. RoPE pairs
 // element i of a head with element i + d/2 ("rotate_half"), so a lane works on V elements of the
 // first half and the V matching ones of the second half; V = 8 (16-byte accesses) when d/2 is a
-// multiple of 8 and the addresses allow, else V = 1. L, between 8 and 32, gives each lane two such
-// units of k in the forward and one in the backward: a whole warp on Table 6's k of 2 heads of 64
-// (8 units) left 24 lanes idle there and 16 in the copy of v, and at the 700M shape (32 units)
-// rows of 16 lanes took the forward from 0.057 to 0.047 ms. The backward's groups each keep a row
-// of partial sums in shared memory, so fewer of its blocks fit as groups narrow: 16 lanes there
-// took 0.097 instead of 0.095 ms, 8 lanes at the forward 0.049 and the backward 0.115.
+// multiple of 8 and the addresses allow, else V = 1. L (8 to 32) gives each lane two such units of
+// k in the forward, where narrower groups keep more rows in flight, and one in the backward, whose
+// groups each keep a row of partial sums in shared memory, so that narrower ones cost it resident
+// blocks (measurements in docs/kernels/cuda_backend.md).
 //
 // Backward: the output gradient is rotated back (R^T), then goes through the RMSNorm backward;
 // the weight gradients are column sums kept per group of lanes in shared memory, as in rmsnorm.cu.
@@ -241,18 +239,17 @@ bool vectorizable(const QkvArgs& a, std::initializer_list<const void*> ptrs) {
 template <typename KernelFor>
 void dispatch(const QkvArgs& a, bool vector, int units_per_lane, size_t bytes_per_group,
               int threads, KernelFor kernel_for) {
-  using std::integral_constant;
-  if (!vector) return kernel_for(integral_constant<int, 1>{}, integral_constant<int, 32>{});
+  if (!vector) {
+    return kernel_for(std::integral_constant<int, 1>{}, std::integral_constant<int, 32>{});
+  }
   const int64_t k_units = a.kv_heads * (a.head_dim / 2 / 8);
   int lanes = static_cast<int>(std::clamp<int64_t>(k_units / units_per_lane, 8, 32));
-  lanes = std::bit_ceil(static_cast<unsigned>(lanes));
+  lanes = static_cast<int>(std::bit_ceil(static_cast<unsigned>(lanes)));
   while (lanes < 32 &&
          bytes_per_group * static_cast<size_t>(threads / lanes) > smem_per_block_limit()) {
     lanes *= 2;
   }
-  if (lanes == 8) return kernel_for(integral_constant<int, 8>{}, integral_constant<int, 8>{});
-  if (lanes == 16) return kernel_for(integral_constant<int, 8>{}, integral_constant<int, 16>{});
-  kernel_for(integral_constant<int, 8>{}, integral_constant<int, 32>{});
+  with_lanes(lanes, [&](auto l) { kernel_for(std::integral_constant<int, 8>{}, l); });
 }
 
 }  // namespace

@@ -5,9 +5,9 @@
 // element otherwise.
 //
 // add_then_norm rounds the sum to bf16 before normalizing it, so the forward normalizes exactly
-// the tensor the backward sees. The weight gradient is a column sum over rows: each warp keeps
-// group keeps its own fp32 row of partial sums in shared memory, the block adds them up at the end
-// and adds its total to dweight with one atomic per column. Blocks of rows too wide for all their
+// the tensor the backward sees. The weight gradient is a column sum over rows: each group of lanes
+// keeps its own fp32 row of partial sums in shared memory, the block adds them up at the end and
+// adds its total to dweight with one atomic per column. Blocks of rows too wide for all their
 // groups' rows in shared memory have fewer warps.
 #include <algorithm>
 #include <initializer_list>
@@ -220,16 +220,10 @@ void rmsnorm_backward(const bf16* dout, const bf16* normed, const bf16* weight, 
     launch_backward<1, 32>(dout, normed, weight, rstd, din, dweight, rows, c, accumulate, stream);
     return;
   }
-  switch (lanes_per_row(c, true)) {
-    case 8:
-      launch_backward<8, 8>(dout, normed, weight, rstd, din, dweight, rows, c, accumulate, stream);
-      break;
-    case 16:
-      launch_backward<8, 16>(dout, normed, weight, rstd, din, dweight, rows, c, accumulate, stream);
-      break;
-    default:
-      launch_backward<8, 32>(dout, normed, weight, rstd, din, dweight, rows, c, accumulate, stream);
-  }
+  with_lanes(lanes_per_row(c, true), [&](auto lanes) {
+    launch_backward<8, decltype(lanes)::value>(dout, normed, weight, rstd, din, dweight, rows, c,
+                                               accumulate, stream);
+  });
 }
 
 }  // namespace moda::cuda
