@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "moda/backend.hpp"
+#include "moda/depth_stats_layout.hpp"
 #include "moda/model.hpp"
 #include "test_util.hpp"
 
@@ -510,6 +511,175 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   // Many slots: S = 1,300 at G = 8 once took the warp kernels (the streaming forward kept its
   // scores in shared memory); now every path takes any S.
   for (int64_t d : {64, 128}) run(d, 8, 1300, 33, 1.0);
+}
+
+// T = 65,535 (the 64K, and ragged: no tile divides it) is beyond the float64 CPU backend
+// (its attention is O(T^2)), so a float64 formula checks the outputs where it costs O(T d) each:
+// out and lse at sampled rows; dq, the slots' probabilities and score gradients at sampled rows;
+// dk and dv at sampled keys (sums over the rows at or after the key, the first key's over all).
+// The backward's formulas take the forward's out and lse as the op does, as its inputs (checked
+// at the sampled rows); 64-bit offsets past 2^31 elements are not reached at these sizes.
+TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  const auto run = [](int64_t d, int64_t G, int64_t Hk, int64_t S) {
+    auto gpu = make_backend("cuda", 0);
+    Backend& g = *gpu;
+    const int64_t T = 65535, Hq = Hk * G, qn = T * Hq * d, kn = T * Hk * d;
+    const AttentionShape shape{1, T, Hq, Hk, d, S, kn};
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    const std::string tag = fmt::format("T={} d={} G={} Hk={} S={}", T, d, G, Hk, S);
+    std::vector<Tensor> owned;
+    // A tensor of random values and those values as the GPU holds them (bf16 for activations).
+    const auto random = [&](Role role, int64_t n, uint64_t seed, std::vector<double>& held) {
+      Tensor t = g.alloc(role, std::max<int64_t>(n, 1));
+      owned.push_back(t);
+      held = test::random_normal(static_cast<size_t>(n), seed);
+      if (n > 0) {
+        g.upload(t, held);
+        g.download(t.slice(0, n), held);
+      }
+      return t;
+    };
+    const auto zeros = [&](Role role, int64_t n) {
+      owned.push_back(g.alloc(role, std::max<int64_t>(n, 1)));
+      return owned.back();
+    };
+    const auto values = [&](const Tensor& t, int64_t n) {
+      std::vector<double> v(static_cast<size_t>(n));
+      g.download(t.slice(0, n), v);
+      return v;
+    };
+    std::vector<double> q, k, v, slot_k, slot_v, dout;
+    const Tensor tq = random(Role::activation, qn, 31, q), tk = random(Role::activation, kn, 32, k);
+    const Tensor tv = random(Role::activation, kn, 33, v);
+    const Tensor tsk = random(Role::activation, S * kn, 34, slot_k);
+    const Tensor tsv = random(Role::activation, S * kn, 35, slot_v);
+    const Tensor tdout = random(Role::activation, qn, 36, dout);
+    const Tensor tout = zeros(Role::activation, qn), tlse = zeros(Role::stat, T * Hq);
+    const Tensor tdq = zeros(Role::accum, qn), tdk = zeros(Role::accum, kn);
+    const Tensor tdv = zeros(Role::accum, kn), tprobs = zeros(Role::accum, S * T * Hq);
+    const Tensor tdscores = zeros(Role::accum, S * T * Hq);
+    const Tensor empty;
+    g.attention_forward(shape, tq, tk, tv, S > 0 ? tsk : empty, S > 0 ? tsv : empty, tout, tlse);
+    g.attention_backward(shape, tdout, tq, tk, tv, S > 0 ? tsk : empty, S > 0 ? tsv : empty, tout,
+                         tlse, tdq, tdk, tdv, S > 0 ? tprobs : empty, S > 0 ? tdscores : empty);
+    const auto out = values(tout, qn), lse = values(tlse, T * Hq), dq = values(tdq, qn);
+    const auto dk = values(tdk, kn), dv = values(tdv, kn);
+    const auto probs = values(tprobs, S * T * Hq), dscores = values(tdscores, S * T * Hq);
+    for (Tensor& t : owned) g.release(t);
+
+    const auto dot = [d](const double* a, const double* b) {
+      double s = 0;
+      for (int64_t e = 0; e < d; ++e) s += a[e] * b[e];
+      return s;
+    };
+    const auto q_at = [&](int64_t t, int64_t h) { return q.data() + (t * Hq + h) * d; };
+    const auto do_at = [&](int64_t t, int64_t h) { return dout.data() + (t * Hq + h) * d; };
+    const auto k_at = [&](int64_t j, int64_t kh) { return k.data() + (j * Hk + kh) * d; };
+    const auto v_at = [&](int64_t j, int64_t kh) { return v.data() + (j * Hk + kh) * d; };
+    const auto sk_at = [&](int64_t c, int64_t t, int64_t kh) {
+      return slot_k.data() + c * kn + (t * Hk + kh) * d;
+    };
+    const auto sv_at = [&](int64_t c, int64_t t, int64_t kh) {
+      return slot_v.data() + c * kn + (t * Hk + kh) * d;
+    };
+    // delta = dout . out per row and head, from the forward's out as the op reads it.
+    std::vector<double> delta(static_cast<size_t>(T * Hq));
+    for (int64_t i = 0; i < T * Hq; ++i) delta[i] = dot(dout.data() + i * d, out.data() + i * d);
+
+    std::vector<double> got_out, want_out, got_lse, want_lse, got_dq, want_dq, got_p, want_p,
+        got_ds, want_ds, got_dk, want_dk, got_dv, want_dv;
+    for (int64_t t : {int64_t{0}, int64_t{1}, int64_t{63}, int64_t{64}, int64_t{127}, int64_t{4096},
+                      int64_t{30001}, int64_t{65407}, T - 1}) {
+      for (int64_t h = 0; h < Hq; ++h) {
+        const int64_t kh = h / G;
+        // Forward: one softmax over keys 0..t and the S slots of token t.
+        std::vector<double> sc;
+        for (int64_t j = 0; j <= t; ++j) sc.push_back(dot(q_at(t, h), k_at(j, kh)) * scale);
+        for (int64_t c = 0; c < S; ++c) sc.push_back(dot(q_at(t, h), sk_at(c, t, kh)) * scale);
+        const double m = *std::max_element(sc.begin(), sc.end());
+        double z = 0;
+        for (double s : sc) z += std::exp(s - m);
+        const double row_lse = m + std::log(z);
+        std::vector<double> o(static_cast<size_t>(d), 0.0);
+        for (size_t j = 0; j < sc.size(); ++j) {
+          const int64_t c = static_cast<int64_t>(j) - (t + 1);
+          const double* val = c < 0 ? v_at(static_cast<int64_t>(j), kh) : sv_at(c, t, kh);
+          for (int64_t e = 0; e < d; ++e) o[e] += std::exp(sc[j] - row_lse) * val[e];
+        }
+        for (int64_t e = 0; e < d; ++e) {
+          got_out.push_back(out[(t * Hq + h) * d + e]);
+          want_out.push_back(o[e]);
+        }
+        got_lse.push_back(lse[t * Hq + h]);
+        want_lse.push_back(row_lse);
+        // Backward, from the op's inputs out and lse.
+        const double given_lse = lse[t * Hq + h], dlt = delta[t * Hq + h];
+        std::vector<double> dqr(static_cast<size_t>(d), 0.0);
+        for (size_t j = 0; j < sc.size(); ++j) {
+          const int64_t c = static_cast<int64_t>(j) - (t + 1);
+          const double* key = c < 0 ? k_at(static_cast<int64_t>(j), kh) : sk_at(c, t, kh);
+          const double* val = c < 0 ? v_at(static_cast<int64_t>(j), kh) : sv_at(c, t, kh);
+          const double p = std::exp(sc[j] - given_lse);
+          const double ds = p * (dot(do_at(t, h), val) - dlt) * scale;
+          for (int64_t e = 0; e < d; ++e) dqr[e] += ds * key[e];
+          if (c >= 0) {
+            const int64_t at = depth_stats_index(S, T * Hk, G, c, t * Hk + kh, h % G);
+            got_p.push_back(probs[at]);
+            want_p.push_back(p);
+            got_ds.push_back(dscores[at]);
+            want_ds.push_back(ds);
+          }
+        }
+        for (int64_t e = 0; e < d; ++e) {
+          got_dq.push_back(dq[(t * Hq + h) * d + e]);
+          want_dq.push_back(dqr[e]);
+        }
+      }
+    }
+    for (int64_t j : {int64_t{0}, int64_t{1}, int64_t{64}, int64_t{4095}, int64_t{32768},
+                      int64_t{65470}, T - 1}) {
+      for (int64_t kh = 0; kh < Hk; ++kh) {
+        std::vector<double> dkr(static_cast<size_t>(d), 0.0), dvr(static_cast<size_t>(d), 0.0);
+        for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
+          for (int64_t t = j; t < T; ++t) {
+            const double p = std::exp(dot(q_at(t, h), k_at(j, kh)) * scale - lse[t * Hq + h]);
+            const double ds = p * (dot(do_at(t, h), v_at(j, kh)) - delta[t * Hq + h]) * scale;
+            for (int64_t e = 0; e < d; ++e) {
+              dkr[e] += ds * q_at(t, h)[e];
+              dvr[e] += p * do_at(t, h)[e];
+            }
+          }
+        }
+        for (int64_t e = 0; e < d; ++e) {
+          got_dk.push_back(dk[(j * Hk + kh) * d + e]);
+          want_dk.push_back(dkr[e]);
+          got_dv.push_back(dv[(j * Hk + kh) * d + e]);
+          want_dv.push_back(dvr[e]);
+        }
+      }
+    }
+    const auto check = [&](const char* what, const std::vector<double>& got,
+                           const std::vector<double>& want, double tol) {
+      const double err = test::rel_error(got, want);
+      fmt::print("moda gpu: {:<30} {:<34} rel err {:.3e} (tol {:.0e})\n", what, tag, err, tol);
+      INFO(what << " " << tag << ": relative error " << err << " above " << tol);
+      CHECK(err <= tol);
+    };
+    check("long attention out", got_out, want_out, kAttnTol);
+    check("long attention lse", got_lse, want_lse, 1e-4);
+    check("long attention dq", got_dq, want_dq, kAttnTol);
+    check("long attention dk", got_dk, want_dk, kAttnTol);
+    check("long attention dv", got_dv, want_dv, kAttnTol);
+    if (S > 0) {
+      check("long attention depth_probs", got_p, want_p, kAttnTol);
+      check("long attention depth_dscores", got_ds, want_ds, kAttnTol);
+    }
+  };
+  run(64, 2, 2, 5);   // the fused forward and backward tail, two heads per forward block
+  run(64, 3, 2, 0);   // G = 3 without slots
+  run(128, 2, 2, 5);  // the streaming depth kernels
+  run(64, 8, 1, 3);   // the paper's G = 8: the backward's head group over blocks
 }
 
 TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
