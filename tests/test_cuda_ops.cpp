@@ -951,6 +951,16 @@ Parity model_parity(const test::Variant& v) {
   return r;
 }
 
+// The model's logits and loss against cpu64's (model_parity checks each gradient).
+void check_model_parity(const test::Variant& v, const std::string& tag) {
+  INFO(tag);
+  const Parity r = model_parity(v);
+  fmt::print("moda gpu: model {:<50} logits {:.2e} loss {:.2e} worst grad {:.2e} ({})\n", tag,
+             r.logits, r.loss, r.worst_grad, r.worst_name);
+  CHECK(r.logits <= 2e-2);
+  CHECK(r.loss <= 5e-3);
+}
+
 }  // namespace
 
 TEST_CASE("cuda backend: whole model matches cpu64 in every variant", "[gpu][model]") {
@@ -965,15 +975,9 @@ TEST_CASE("cuda backend: whole model matches cpu64 in every variant", "[gpu][mod
         v.moda = mode > 0;
         v.ffn_kv = mode == 2 || mode == 4;
         v.attn_kv_proj = mode >= 3;
-        const std::string tag =
-            fmt::format("{} G={} moda={} ffn_kv={} attn_kv_proj={}", to_string(placement), group,
-                        v.moda, v.ffn_kv, v.attn_kv_proj);
-        INFO(tag);
-        const Parity r = model_parity(v);
-        fmt::print("moda gpu: model {:<50} logits {:.2e} loss {:.2e} worst grad {:.2e} ({})\n", tag,
-                   r.logits, r.loss, r.worst_grad, r.worst_name);
-        CHECK(r.logits <= 2e-2);
-        CHECK(r.loss <= 5e-3);
+        check_model_parity(
+            v, fmt::format("{} G={} moda={} ffn_kv={} attn_kv_proj={}", to_string(placement), group,
+                           v.moda, v.ffn_kv, v.attn_kv_proj));
       }
     }
   }
@@ -991,14 +995,8 @@ TEST_CASE("cuda backend: a deeper MoDA model matches cpu64", "[gpu][model]") {
     v.moda = true;
     v.ffn_kv = mode == 2 || mode == 4;
     v.attn_kv_proj = mode >= 3;
-    const std::string tag =
-        fmt::format("7 layers ffn_kv={} attn_kv_proj={}", v.ffn_kv, v.attn_kv_proj);
-    INFO(tag);
-    const Parity r = model_parity(v);
-    fmt::print("moda gpu: model {:<50} logits {:.2e} loss {:.2e} worst grad {:.2e} ({})\n", tag,
-               r.logits, r.loss, r.worst_grad, r.worst_name);
-    CHECK(r.logits <= 2e-2);
-    CHECK(r.loss <= 5e-3);
+    check_model_parity(v,
+                       fmt::format("7 layers ffn_kv={} attn_kv_proj={}", v.ffn_kv, v.attn_kv_proj));
   }
 }
 
