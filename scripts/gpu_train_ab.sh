@@ -2,19 +2,29 @@
 # End-to-end tokens/s of several bundled builds on the same runs, alternately, ROUNDS times each
 # (default 2), so that all see the same machine state (the spread between device calls is 2-4%,
 # larger than many changes). Each run is scripts/gpu_train_bench.sh's (its median tokens/s of steps
-# 4.., the profile of step 3 where it prints one).
-# Usage: [ROUNDS=N] [STEPS=N] [T6_MICRO=N] scripts/gpu_train_ab.sh "RUNS" DIST...
-#   RUNS: gpu_train_bench.sh's run names, e.g. "moda_700m t6_moda_ffn_kv"
+# 4.., the profile of step 3 where it prints one). At the end a summary per build: each run's
+# medians by round and their median, and MoDA over OLMo2 of the same size and round (the ratio of
+# issue 5's end-to-end bars; a ratio of runs from one round, a median over rounds, since single
+# runs of the 1.5B configs move by 2-3%).
+# Usage: [ROUNDS=N] [STEPS=N] [T6_MICRO=N] [AB_OUT=DIR] scripts/gpu_train_ab.sh "RUNS" DIST...
+#   RUNS: gpu_train_bench.sh's run names, e.g. "olmo2_1p5b moda_1p5b"
+#   AB_OUT: an empty or new folder for the runs' logs (default: a new folder under /tmp)
 set -euo pipefail
 runs="${1:?usage: gpu_train_ab.sh \"RUNS\" DIST...}"
 shift
 [[ $# -gt 0 ]] || { echo "usage: gpu_train_ab.sh \"RUNS\" DIST..." >&2; exit 2; }
 here="$(cd "$(dirname "$0")" && pwd)"
 read -r -a names <<< "$runs"
-for round in $(seq 1 "${ROUNDS:-2}"); do
+rounds="${ROUNDS:-2}"
+out="${AB_OUT:-$(mktemp -d /tmp/moda_train_ab.XXXXXX)}"
+mkdir -p "$out"
+# Results of an earlier invocation would pass for runs of this one that failed.
+[[ -z "$(ls -A "$out")" ]] || { echo "gpu_train_ab.sh: $out is not empty" >&2; exit 2; }
+for round in $(seq 1 "$rounds"); do
   for dist in "$@"; do
     echo "==== $dist, round $round"
-    OUT="/tmp/moda_train_ab/$(basename "$dist")_$round" \
+    OUT="$out/$(basename "$dist")_$round" \
       "$here/gpu_train_bench.sh" "$dist" "${STEPS:-16}" "${names[@]}"
   done
 done
+python3 "$here/train_ab_summary.py" "$out" "$rounds" "$runs" "$@"

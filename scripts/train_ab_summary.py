@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Summary of scripts/gpu_train_ab.sh: per build and run, the median tokens/s of steps 4.. in each
+round and the median over rounds; per build, round and model size, MoDA's tokens/s over OLMo2's
+(olmo2_X / moda_X, t6_olmo2_post / t6_moda_ffn_kv), and the median of those ratios.
+
+Usage: train_ab_summary.py OUT_DIR ROUNDS "RUNS" DIST...  (OUT_DIR/<dist>_<round>/<run>/metrics.jsonl)
+"""
+import json
+import os
+import statistics
+import sys
+
+PAIRS = [("olmo2_700m", "moda_700m"), ("olmo2_1p5b", "moda_1p5b"),
+         ("t6_olmo2_post", "t6_moda_ffn_kv"), ("t6_olmo2_post", "t6_moda_post"),
+         ("t6_olmo2_pre", "t6_moda_post")]
+
+
+def median_tokens_per_s(path):
+    """Median tokens/s of the steps after the third (cuBLASLt tunes in the first), None if absent."""
+    if not os.path.exists(path):
+        return None
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    steady = [r for r in rows if r["step"] > 3] or rows
+    return statistics.median(r["tokens_per_s"] for r in steady) if steady else None
+
+
+def main(argv):
+    if len(argv) < 5:
+        sys.exit(__doc__)
+    out, rounds, runs, dists = argv[1], int(argv[2]), argv[3].split(), argv[4:]
+    print("==== summary (median tokens/s of steps 4.., by round; median over rounds)")
+    for dist in dists:
+        name = os.path.basename(os.path.normpath(dist))
+        tps = {run: [median_tokens_per_s(os.path.join(out, f"{name}_{r}", run, "metrics.jsonl"))
+                     for r in range(1, rounds + 1)] for run in runs}
+        for run in runs:
+            got = [t for t in tps[run] if t is not None]
+            by_round = ", ".join("failed" if t is None else f"{t:,.0f}" for t in tps[run])
+            overall = f"{statistics.median(got):,.0f}" if got else "no run finished"
+            print(f"{name:<16} {run:<16} {by_round}; median {overall}")
+        for base, moda in PAIRS:
+            if base not in tps or moda not in tps:
+                continue
+            ratios = [m / b for b, m in zip(tps[base], tps[moda]) if b and m]
+            if ratios:
+                print(f"{name:<16} {moda} / {base}: "
+                      + ", ".join(f"{r:.3f}x" for r in ratios)
+                      + f"; median {statistics.median(ratios):.3f}x")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# scripts/train_ab_summary.py: per-round medians of steps 4.. (steps 1-3 left out), the median over
+# rounds, MoDA over OLMo2 per round and its median, and a failed run named as such.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+# Build "main", rounds 1-3: OLMo2 at 100, 110, 90 (+ slow first steps), MoDA at 90, 100, 81;
+# build "new": MoDA's round 2 failed (no metrics).
+python3 - "$work" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def write(dist, rnd, run, steady):
+    d = os.path.join(out, f"{dist}_{rnd}", run)
+    os.makedirs(d)
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        for step in range(1, 9):
+            tps = 1.0 if step <= 3 else steady + (step % 3) - 1  # medians: steady
+            f.write(json.dumps({"step": step, "tokens_per_s": tps}) + "\n")
+for rnd, (o, m) in enumerate([(100, 90), (110, 100), (90, 81)], start=1):
+    write("main", rnd, "olmo2_1p5b", o)
+    write("main", rnd, "moda_1p5b", m)
+    write("new", rnd, "olmo2_1p5b", o)
+    if rnd != 2:
+        write("new", rnd, "moda_1p5b", m)
+PY
+got="$(python3 "$repo/scripts/train_ab_summary.py" "$work" 3 "olmo2_1p5b moda_1p5b" \
+  /some/where/main "$work/new/")"
+expect() {
+  grep -qF -- "$1" <<< "$got" || { echo "FAIL: no line with: $1"; echo "$got"; exit 1; }
+}
+expect "main             olmo2_1p5b       100, 110, 90; median 100"
+expect "main             moda_1p5b        90, 100, 81; median 90"
+expect "main             moda_1p5b / olmo2_1p5b: 0.900x, 0.909x, 0.900x; median 0.900x"
+expect "new              moda_1p5b        90, failed, 81; median 86"
+expect "new              moda_1p5b / olmo2_1p5b: 0.900x, 0.900x; median 0.900x"
+echo "train_ab_summary: ok"
