@@ -301,12 +301,6 @@ __device__ __forceinline__ void atomic_add4(float* p, float a, float b, float c,
 
 // ---- warp reductions (every lane gets the result) ----
 
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
 // Sum over the L lanes of a row's group (contiguous, L a power of two up to 32); only the group's
 // lanes take part, so groups whose row is past the end may leave early.
 template <int L>
@@ -317,6 +311,8 @@ __device__ __forceinline__ float group_sum(float x) {
   for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(mask, x, o);
   return x;
 }
+
+__device__ __forceinline__ float warp_sum(float x) { return group_sum<32>(x); }
 
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll

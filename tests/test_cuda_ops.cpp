@@ -586,6 +586,15 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
     // delta = dout . out per row and head, from the forward's out as the op reads it.
     std::vector<double> delta(static_cast<size_t>(T * Hq));
     for (int64_t i = 0; i < T * Hq; ++i) delta[i] = dot(dout.data() + i * d, out.data() + i * d);
+    // The probability and score gradient of a scaled score of row t, head h, for a key whose value
+    // row is `val`, from the op's inputs lse and out (through delta).
+    struct Grad {
+      double p, ds;
+    };
+    const auto grad = [&](int64_t t, int64_t h, double score, const double* val) {
+      const double p = std::exp(score - lse[t * Hq + h]);
+      return Grad{p, p * (dot(do_at(t, h), val) - delta[t * Hq + h]) * scale};
+    };
 
     std::vector<double> got_out, want_out, got_lse, want_lse, got_dq, want_dq, got_p, want_p,
         got_ds, want_ds, got_dk, want_dk, got_dv, want_dv;
@@ -613,22 +622,20 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
         }
         got_lse.push_back(lse[t * Hq + h]);
         want_lse.push_back(row_lse);
-        // Backward, from the op's inputs out and lse.
-        const double given_lse = lse[t * Hq + h], dlt = delta[t * Hq + h];
+        // Backward.
         std::vector<double> dqr(static_cast<size_t>(d), 0.0);
         for (size_t j = 0; j < sc.size(); ++j) {
           const int64_t c = static_cast<int64_t>(j) - (t + 1);
           const double* key = c < 0 ? k_at(static_cast<int64_t>(j), kh) : sk_at(c, t, kh);
           const double* val = c < 0 ? v_at(static_cast<int64_t>(j), kh) : sv_at(c, t, kh);
-          const double p = std::exp(sc[j] - given_lse);
-          const double ds = p * (dot(do_at(t, h), val) - dlt) * scale;
-          for (int64_t e = 0; e < d; ++e) dqr[e] += ds * key[e];
+          const Grad gr = grad(t, h, sc[j], val);
+          for (int64_t e = 0; e < d; ++e) dqr[e] += gr.ds * key[e];
           if (c >= 0) {
             const int64_t at = depth_stats_index(S, T * Hk, G, c, t * Hk + kh, h % G);
             got_p.push_back(probs[at]);
-            want_p.push_back(p);
+            want_p.push_back(gr.p);
             got_ds.push_back(dscores[at]);
-            want_ds.push_back(ds);
+            want_ds.push_back(gr.ds);
           }
         }
         for (int64_t e = 0; e < d; ++e) {
@@ -643,11 +650,10 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
         std::vector<double> dkr(static_cast<size_t>(d), 0.0), dvr(static_cast<size_t>(d), 0.0);
         for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
           for (int64_t t = j; t < T; ++t) {
-            const double p = std::exp(dot(q_at(t, h), k_at(j, kh)) * scale - lse[t * Hq + h]);
-            const double ds = p * (dot(do_at(t, h), v_at(j, kh)) - delta[t * Hq + h]) * scale;
+            const Grad gr = grad(t, h, dot(q_at(t, h), k_at(j, kh)) * scale, v_at(j, kh));
             for (int64_t e = 0; e < d; ++e) {
-              dkr[e] += ds * q_at(t, h)[e];
-              dvr[e] += p * do_at(t, h)[e];
+              dkr[e] += gr.ds * q_at(t, h)[e];
+              dvr[e] += gr.p * do_at(t, h)[e];
             }
           }
         }
