@@ -39,14 +39,7 @@ run() {
   # The profile table spans several lines of one log message.
   sed -n '/profile of step/,/the five largest/p' "$out/$name.log" | sed 's/^.*\] //'
   # Median tokens/s over steps 4.. (the first steps include cuBLASLt autotuning).
-  python3 - "$out/$name/metrics.jsonl" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-steady = [r for r in rows if r["step"] > 3] or rows
-tps = statistics.median(r["tokens_per_s"] for r in steady)
-mfu = statistics.median(r["mfu"] for r in steady if r["mfu"] is not None) if steady[0]["mfu"] is not None else float("nan")
-print(f"   steps {len(rows)}, loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}, median {tps:,.0f} tok/s, MFU {100*mfu:.1f}%")
-PY
+  python3 "$repo/scripts/train_metrics.py" "$out/$name/metrics.jsonl"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader 2>/dev/null | head -1 || true
 }
 if [[ "$only" == *" tiny "* ]]; then

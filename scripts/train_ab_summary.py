@@ -5,23 +5,21 @@ round and the median over rounds; per build, round and model size, MoDA's tokens
 
 Usage: train_ab_summary.py OUT_DIR ROUNDS "RUNS" DIST...  (OUT_DIR/<dist>_<round>/<run>/metrics.jsonl)
 """
-import json
 import os
 import statistics
 import sys
+
+from train_metrics import median_tokens_per_s, read_rows
 
 PAIRS = [("olmo2_700m", "moda_700m"), ("olmo2_1p5b", "moda_1p5b"),
          ("t6_olmo2_post", "t6_moda_ffn_kv"), ("t6_olmo2_post", "t6_moda_post"),
          ("t6_olmo2_pre", "t6_moda_post")]
 
 
-def median_tokens_per_s(path):
-    """Median tokens/s of the steps after the third (cuBLASLt tunes in the first), None if absent."""
-    if not os.path.exists(path):
-        return None
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    steady = [r for r in rows if r["step"] > 3] or rows
-    return statistics.median(r["tokens_per_s"] for r in steady) if steady else None
+def run_median(path):
+    """Median tokens/s of a run's steady steps, None where the run left no metrics."""
+    rows = read_rows(path) if os.path.exists(path) else []
+    return median_tokens_per_s(rows) if rows else None
 
 
 def main(argv):
@@ -31,7 +29,7 @@ def main(argv):
     print("==== summary (median tokens/s of steps 4.., by round; median over rounds)")
     for dist in dists:
         name = os.path.basename(os.path.normpath(dist))
-        tps = {run: [median_tokens_per_s(os.path.join(out, f"{name}_{r}", run, "metrics.jsonl"))
+        tps = {run: [run_median(os.path.join(out, f"{name}_{r}", run, "metrics.jsonl"))
                      for r in range(1, rounds + 1)] for run in runs}
         for run in runs:
             got = [t for t in tps[run] if t is not None]

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # scripts/train_ab_summary.py: per-round medians of steps 4.. (steps 1-3 left out), the median over
-# rounds, MoDA over OLMo2 per round and its median, and a failed run named as such.
+# rounds, MoDA over OLMo2 per round and its median, and failed runs (no metrics, or no step logged)
+# named as such; scripts/train_metrics.py: a run's line of scripts/gpu_train_bench.sh.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # Build "main", rounds 1-3: OLMo2 at 100, 110, 90 (+ slow first steps), MoDA at 90, 100, 81;
-# build "new": MoDA's round 2 failed (no metrics).
+# build "new": MoDA's round 2 failed (no metrics), OLMo2's round 3 logged no step.
 python3 - "$work" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -16,11 +17,16 @@ def write(dist, rnd, run, steady):
     with open(os.path.join(d, "metrics.jsonl"), "w") as f:
         for step in range(1, 9):
             tps = 1.0 if step <= 3 else steady + (step % 3) - 1  # medians: steady
-            f.write(json.dumps({"step": step, "tokens_per_s": tps}) + "\n")
+            f.write(json.dumps({"step": step, "tokens_per_s": tps, "loss": 10.0 / step,
+                                "mfu": tps / 1000}) + "\n")
 for rnd, (o, m) in enumerate([(100, 90), (110, 100), (90, 81)], start=1):
     write("main", rnd, "olmo2_1p5b", o)
     write("main", rnd, "moda_1p5b", m)
-    write("new", rnd, "olmo2_1p5b", o)
+    if rnd != 3:
+        write("new", rnd, "olmo2_1p5b", o)
+    else:
+        os.makedirs(os.path.join(out, f"new_{rnd}", "olmo2_1p5b"))
+        open(os.path.join(out, f"new_{rnd}", "olmo2_1p5b", "metrics.jsonl"), "w").close()
     if rnd != 2:
         write("new", rnd, "moda_1p5b", m)
 PY
@@ -32,6 +38,10 @@ expect() {
 expect "main             olmo2_1p5b       100, 110, 90; median 100"
 expect "main             moda_1p5b        90, 100, 81; median 90"
 expect "main             moda_1p5b / olmo2_1p5b: 0.900x, 0.909x, 0.900x; median 0.900x"
+expect "new              olmo2_1p5b       100, 110, failed; median 105"
 expect "new              moda_1p5b        90, failed, 81; median 86"
-expect "new              moda_1p5b / olmo2_1p5b: 0.900x, 0.900x; median 0.900x"
+expect "new              moda_1p5b / olmo2_1p5b: 0.900x; median 0.900x"
+line="$(python3 "$repo/scripts/train_metrics.py" "$work/main_2/olmo2_1p5b/metrics.jsonl")"
+[[ "$line" == "   steps 8, loss 10.000 -> 1.250, median 110 tok/s, MFU 11.0%" ]] || {
+  echo "FAIL: train_metrics.py printed: $line"; exit 1; }
 echo "train_ab_summary: ok"
