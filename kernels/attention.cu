@@ -1279,10 +1279,12 @@ constexpr size_t backward_wgmma_smem() {
 //   scores^T = K_slot q^T, dP^T = V_slot dO^T    A: slot rows (ldmatrix), B: the token's q, dO rows
 //   dq^T    += K_slot^T dS^T                      A: slot rows transposed (ldmatrix.trans), B: dS^T
 // 12 mma.sync and 12 ldmatrix per 16 slots of a token for all G heads. Each warp streams its
-// (token, KV head) pairs' items of 16 slots through a ring of kTailStages cp.async stages, so its
-// loads run ahead of its math. The tail is memory-bound (K and V of every slot row, 256 bytes at
-// d 64), but blocks reach it at different times, so one SM's tail loads while other SMs run their
-// sequence parts; the streaming pass beside this kernel overlapped only partly. At head size 128
+// (token, KV head) pairs' items of 16 slots through a ring of kStages cp.async stages, so its
+// loads run ahead of its math. Blocks reach the tail at different times, so one SM's tail loads
+// while other SMs run their sequence parts; the streaming pass beside this kernel overlapped only
+// partly. The code forms about 36 GB/s of slot rows per SM, with 8 warps or 16, and not much more
+// with every slot read from L2: it waits on its shared-memory and shuffle instructions more than
+// on DRAM (moda_attention.md, "The backward's depth part on SMs of its own"). At head size 128
 // the streaming pass stays: a tail there (2 stages of 12 KB per warp) was slower at the 1.5B
 // shapes, (2, 4096, 16, 8) S 16 1.60 -> 1.78 ms (the pass beside the sequence kernel cost almost
 // nothing there: 1.60 against 1.09 ms at S 0 with 0.50 of slot gradients), and MoDA-1.5B ran at
@@ -1322,7 +1324,7 @@ __device__ __forceinline__ uint32_t tail_offset(int r, int c) {
 // `ring` is the block's shared memory, free of the sequence part. Pairs, not one KV head's
 // tokens: the warps of a block then read a slot's rows of all KV heads of a token, which are
 // adjacent in memory, and write the adjacent probabilities of all its heads.
-template <int D>
+template <int D, int kWarps, int kStages>
 __device__ __forceinline__ void depth_backward_tail(
     const Dims& s, int b, int pair_lo, int pair_hi, const bf16* __restrict__ dout,
     const bf16* __restrict__ q, const float* __restrict__ lse, const float* __restrict__ delta,
@@ -1330,9 +1332,8 @@ __device__ __forceinline__ void depth_backward_tail(
     float* __restrict__ probs, float* __restrict__ dscores, unsigned char* ring) {
   using L = TailStage<D>;
   constexpr int kChunks = D / 8;  // 16-byte chunks of a row
-  constexpr int kWarps = kBackwardThreads / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  unsigned char* stages = ring + warp * kTailStages * L::bytes;
+  unsigned char* stages = ring + warp * kStages * L::bytes;
   const int first = pair_lo + warp;
   const int n_pairs = first < pair_hi ? (pair_hi - first + kWarps - 1) / kWarps : 0;
   const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
@@ -1345,7 +1346,7 @@ __device__ __forceinline__ void depth_backward_tail(
   // The items in order: (pair, chunk) of the next one to issue and of the next one to compute.
   int issue_pair = first, issue_chunk = 0, pair = first, chunk = 0;
   const auto issue = [&](int item) {
-    unsigned char* st = stages + (item % kTailStages) * L::bytes;
+    unsigned char* st = stages + (item % kStages) * L::bytes;
     const int64_t row = kv_row(issue_pair) * D;
 #pragma unroll
     for (int u = 0; u < kTailSlots * kChunks / 32; ++u) {
@@ -1374,7 +1375,7 @@ __device__ __forceinline__ void depth_backward_tail(
     }
   };
 #pragma unroll
-  for (int i = 0; i < kTailStages - 1; ++i) {
+  for (int i = 0; i < kStages - 1; ++i) {
     if (i < n_items) issue(i);
     cp_async_commit();
   }
@@ -1386,11 +1387,11 @@ __device__ __forceinline__ void depth_backward_tail(
   float dqt[D / 16][4] = {};  // dq^T: rows d = 16 mt + g (+ 8), columns heads 2 t4 (+ 1)
   for (int i = 0; i < n_items; ++i) {
     __syncwarp();  // every lane is done with the stage the next issue overwrites
-    if (i + kTailStages - 1 < n_items) issue(i + kTailStages - 1);
+    if (i + kStages - 1 < n_items) issue(i + kStages - 1);
     cp_async_commit();  // empty past the last item: the wait below keeps its count
-    cp_async_wait<kTailStages - 1>();
+    cp_async_wait<kStages - 1>();
     __syncwarp();
-    unsigned char* st = stages + (i % kTailStages) * L::bytes;
+    unsigned char* st = stages + (i % kStages) * L::bytes;
     const uint32_t sa = wgmma::smem_addr(st);
     if (chunk == 0) {
       // Rows past G repeat row G - 1 (no uninitialized shared memory is read); their lse is +inf.
@@ -1744,8 +1745,39 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
     const int per = (BK + head_blocks - 1) / head_blocks;
     const int pair_lo = k0 * s.Hk + y * per;
     const int pair_hi = min(pair_lo + per, min(k0 + BK, s.T) * s.Hk);
-    depth_backward_tail<D>(s, b, pair_lo, pair_hi, dout, q, lse, delta, depth_k, depth_v, dq, probs,
-                           dscores, smem_raw);
+    depth_backward_tail<D, kBackwardThreads / 32, kTailStages>(s, b, pair_lo, pair_hi, dout, q, lse,
+                                                               delta, depth_k, depth_v, dq, probs,
+                                                               dscores, smem_raw);
+  }
+}
+
+// The depth part of the backward in a kernel of its own, on a share of the SMs beside
+// seq_backward_wgmma<64, false> (depth_split_sms): 16 warps of the tail's code per block, whose
+// shared memory and registers leave no room for a sequence block on its SM. A block takes a
+// contiguous range of the (row, KV head) pairs of all batch rows.
+constexpr int kSplitWarps = 16;
+constexpr int kSplitStages = 2;
+template <int D>
+constexpr size_t depth_split_smem() {
+  return size_t{kSplitWarps} * kSplitStages * TailStage<D>::bytes;
+}
+template <int D>
+__global__ void __launch_bounds__(kSplitWarps * 32, 1)
+    depth_backward_split(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                         const float* __restrict__ lse, const float* __restrict__ delta,
+                         const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
+                         float* __restrict__ dq, float* __restrict__ probs,
+                         float* __restrict__ dscores) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int64_t per_row = int64_t{s.T} * s.Hk, total = per_row * s.B;
+  const int64_t hi = total * (blockIdx.x + 1) / gridDim.x;
+  for (int64_t at = total * blockIdx.x / gridDim.x; at < hi;) {
+    const int b = static_cast<int>(at / per_row);
+    const int64_t end = min(hi, (b + 1) * per_row);
+    depth_backward_tail<D, kSplitWarps, kSplitStages>(
+        s, b, static_cast<int>(at - b * per_row), static_cast<int>(end - b * per_row), dout, q, lse,
+        delta, depth_k, depth_v, dq, probs, dscores, smem_raw);
+    at = end;
   }
 }
 
@@ -1770,6 +1802,31 @@ void check_shape(const AttentionShape& s) {
   if (s.kv_heads <= 0 || s.q_heads % s.kv_heads != 0) {
     throw std::invalid_argument("cuda attention: q_heads must be a multiple of kv_heads");
   }
+}
+
+// SMs for the backward's depth part on SMs of its own (head size 64), or 0 to keep it in the
+// sequence kernel's tail. From estimates of SM time calibrated at (4, 4096, 16, 8) on the H200
+// (2026-12-02): the depth code about 7.1 ns per (row, KV head) pair and slot (its 36 GB/s per SM),
+// plus 2 G + 8 slots' worth per pair (its q, dO and dq rows, the start of a pair's pipeline); the
+// sequence backward 141 SM-ms per 6.87e10 of B Hq T^2 d. The depth part gets a quarter more than
+// its share: with an SM short it runs on after the sequence kernel, while a spare SM goes back to
+// the sequence kernel once the depth blocks end (at S 8, 8 SMs instead of 16 took the backward
+// from 1.44 to 2.09 ms). Automatic placement splits from kMinSplitSlots slots while the share is
+// at most kMaxSplitShare, where the split measured faster than the tail (bwd ms with the slot
+// gradients, tail / split: S 2 1.30 / 1.35, S 4 1.37 / 1.31, S 36 2.55 / 2.45, S 60 3.39 / 3.34
+// (share 0.40), S 64 3.51 / 3.54 (0.42), S 72 3.83 / 3.83).
+constexpr int kMinSplitSlots = 4;
+constexpr double kMaxSplitShare = 0.41;
+int depth_split_sms(const Dims& s, const DepthBackwardStreams& depth) {
+  if (depth.placement == DepthBackwardPlacement::tail || depth.sm_count < 2) return 0;
+  const double depth_ns = double(s.B) * s.T * s.Hk * (s.S + 2.0 * s.G + 8.0) * 7.1;
+  const double seq_ns = double(s.B) * s.Hq * double(s.T) * s.T * s.d * 2.05e-3;
+  const double share = 1.25 * depth_ns / (depth_ns + seq_ns);
+  if (depth.placement == DepthBackwardPlacement::automatic &&
+      (s.S < kMinSplitSlots || share > kMaxSplitShare)) {
+    return 0;
+  }
+  return std::clamp(static_cast<int>(std::ceil(share * depth.sm_count)), 1, depth.sm_count - 1);
 }
 
 bool all_aligned16(std::initializer_list<const void*> ptrs) {
@@ -1913,7 +1970,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
                         const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
                         float* depth_dscores, float* workspace, cudaStream_t stream,
-                        const SideStream& side) {
+                        const DepthBackwardStreams& depth) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t rows = int64_t{s.B} * s.T;
@@ -1937,7 +1994,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
       // The depth part beside the sequence part: the backward (slot gradients of all S included)
       // took 2.73 to 2.78 instead of 2.85 ms at (4, 4096, 16, 8), S = 36, and 2.34 instead of
       // 2.56 at d 128, (2, 4096, 16, 8), S = 32 (docs/kernels/moda_attention.md).
-      const cudaStream_t depth_stream = side.fork(stream);
+      const cudaStream_t depth_stream = depth.beside.fork(stream);
       with_depth_stream(s, [&](auto dd, auto gg) {
         depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
             <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, depth_stream>>>(
@@ -1965,14 +2022,16 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // (8, 2048, 16, 8) unchanged; with the group split over blocks the blocks of one (b, KV head)
     // together: in work order Table 6's (64, 1024, 6, 2) took 0.648 instead of 0.549 ms and
     // (1, 4096, 64, 8) 1.139 instead of 1.069 (probably: blocks that share query tiles no longer
-    // run together). With the depth tail (fused) only while the tail is short: in work order the
+    // run together). With the depth tail only while the tail is short: in work order the
     // blocks of a key block reach their tails together, so that their slot loads no longer
     // overlap other blocks' sequence math. (4, 4096, 16, 8) bwd with slots, old order against
     // work order: S 4 1.419 / 1.364, S 16 1.825 / 1.808, S 24 2.149 / 2.134, S 36 2.607 / 2.623,
     // S 48 3.007 / 3.103, S 72 3.948 / 4.112. Beside the side-stream pass (d 128) the old order
     // measured 1.608, 1.611 and 1.716 against 1.630, 1.627 and 1.630 at (2, 4096, 16, 8) S 16:
     // no clear gain, so the work order stays there.
-    const bool work_order = head_blocks == 1 && (!fused || s.S < 32);
+    const int split_sms = fused ? depth_split_sms(s, depth) : 0;
+    const bool tail = fused && split_sms == 0;
+    const bool work_order = head_blocks == 1 && (!tail || s.S < 32);
     const auto grid =
         static_cast<unsigned>(int64_t{s.B} * s.Hk * head_blocks * ceil_div(s.T, kBackwardKeys));
     const auto launch = [&](auto kernel, size_t smem_bytes) {
@@ -1981,7 +2040,16 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
           s, dout, q, k, v, lse, delta, depth_k, depth_v, dq, dk, dv, depth_probs, depth_dscores,
           head_blocks, work_order);
     };
-    if (fused) {
+    if (split_sms > 0) {
+      const cudaStream_t split_stream = depth.split.fork(stream);
+      auto kernel = depth_backward_split<64>;
+      allow_smem(kernel, depth_split_smem<64>());
+      kernel<<<split_sms, kSplitWarps * 32, depth_split_smem<64>(), split_stream>>>(
+          s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
+      MODA_LAUNCH_CHECK();
+      launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
+      depth.split.join(stream);
+    } else if (tail) {
       launch(seq_backward_wgmma<64, true>,
              std::max(backward_wgmma_smem<64>(), depth_tail_smem<64>()));
     } else if (s.d == 64) {
@@ -1997,7 +2065,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
-  if (streaming && s.S > 0 && !fused) side.join(stream);
+  if (streaming && s.S > 0 && !fused) depth.beside.join(stream);
 }
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,

@@ -61,7 +61,8 @@ void fill_random(const DeviceBuffer& buf, int64_t n, uint32_t seed, cudaStream_t
 
 }  // namespace
 
-AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
+AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
+                                    DepthBackwardPlacement placement) {
   if (reps < 1) throw std::invalid_argument("cuda_time_attention: reps must be at least 1");
   const int64_t rows = shape.batch * shape.seq_len;
   const int64_t qn = rows * shape.q_heads * shape.head_dim;
@@ -82,7 +83,11 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
   DeviceBuffer workspace(std::max<int64_t>(work, 1) * 4);
   cudaStream_t stream = nullptr;
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  const cuda::SideStream side;  // as the backend runs the backward
+  // As the backend runs the backward.
+  const cuda::SideStream beside, split(true);
+  int device = 0, sm_count = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&device));
+  MODA_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
   uint32_t seed = 1;
   for (const auto& [buf, n] : {std::pair{&q, qn},
                                {&k, kn},
@@ -105,7 +110,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps) {
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
                              probs.as<float>(), dscores.as<float>(), workspace.as<float>(), stream,
-                             side);
+                             {beside, split, placement, sm_count});
     MODA_CUDA_CHECK(cudaEventRecord(slots, stream));
     cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
                               d_depth_v.as<float>(), false, stream);

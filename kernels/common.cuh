@@ -69,11 +69,16 @@ struct AllocationCounter {
 };
 
 // A second stream for work that may run beside the caller's stream: fork() makes it wait for
-// what the caller queued so far, join() makes the caller wait for what was queued on it.
+// what the caller queued so far, join() makes the caller wait for what was queued on it. At the
+// greatest priority the blocks of its kernels are started before those of kernels already waiting
+// on other streams.
 class SideStream {
  public:
-  SideStream() {
-    MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  explicit SideStream(bool greatest_priority = false) {
+    int least = 0, greatest = 0;
+    MODA_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    MODA_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking,
+                                                 greatest_priority ? greatest : least));
     MODA_CUDA_CHECK(cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming));
     MODA_CUDA_CHECK(cudaEventCreateWithFlags(&joined_, cudaEventDisableTiming));
   }

@@ -10,6 +10,7 @@
 #include "common.cuh"
 #include "gemm.cuh"
 #include "moda/backend.hpp"
+#include "moda/cuda_backend.hpp"
 
 namespace moda::cuda {
 
@@ -58,13 +59,21 @@ void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int64_t rows, 
 void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
                        float* workspace, cudaStream_t stream);
-// The streaming depth part of the backward runs on `side` beside the sequence part; `stream`
-// waits for both.
+// Where the backward's depth part runs besides `stream`, which waits for it: the streaming
+// kernel (head size 128 and the unaligned cases) on `beside`; at head size 64 the tail of the
+// sequence kernel's blocks or, split, a kernel on SMs of its own on `split` (a stream of the
+// greatest priority, so that its blocks take their SMs before the sequence kernel's).
+struct DepthBackwardStreams {
+  const SideStream& beside;
+  const SideStream& split;
+  DepthBackwardPlacement placement;
+  int sm_count;
+};
 void attention_backward(const AttentionShape& s, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
                         const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
                         float* depth_dscores, float* workspace, cudaStream_t stream,
-                        const SideStream& side);
+                        const DepthBackwardStreams& depth);
 // Backend::DepthReader as typed pointers.
 struct DepthReaderPtrs {
   const bf16* q;

@@ -420,16 +420,21 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   // G = 4 and 8 split the backward's head group over blocks (dK, dV added with atomics), and G = 4
   // has its own depth-kernel instantiation.
   // q_scale > 1 sharpens the scores so that later slots move the softmax's maximum by more than
-  // the fused forward's slack (kDepthRescaleSlack), which otherwise rarely happens.
-  const auto run = [](int64_t d, int64_t group, int64_t slots, int64_t T, double q_scale) {
-    Harness h;
+  // the fused forward's slack (kDepthRescaleSlack), which otherwise rarely happens. At head size 64
+  // the backward's depth part runs in the sequence kernel's tail or in a kernel on SMs of its own
+  // (DepthBackwardPlacement); shapes this small take the tail unless the split is asked for.
+  const auto run = [](int64_t d, int64_t group, int64_t slots, int64_t T, double q_scale,
+                      DepthBackwardPlacement placement = DepthBackwardPlacement::automatic) {
+    CudaBackendOptions options;
+    options.depth_backward = placement;
+    Harness h(make_cuda_backend(options));
     const int64_t B = 2, Hk = 2, Hq = Hk * group, R = B * T;
     const int64_t qn = R * Hq * d, kn = R * Hk * d;
     // A gap between slots checks that slot_stride, not the slot size, is used.
     const int64_t stride = kn + 64, depth_n = slots > 0 ? (slots - 1) * stride + kn : 0;
     const AttentionShape shape{B, T, Hq, Hk, d, slots, stride};
-    const std::string tag =
-        fmt::format("d={} G={} S={} T={} q_scale={}", d, group, slots, T, q_scale);
+    const std::string tag = fmt::format("d={} G={} S={} T={} q_scale={} placement={}", d, group,
+                                        slots, T, q_scale, static_cast<int>(placement));
     Twin q = h.random(Role::activation, qn, 1, q_scale);
     Twin k = h.random(Role::activation, kn, 2);
     Twin v = h.random(Role::activation, kn, 3);
@@ -500,7 +505,10 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   for (int64_t d : {64, 128, 8, 4}) {
     for (int64_t group : {1, 2, 3, 4, 8}) {
       for (int64_t slots : {0, 1, 3, 37}) {
-        for (int64_t T : {1, 33, 130}) run(d, group, slots, T, 1.0);
+        for (int64_t T : {1, 33, 130}) {
+          run(d, group, slots, T, 1.0);
+          if (d == 64 && slots > 0) run(d, group, slots, T, 1.0, DepthBackwardPlacement::split);
+        }
       }
     }
   }
@@ -511,6 +519,7 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   // Many slots: S = 1,300 at G = 8 once took the warp kernels (the streaming forward kept its
   // scores in shared memory); now every path takes any S.
   for (int64_t d : {64, 128}) run(d, 8, 1300, 33, 1.0);
+  run(64, 8, 1300, 33, 1.0, DepthBackwardPlacement::split);
 }
 
 // T = 65,535 (the 64K, and ragged: no tile divides it) is beyond the float64 CPU backend
@@ -757,8 +766,13 @@ TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
 // order. (Groups of more than two heads add dK, dV from one block per head, with atomics.)
 TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
   MODA_REQUIRE_GPU();
-  for (int64_t d : {64, 128}) {
-    Harness h;
+  // Head size 64 in both placements of the backward's depth part.
+  for (auto [d, placement] : {std::pair{64, DepthBackwardPlacement::tail},
+                              {64, DepthBackwardPlacement::split},
+                              {128, DepthBackwardPlacement::automatic}}) {
+    CudaBackendOptions options;
+    options.depth_backward = placement;
+    Harness h(make_cuda_backend(options));
     Backend& g = h.gpu();
     const int64_t B = 2, T = 197, Hk = 2, Hq = 4, S = 37, R = B * T;
     const int64_t qn = R * Hq * d, kn = R * Hk * d;
@@ -789,11 +803,13 @@ TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
         continue;
       }
       for (size_t i = 0; i + 1 < now.size(); ++i) {
-        INFO("d=" << d << " run " << run << " output " << i << " differs from run 0");
+        INFO("d=" << d << " placement " << static_cast<int>(placement) << " run " << run
+                  << " output " << i << " differs from run 0");
         CHECK(now[i] == first[i]);
       }
       const double err = test::rel_error(now.back(), first.back());
-      INFO("d=" << d << " run " << run << " dq relative difference " << err);
+      INFO("d=" << d << " placement " << static_cast<int>(placement) << " run " << run
+                << " dq relative difference " << err);
       CHECK(err <= 1e-6);
     }
   }

@@ -17,10 +17,19 @@ namespace moda {
 // throws.
 int cuda_device_count();
 
+// Where attention's backward forms the depth part at head size 64
+// (docs/kernels/moda_attention.md, "The backward's depth part on SMs of its own"): in the tail of
+// the sequence kernel's blocks once their sequence part is done, in a kernel of its own on a share
+// of the SMs beside the sequence kernel, or (automatic) split where the depth part's estimated
+// share of the work is small enough for the split to have measured faster. Head size 128 runs
+// it beside the sequence kernel either way.
+enum class DepthBackwardPlacement { automatic, tail, split };
+
 struct CudaBackendOptions {
   // Upper bound of the LM head's scratch (fp32 logits + bf16 logit gradients of one chunk of
   // rows). Larger chunks re-read the weight gradient less often; tests shrink it to force chunks.
   size_t lm_head_workspace_bytes = size_t{1} << 30;
+  DepthBackwardPlacement depth_backward = DepthBackwardPlacement::automatic;
 };
 
 // Sizes of the backend's scratch buffers. Inline, so that `moda info` and the trainer's memory
@@ -82,7 +91,9 @@ struct AttentionTiming {
   double slot_gradients_ms = 0;  // the depth_slot_backward part of backward_ms
   double total_ms = 0;           // median of forward + backward per repetition
 };
-AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps);
+AttentionTiming cuda_time_attention(
+    const AttentionShape& shape, int reps,
+    DepthBackwardPlacement placement = DepthBackwardPlacement::automatic);
 // Median ms of depth_slot_backward forming two slots' gradients from `readers` layers that each
 // read shape.slots (>= 2) slots, each with its own operands: one step of the model's backward.
 double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, int reps);

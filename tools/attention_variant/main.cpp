@@ -1,9 +1,11 @@
 // A stand-alone timer of one build of the attention kernels (scripts/build_attention_variant.sh):
 // cuda_time_attention at each shape given as B,T,Hq,Hk,d,S, medians of 20 forward+backward
 // rounds; a shape with a seventh number R times instead depth_slot_backward forming two slots'
-// gradients from R readers of S slots each (cuda_time_depth_slot_gradients). Small enough (1 MB)
-// that several variants travel to the GPU machine in one call.
+// gradients from R readers of S slots each (cuda_time_depth_slot_gradients). A shape may end in
+// ":tail" or ":split" to place the backward's depth part so (DepthBackwardPlacement; automatic
+// otherwise). Small enough (1 MB) that several variants travel to the GPU machine in one call.
 #include <cstdio>
+#include <cstring>
 
 #include "moda/cuda_backend.hpp"
 
@@ -28,7 +30,17 @@ int main(int argc, char** argv) {
       std::printf("%-22s slot gradients %.3f\n", argv[i], ms);
       continue;
     }
-    const moda::AttentionTiming t = moda::cuda_time_attention(shape, 20);
+    const char* suffix = std::strchr(argv[i], ':');
+    auto placement = moda::DepthBackwardPlacement::automatic;
+    if (suffix != nullptr && std::strcmp(suffix, ":tail") == 0) {
+      placement = moda::DepthBackwardPlacement::tail;
+    } else if (suffix != nullptr && std::strcmp(suffix, ":split") == 0) {
+      placement = moda::DepthBackwardPlacement::split;
+    } else if (suffix != nullptr) {
+      std::fprintf(stderr, "attention_variant: '%s' ends in neither :tail nor :split\n", argv[i]);
+      return 2;
+    }
+    const moda::AttentionTiming t = moda::cuda_time_attention(shape, 20, placement);
     std::printf("%-22s fwd %.3f bwd %.3f (slots %.3f) total %.3f\n", argv[i], t.forward_ms,
                 t.backward_ms, t.slot_gradients_ms, t.total_ms);
   }
