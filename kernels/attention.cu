@@ -1816,7 +1816,7 @@ void check_shape(const AttentionShape& s) {
 // gradients, tail / split: S 2 1.30 / 1.35, S 4 1.37 / 1.31, S 36 2.55 / 2.45, S 60 3.39 / 3.34
 // (share 0.40), S 64 3.51 / 3.54 (0.42), S 72 3.83 / 3.83).
 constexpr int kMinSplitSlots = 4;
-constexpr double kMaxSplitShare = 0.41;
+constexpr double kMaxSplitShare = 0.405;
 int depth_split_sms(const Dims& s, const DepthBackwardStreams& depth) {
   if (depth.placement == DepthBackwardPlacement::tail || depth.sm_count < 2) return 0;
   const double depth_ns = double(s.B) * s.T * s.Hk * (s.S + 2.0 * s.G + 8.0) * 7.1;
