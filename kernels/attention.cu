@@ -1752,8 +1752,8 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
 }
 
 // The depth part of the backward in a kernel of its own, on a share of the SMs beside
-// seq_backward_wgmma<64, false> (depth_split_sms): 16 warps of the tail's code per block, whose
-// shared memory and registers leave no room for a sequence block on its SM. A block takes a
+// seq_backward_wgmma<64, false> (attention_depth_split_sms): 16 warps of the tail's code per block,
+// whose shared memory and registers leave no room for a sequence block on its SM. A block takes a
 // contiguous range of the (row, KV head) pairs of all batch rows.
 constexpr int kSplitWarps = 16;
 constexpr int kSplitStages = 2;
@@ -1802,31 +1802,6 @@ void check_shape(const AttentionShape& s) {
   if (s.kv_heads <= 0 || s.q_heads % s.kv_heads != 0) {
     throw std::invalid_argument("cuda attention: q_heads must be a multiple of kv_heads");
   }
-}
-
-// SMs for the backward's depth part on SMs of its own (head size 64), or 0 to keep it in the
-// sequence kernel's tail. From estimates of SM time calibrated at (4, 4096, 16, 8) on the H200
-// (2026-12-02): the depth code about 7.1 ns per (row, KV head) pair and slot (its 36 GB/s per SM),
-// plus 2 G + 8 slots' worth per pair (its q, dO and dq rows, the start of a pair's pipeline); the
-// sequence backward 141 SM-ms per 6.87e10 of B Hq T^2 d. The depth part gets a quarter more than
-// its share: with an SM short it runs on after the sequence kernel, while a spare SM goes back to
-// the sequence kernel once the depth blocks end (at S 8, 8 SMs instead of 16 took the backward
-// from 1.44 to 2.09 ms). Automatic placement splits from kMinSplitSlots slots while the share is
-// at most kMaxSplitShare, where the split measured faster than the tail (bwd ms with the slot
-// gradients, tail / split: S 2 1.30 / 1.35, S 4 1.37 / 1.31, S 36 2.55 / 2.45, S 60 3.39 / 3.34
-// (share 0.40), S 64 3.51 / 3.54 (0.42), S 72 3.83 / 3.83).
-constexpr int kMinSplitSlots = 4;
-constexpr double kMaxSplitShare = 0.405;
-int depth_split_sms(const Dims& s, const DepthBackwardStreams& depth) {
-  if (depth.placement == DepthBackwardPlacement::tail || depth.sm_count < 2) return 0;
-  const double depth_ns = double(s.B) * s.T * s.Hk * (s.S + 2.0 * s.G + 8.0) * 7.1;
-  const double seq_ns = double(s.B) * s.Hq * double(s.T) * s.T * s.d * 2.05e-3;
-  const double share = 1.25 * depth_ns / (depth_ns + seq_ns);
-  if (depth.placement == DepthBackwardPlacement::automatic &&
-      (s.S < kMinSplitSlots || share > kMaxSplitShare)) {
-    return 0;
-  }
-  return std::clamp(static_cast<int>(std::ceil(share * depth.sm_count)), 1, depth.sm_count - 1);
 }
 
 bool all_aligned16(std::initializer_list<const void*> ptrs) {
@@ -2029,7 +2004,9 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // S 48 3.007 / 3.103, S 72 3.948 / 4.112. Beside the side-stream pass (d 128) the old order
     // measured 1.608, 1.611 and 1.716 against 1.630, 1.627 and 1.630 at (2, 4096, 16, 8) S 16:
     // no clear gain, so the work order stays there.
-    const int split_sms = fused ? depth_split_sms(s, depth) : 0;
+    const int split_sms =
+        fused ? static_cast<int>(attention_depth_split_sms(shape, depth.placement, depth.sm_count))
+              : 0;
     const bool tail = fused && split_sms == 0;
     const bool work_order = head_blocks == 1 && (!tail || s.S < 32);
     const auto grid =

@@ -59,7 +59,7 @@ void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int64_t rows, 
 void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
                        float* workspace, cudaStream_t stream);
-// Where the backward's depth part runs besides `stream`, which waits for it: the streaming
+// Where the backward's depth part runs beside `stream`, which waits for it: the streaming
 // kernel (head size 128 and the unaligned cases) on `beside`; at head size 64 the tail of the
 // sequence kernel's blocks or, split, a kernel on SMs of its own on `split` (a stream of the
 // greatest priority, so that its blocks take their SMs before the sequence kernel's).

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -64,6 +65,38 @@ inline int64_t attention_forward_workspace(const AttentionShape& s) {
 }
 inline int64_t attention_backward_workspace(const AttentionShape& s) {
   return s.batch * s.seq_len * s.q_heads;
+}
+
+// SMs that attention's backward gives its depth part at head size 64 (a kernel of its own on
+// them, beside the sequence kernel on the rest), or 0 to keep it in the sequence kernel's tail.
+// From estimates of SM time calibrated at (4, 4096, 16, 8) on the H200 (2026-12-02,
+// docs/kernels/moda_attention.md, "The backward's depth part on SMs of its own"): the depth code
+// about 7.1 ns per (row, KV head) pair and slot (its 36 GB/s per SM), plus 2 G + 8 slots' worth
+// per pair (its q, dO and dq rows, the start of a pair's pipeline); the sequence backward 141
+// SM-ms per 6.87e10 of B Hq T^2 d. The depth part gets a quarter more than its share: with an SM
+// short it runs on after the sequence kernel, while a spare SM goes back to the sequence kernel
+// once the depth blocks end (at S 8, 8 SMs instead of 16 took the backward from 1.44 to 2.09 ms).
+// Automatic placement splits from kMinSplitSlots slots while the share is at most
+// kMaxSplitShare, where the split measured faster than the tail (bwd ms with the slot gradients,
+// tail / split: S 2 1.30 / 1.35, S 4 1.37 / 1.31, S 36 2.55 / 2.45, S 60 3.39 / 3.34 (share
+// 0.40), S 64 3.51 / 3.54 (0.42), S 72 3.83 / 3.83).
+inline constexpr int64_t kMinSplitSlots = 4;
+inline constexpr double kMaxSplitShare = 0.405;
+inline int64_t attention_depth_split_sms(const AttentionShape& s, DepthBackwardPlacement placement,
+                                         int64_t sm_count) {
+  if (placement == DepthBackwardPlacement::tail || sm_count < 2 || s.slots == 0) return 0;
+  const auto group = static_cast<double>(s.q_heads / s.kv_heads);
+  const double pairs = static_cast<double>(s.batch * s.seq_len * s.kv_heads);
+  const double depth_ns = pairs * (static_cast<double>(s.slots) + 2.0 * group + 8.0) * 7.1;
+  const double seq_ns = static_cast<double>(s.batch * s.q_heads * s.head_dim) *
+                        static_cast<double>(s.seq_len) * static_cast<double>(s.seq_len) * 2.05e-3;
+  const double share = 1.25 * depth_ns / (depth_ns + seq_ns);
+  if (placement == DepthBackwardPlacement::automatic &&
+      (s.slots < kMinSplitSlots || share > kMaxSplitShare)) {
+    return 0;
+  }
+  const auto sms = static_cast<int64_t>(std::ceil(share * static_cast<double>(sm_count)));
+  return std::clamp<int64_t>(sms, 1, sm_count - 1);
 }
 
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
