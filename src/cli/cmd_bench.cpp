@@ -3,6 +3,7 @@
 // the ratios.
 #include <fmt/format.h>
 
+#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -10,10 +11,7 @@
 
 #include "cli/commands.hpp"
 #include "moda/backend.hpp"
-
-#ifdef MODA_HAVE_CUDA
 #include "moda/cuda_backend.hpp"
-#endif
 
 namespace moda::cli {
 
@@ -55,7 +53,20 @@ AttentionShape parse_shape(const std::string& text) {
 }
 
 #ifdef MODA_HAVE_CUDA
-void bench_attention(const std::vector<std::string>& shapes, int reps, bool json) {
+const char* placement_name(DepthBackwardPlacement p) {
+  switch (p) {
+    case DepthBackwardPlacement::tail:
+      return "tail";
+    case DepthBackwardPlacement::split:
+      return "split";
+    case DepthBackwardPlacement::automatic:
+      break;
+  }
+  return "automatic";
+}
+
+void bench_attention(const std::vector<std::string>& shapes, int reps, bool json,
+                     DepthBackwardPlacement placement) {
   for (const std::string& text : shapes) parse_shape(text);  // every shape is checked up front
   if (cuda_device_count() == 0) {
     throw std::runtime_error("moda bench attention needs a CUDA GPU, and none is visible");
@@ -67,16 +78,16 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
   }
   for (const std::string& text : shapes) {
     const AttentionShape s = parse_shape(text);
-    const AttentionTiming t = cuda_time_attention(s, reps);
+    const AttentionTiming t = cuda_time_attention(s, reps, placement);
     const double depth_gb = 2.0 * s.slots * s.batch * s.seq_len * s.kv_heads * s.head_dim * 2e-9;
     if (json) {
       fmt::print(
           "{{\"B\": {}, \"T\": {}, \"Hq\": {}, \"Hk\": {}, \"d\": {}, \"S\": {}, \"fwd_ms\": "
           "{:.4f}, "
           "\"bwd_ms\": {:.4f}, \"slot_gradients_ms\": {:.4f}, \"total_ms\": {:.4f}, \"reps\": "
-          "{}}}\n",
+          "{}, \"depth_backward\": \"{}\"}}\n",
           s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
-          t.backward_ms, t.slot_gradients_ms, t.total_ms, reps);
+          t.backward_ms, t.slot_gradients_ms, t.total_ms, reps, placement_name(placement));
     } else {
       fmt::print(
           "{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10.3f} {:>10.3f} {:>14.3f} {:>10.3f} {:>12.2f}\n",
@@ -87,7 +98,7 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
   }
 }
 #else
-void bench_attention(const std::vector<std::string>& shapes, int, bool) {
+void bench_attention(const std::vector<std::string>& shapes, int, bool, DepthBackwardPlacement) {
   for (const std::string& text : shapes) parse_shape(text);
   throw std::runtime_error(
       "moda bench attention needs the CUDA backend, and this moda was built without CUDA");
@@ -106,6 +117,7 @@ void register_bench(CLI::App& app) {
     std::vector<std::string> shapes = kDefaultShapes;
     int reps = 20;
     bool json = false;
+    DepthBackwardPlacement depth_backward = DepthBackwardPlacement::automatic;
   };
   auto opts = std::make_shared<Options>();
   attn->add_option(
@@ -114,7 +126,17 @@ void register_bench(CLI::App& app) {
   attn->add_option("--reps", opts->reps, "timed repetitions per shape (median reported)")
       ->check(CLI::Range(1, 100000));
   attn->add_flag("--json", opts->json, "one JSON object per shape instead of a table");
-  attn->callback([opts] { bench_attention(opts->shapes, opts->reps, opts->json); });
+  const std::map<std::string, DepthBackwardPlacement> placements{
+      {"automatic", DepthBackwardPlacement::automatic},
+      {"tail", DepthBackwardPlacement::tail},
+      {"split", DepthBackwardPlacement::split}};
+  attn->add_option("--depth-backward", opts->depth_backward,
+                   "where the backward forms the depth part at head size 64: automatic (default), "
+                   "tail (in the sequence kernel's blocks) or split (a kernel on SMs of its own); "
+                   "docs/kernels/moda_attention.md")
+      ->transform(CLI::CheckedTransformer(placements, CLI::ignore_case));
+  attn->callback(
+      [opts] { bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward); });
 }
 
 }  // namespace moda::cli
