@@ -3,6 +3,7 @@
 // the ratios.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -22,6 +23,12 @@ const std::vector<std::string> kDefaultShapes = {
     "4,4096,16,8,64,0",   "4,4096,16,8,64,36", "4,4096,16,8,64,72",  "1,4096,64,8,64,0",
     "1,4096,64,8,64,64",  "1,8192,64,8,64,0",  "1,8192,64,8,64,64",  "1,16384,64,8,64,0",
     "1,16384,64,8,64,64", "1,16384,16,8,64,0", "1,16384,16,8,64,64", "1,16384,64,8,64,128"};
+
+// The values of --depth-backward.
+const std::map<std::string, DepthBackwardPlacement> kPlacements{
+    {"automatic", DepthBackwardPlacement::automatic},
+    {"tail", DepthBackwardPlacement::tail},
+    {"split", DepthBackwardPlacement::split}};
 
 AttentionShape parse_shape(const std::string& text) {
   std::vector<int64_t> v;
@@ -53,16 +60,10 @@ AttentionShape parse_shape(const std::string& text) {
 }
 
 #ifdef MODA_HAVE_CUDA
-const char* placement_name(DepthBackwardPlacement p) {
-  switch (p) {
-    case DepthBackwardPlacement::tail:
-      return "tail";
-    case DepthBackwardPlacement::split:
-      return "split";
-    case DepthBackwardPlacement::automatic:
-      break;
-  }
-  return "automatic";
+std::string placement_name(DepthBackwardPlacement p) {
+  const auto it = std::find_if(kPlacements.begin(), kPlacements.end(),
+                               [p](const auto& named) { return named.second == p; });
+  return it->first;
 }
 
 void bench_attention(const std::vector<std::string>& shapes, int reps, bool json,
@@ -126,15 +127,11 @@ void register_bench(CLI::App& app) {
   attn->add_option("--reps", opts->reps, "timed repetitions per shape (median reported)")
       ->check(CLI::Range(1, 100000));
   attn->add_flag("--json", opts->json, "one JSON object per shape instead of a table");
-  const std::map<std::string, DepthBackwardPlacement> placements{
-      {"automatic", DepthBackwardPlacement::automatic},
-      {"tail", DepthBackwardPlacement::tail},
-      {"split", DepthBackwardPlacement::split}};
   attn->add_option("--depth-backward", opts->depth_backward,
                    "where the backward forms the depth part at head size 64: automatic (default), "
                    "tail (in the sequence kernel's blocks) or split (a kernel on SMs of its own); "
                    "docs/kernels/moda_attention.md")
-      ->transform(CLI::CheckedTransformer(placements, CLI::ignore_case));
+      ->transform(CLI::CheckedTransformer(kPlacements, CLI::ignore_case));
   attn->callback(
       [opts] { bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward); });
 }
