@@ -1283,8 +1283,10 @@ constexpr size_t backward_wgmma_smem() {
 // loads run ahead of its math. Blocks reach the tail at different times, so one SM's tail loads
 // while other SMs run their sequence parts; the streaming pass beside this kernel overlapped only
 // partly. The code forms about 36 GB/s of slot rows per SM, with 8 warps or 16, and not much more
-// with every slot read from L2: it waits on its shared-memory and shuffle instructions more than
-// on DRAM (moda_attention.md, "The backward's depth part on SMs of its own"). At head size 128
+// with every slot read from L2; a third fewer instructions per item (the slot rows and q, dout
+// as TMA boxes, the statistics' index by additions) made it no faster either, so what limits it
+// is neither DRAM nor its instruction count alone (moda_attention.md, "The backward's depth part
+// on SMs of its own" and "Fewer instructions per slot row, no faster"). At head size 128
 // the streaming pass stays: a tail there (2 stages of 12 KB per warp) was slower at the 1.5B
 // shapes, (2, 4096, 16, 8) S 16 1.60 -> 1.78 ms (the pass beside the sequence kernel cost almost
 // nothing there: 1.60 against 1.09 ms at S 0 with 0.50 of slot gradients), and MoDA-1.5B ran at
