@@ -25,6 +25,15 @@ int cuda_device_count();
 // share of the work is small enough for the split to have measured faster. Head size 128 runs
 // it beside the sequence kernel either way.
 enum class DepthBackwardPlacement { automatic, tail, split };
+// Their names, as `moda bench attention --depth-backward` and the variant timer take them.
+struct NamedDepthBackwardPlacement {
+  const char* name;
+  DepthBackwardPlacement placement;
+};
+inline constexpr NamedDepthBackwardPlacement kDepthBackwardPlacements[] = {
+    {"automatic", DepthBackwardPlacement::automatic},
+    {"tail", DepthBackwardPlacement::tail},
+    {"split", DepthBackwardPlacement::split}};
 
 struct CudaBackendOptions {
   // Upper bound of the LM head's scratch (fp32 logits + bf16 logit gradients of one chunk of

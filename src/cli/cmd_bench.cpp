@@ -25,10 +25,11 @@ const std::vector<std::string> kDefaultShapes = {
     "1,16384,64,8,64,64", "1,16384,16,8,64,0", "1,16384,16,8,64,64", "1,16384,64,8,64,128"};
 
 // The values of --depth-backward.
-const std::map<std::string, DepthBackwardPlacement> kPlacements{
-    {"automatic", DepthBackwardPlacement::automatic},
-    {"tail", DepthBackwardPlacement::tail},
-    {"split", DepthBackwardPlacement::split}};
+const std::map<std::string, DepthBackwardPlacement> kPlacements = [] {
+  std::map<std::string, DepthBackwardPlacement> named;
+  for (const auto& [name, placement] : kDepthBackwardPlacements) named.emplace(name, placement);
+  return named;
+}();
 
 AttentionShape parse_shape(const std::string& text) {
   std::vector<int64_t> v;

@@ -4,8 +4,10 @@
 // gradients from R readers of S slots each (cuda_time_depth_slot_gradients). A shape may end in
 // ":tail" or ":split" to place the backward's depth part so (DepthBackwardPlacement; automatic
 // otherwise). Small enough (1 MB) that several variants travel to the GPU machine in one call.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 
 #include "moda/cuda_backend.hpp"
 
@@ -32,13 +34,16 @@ int main(int argc, char** argv) {
     }
     const char* suffix = std::strchr(argv[i], ':');
     auto placement = moda::DepthBackwardPlacement::automatic;
-    if (suffix != nullptr && std::strcmp(suffix, ":tail") == 0) {
-      placement = moda::DepthBackwardPlacement::tail;
-    } else if (suffix != nullptr && std::strcmp(suffix, ":split") == 0) {
-      placement = moda::DepthBackwardPlacement::split;
-    } else if (suffix != nullptr) {
-      std::fprintf(stderr, "attention_variant: '%s' ends in neither :tail nor :split\n", argv[i]);
-      return 2;
+    if (suffix != nullptr) {
+      const auto* named = std::find_if(
+          std::begin(moda::kDepthBackwardPlacements), std::end(moda::kDepthBackwardPlacements),
+          [&](const auto& p) { return std::strcmp(suffix + 1, p.name) == 0; });
+      if (named == std::end(moda::kDepthBackwardPlacements)) {
+        std::fprintf(stderr, "attention_variant: '%s' ends in none of :automatic :tail :split\n",
+                     argv[i]);
+        return 2;
+      }
+      placement = named->placement;
     }
     const moda::AttentionTiming t = moda::cuda_time_attention(shape, 20, placement);
     std::printf("%-22s fwd %.3f bwd %.3f (slots %.3f) total %.3f\n", argv[i], t.forward_ms,
