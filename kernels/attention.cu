@@ -27,6 +27,8 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <span>
 #include <type_traits>
 
@@ -1282,11 +1284,12 @@ constexpr size_t backward_wgmma_smem() {
 // (token, KV head) pairs' items of 16 slots through a ring of kStages cp.async stages, so its
 // loads run ahead of its math. Blocks reach the tail at different times, so one SM's tail loads
 // while other SMs run their sequence parts; the streaming pass beside this kernel overlapped only
-// partly. The code forms about 36 GB/s of slot rows per SM, with 8 warps or 16, and not much more
-// with every slot read from L2; a third fewer instructions per item (the slot rows and q, dout
-// as TMA boxes, the statistics' index by additions) made it no faster either, so what limits it
-// is neither DRAM nor its instruction count alone (moda_attention.md, "The backward's depth part
-// on SMs of its own" and "Fewer instructions per slot row, no faster"). At head size 128
+// partly. In the tail the code forms about 36 GB/s of slot rows per SM; Nsight's stall sampling
+// there (S 72) found its 2 warps per scheduler waiting on their own instruction chains (fixed-
+// latency waits and issue 62% of its samples, memory 2%), which is why the same code in a kernel
+// beside the sequence kernel (depth_backward_beside, 4 warps on every SM) is faster: its latency
+// hides under the sequence part's math (moda_attention.md, "The backward's depth part beside the
+// sequence kernel on every SM"). At head size 128
 // the streaming pass stays: a tail there (2 stages of 12 KB per warp) was slower at the 1.5B
 // shapes, (2, 4096, 16, 8) S 16 1.60 -> 1.78 ms (the pass beside the sequence kernel cost almost
 // nothing there: 1.60 against 1.09 ms at S 0 with 0.50 of slot gradients), and MoDA-1.5B ran at
@@ -1753,30 +1756,42 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
   }
 }
 
-// The depth part of the backward in a kernel of its own, on a share of the SMs beside
-// seq_backward_wgmma<64, false> (attention_depth_split_sms): 16 warps of the tail's code per block,
-// whose shared memory and registers leave no room for a sequence block on its SM. A block takes a
-// contiguous range of the (row, KV head) pairs of all batch rows.
-constexpr int kSplitWarps = 16;
-constexpr int kSplitStages = 2;
+// The depth part of the backward in a kernel of its own beside seq_backward_wgmma<64, false> on
+// every SM: one block of kBesideWarps warps of the tail's code per SM, launched first on a stream
+// of the greatest priority, small enough in registers and shared memory that the sequence kernel's
+// block still fits on the SM with it (beside_layout). The sequence block's warps keep
+// the tensor cores busy while these stream the slot rows, so the depth part's bytes move under
+// the sequence math instead of in the blocks' tails (where Nsight's stall sampling found the
+// tail's 8 warps latency-bound on their own instruction chains, 2 per scheduler, the memory
+// stalls 2% of its samples) or on SMs taken from the sequence kernel. A block takes a contiguous
+// range of the (row, KV head) pairs of all batch rows. Measured (bwd ms with the slot gradients,
+// (4, 4096, 16, 8), tail / SMs of its own / beside): S 8 1.491 / 1.435 / 1.382, S 36 2.551 / 2.432
+// / 2.336, S 60 3.382 / 3.340 / 3.147, S 72 3.829 / 3.810 / 3.612 (moda_attention.md, "The
+// backward's depth part beside the sequence kernel on every SM"). Four stages of 128 registers
+// were slower at every shape, two stages about the same as three.
+constexpr int kBesideWarps = 4;
+constexpr int kBesideStages = 3;
+// The sequence block's 8 warps take 189 registers a thread (24 units of 256 a warp), which leaves
+// 16,384 of the SM's 65,536: 4 warps at up to 128. At 112 ptxas spills nothing.
+constexpr int kBesideRegisters = 112;
 template <int D>
-constexpr size_t depth_split_smem() {
-  return size_t{kSplitWarps} * kSplitStages * TailStage<D>::bytes;
+constexpr size_t depth_beside_smem() {
+  return size_t{kBesideWarps} * kBesideStages * TailStage<D>::bytes;
 }
 template <int D>
-__global__ void __launch_bounds__(kSplitWarps * 32, 1)
-    depth_backward_split(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
-                         const float* __restrict__ lse, const float* __restrict__ delta,
-                         const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
-                         float* __restrict__ dq, float* __restrict__ probs,
-                         float* __restrict__ dscores) {
+__global__ void __maxnreg__(kBesideRegisters)
+    depth_backward_beside(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                          const float* __restrict__ lse, const float* __restrict__ delta,
+                          const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
+                          float* __restrict__ dq, float* __restrict__ probs,
+                          float* __restrict__ dscores) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t per_row = int64_t{s.T} * s.Hk, total = per_row * s.B;
   const int64_t hi = total * (blockIdx.x + 1) / gridDim.x;
   for (int64_t at = total * blockIdx.x / gridDim.x; at < hi;) {
     const int b = static_cast<int>(at / per_row);
     const int64_t end = min(hi, (b + 1) * per_row);
-    depth_backward_tail<D, kSplitWarps, kSplitStages>(
+    depth_backward_tail<D, kBesideWarps, kBesideStages>(
         s, b, static_cast<int>(at - b * per_row), static_cast<int>(end - b * per_row), dout, q, lse,
         delta, depth_k, depth_v, dq, probs, dscores, smem_raw);
     at = end;
@@ -1943,6 +1958,44 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   MODA_LAUNCH_CHECK();
 }
 
+// The beside kernel's block on the current device, once per device: its shared memory, padded to
+// more than half of the SM's, so that two of its blocks never share an SM (the block scheduler
+// may put two on one SM, which then has no room for a sequence block, and none on another), and
+// whether a sequence block fits on the SM with it (registers are given to a warp in units of 256).
+// Unpadded (74 KB) the variant timers measured the same, but in the model the attention backward
+// took 57.5 ms a MoDA-700M step against 55.5 with the depth part on SMs of its own; padded, 51.5.
+struct BesideLayout {
+  size_t smem = 0;
+  bool fits = false;
+};
+BesideLayout beside_layout() {
+  static std::mutex mutex;
+  static std::map<int, BesideLayout> by_device;
+  int device = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = by_device.find(device); it != by_device.end()) return it->second;
+  cudaFuncAttributes seq{}, depth{};
+  MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_backward_wgmma<64, false>));
+  MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_backward_beside<64>));
+  cudaDeviceProp props{};
+  MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
+  const auto warp_registers = [](int per_thread) { return (per_thread * 32 + 255) / 256 * 256; };
+  const int registers = kBackwardThreads / 32 * warp_registers(seq.numRegs) +
+                        kBesideWarps * warp_registers(depth.numRegs);
+  const size_t reserved = props.reservedSharedMemPerBlock;
+  BesideLayout layout;
+  const size_t half_sm = props.sharedMemPerMultiprocessor / 2;
+  layout.smem = std::max(depth_beside_smem<64>(), half_sm - reserved - depth.sharedSizeBytes + 16);
+  const size_t smem = backward_wgmma_smem<64>() + seq.sharedSizeBytes + layout.smem +
+                      depth.sharedSizeBytes + 2 * reserved;
+  layout.fits = registers <= props.regsPerMultiprocessor &&
+                smem <= props.sharedMemPerMultiprocessor &&
+                kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
+  by_device.emplace(device, layout);
+  return layout;
+}
+
 void attention_backward(const AttentionShape& shape, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
                         const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
@@ -1971,7 +2024,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
       // The depth part beside the sequence part: the backward (slot gradients of all S included)
       // took 2.73 to 2.78 instead of 2.85 ms at (4, 4096, 16, 8), S = 36, and 2.34 instead of
       // 2.56 at d 128, (2, 4096, 16, 8), S = 32 (docs/kernels/moda_attention.md).
-      const cudaStream_t depth_stream = depth.beside.fork(stream);
+      const cudaStream_t depth_stream = depth.streaming.fork(stream);
       with_depth_stream(s, [&](auto dd, auto gg) {
         depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
             <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, depth_stream>>>(
@@ -2006,10 +2059,10 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // S 48 3.007 / 3.103, S 72 3.948 / 4.112. Beside the side-stream pass (d 128) the old order
     // measured 1.608, 1.611 and 1.716 against 1.630, 1.627 and 1.630 at (2, 4096, 16, 8) S 16:
     // no clear gain, so the work order stays there.
-    const int split_sms =
-        fused ? static_cast<int>(attention_depth_split_sms(shape, depth.placement, depth.sm_count))
-              : 0;
-    const bool tail = fused && split_sms == 0;
+    // Automatic placement takes the tail where the two kernels' blocks would not share an SM.
+    const bool beside = fused && attention_depth_backward_beside(shape, depth.placement) &&
+                        (depth.placement == DepthBackwardPlacement::beside || beside_layout().fits);
+    const bool tail = fused && !beside;
     const bool work_order = head_blocks == 1 && (!tail || s.S < 32);
     const auto grid =
         static_cast<unsigned>(int64_t{s.B} * s.Hk * head_blocks * ceil_div(s.T, kBackwardKeys));
@@ -2019,15 +2072,25 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
           s, dout, q, k, v, lse, delta, depth_k, depth_v, dq, dk, dv, depth_probs, depth_dscores,
           head_blocks, work_order);
     };
-    if (split_sms > 0) {
-      const cudaStream_t split_stream = depth.split.fork(stream);
-      auto kernel = depth_backward_split<64>;
-      allow_smem(kernel, depth_split_smem<64>());
-      kernel<<<split_sms, kSplitWarps * 32, depth_split_smem<64>(), split_stream>>>(
-          s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
+    if (beside) {
+      // One depth block per SM (beside_layout), on a stream of its own.
+      const cudaStream_t priority_stream = depth.priority.fork(stream);
+      // Both kernels ask for the SM's largest shared-memory configuration, so that whichever
+      // block reaches an SM first leaves room for the other.
+      const BesideLayout layout = beside_layout();
+      auto kernel = depth_backward_beside<64>;
+      allow_smem(kernel, layout.smem);
+      MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           cudaSharedmemCarveoutMaxShared));
+      MODA_CUDA_CHECK(cudaFuncSetAttribute(seq_backward_wgmma<64, false>,
+                                           cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           cudaSharedmemCarveoutMaxShared));
+      kernel<<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32, layout.smem,
+               priority_stream>>>(s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs,
+                                  depth_dscores);
       MODA_LAUNCH_CHECK();
       launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
-      depth.split.join(stream);
+      depth.priority.join(stream);
     } else if (tail) {
       launch(seq_backward_wgmma<64, true>,
              std::max(backward_wgmma_smem<64>(), depth_tail_smem<64>()));
@@ -2044,7 +2107,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
-  if (streaming && s.S > 0 && !fused) depth.beside.join(stream);
+  if (streaming && s.S > 0 && !fused) depth.streaming.join(stream);
 }
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
@@ -2113,3 +2176,9 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
 }
 
 }  // namespace moda::cuda
+
+namespace moda {
+
+bool cuda_depth_backward_beside_fits() { return cuda::beside_layout().fits; }
+
+}  // namespace moda

@@ -84,7 +84,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
   cudaStream_t stream = nullptr;
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   // As the backend runs the backward.
-  const cuda::SideStream beside, split(true);
+  const cuda::SideStream streaming, priority(true);
   int device = 0, sm_count = 0;
   MODA_CUDA_CHECK(cudaGetDevice(&device));
   MODA_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
@@ -110,7 +110,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
                              probs.as<float>(), dscores.as<float>(), workspace.as<float>(), stream,
-                             {beside, split, placement, sm_count});
+                             {streaming, priority, placement, sm_count});
     MODA_CUDA_CHECK(cudaEventRecord(slots, stream));
     cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
                               d_depth_v.as<float>(), false, stream);

@@ -77,7 +77,7 @@ class CudaBackend final : public Backend {
     MODA_CUDA_CHECK(cudaGetDeviceProperties(&props_, device_));
     MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     side_ = std::make_unique<cuda::SideStream>();
-    split_side_ = std::make_unique<cuda::SideStream>(true);
+    priority_side_ = std::make_unique<cuda::SideStream>(true);
     gemm_ = std::make_unique<cuda::Gemm>(stream_, counter_);
   }
 
@@ -85,7 +85,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     gemm_.reset();
     side_.reset();
-    split_side_.reset();
+    priority_side_.reset();
     for (const auto& [p, bytes] : allocations_) cudaFree(p);
     cudaFree(workspace_);
     cudaFree(rope_cos_);
@@ -484,7 +484,7 @@ class CudaBackend final : public Backend {
         s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
         depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(), dq.as<float>(), dk.as<float>(),
         dv.as<float>(), depth_probs.as<float>(), depth_dscores.as<float>(), ws, stream_,
-        {*side_, *split_side_, options_.depth_backward, props_.multiProcessorCount});
+        {*side_, *priority_side_, options_.depth_backward, props_.multiProcessorCount});
   }
 
   void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
@@ -680,9 +680,9 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   cudaDeviceProp props_{};
   cudaStream_t stream_ = nullptr;
-  std::unique_ptr<cuda::SideStream> side_;        // attention_backward's depth part (d 128)
-  std::unique_ptr<cuda::SideStream> split_side_;  // and on SMs of its own (d 64)
-  cuda::AllocationCounter counter_;               // before gemm_, which counts into it
+  std::unique_ptr<cuda::SideStream> side_;           // attention_backward's depth part (d 128)
+  std::unique_ptr<cuda::SideStream> priority_side_;  // and beside the sequence kernel (d 64)
+  cuda::AllocationCounter counter_;                  // before gemm_, which counts into it
   std::unique_ptr<cuda::Gemm> gemm_;
   std::unordered_map<void*, size_t> allocations_;  // bytes of each alloc()
   void* workspace_ = nullptr;

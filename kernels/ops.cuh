@@ -60,12 +60,13 @@ void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, co
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
                        float* workspace, cudaStream_t stream);
 // Where the backward's depth part runs beside `stream`, which waits for it: the streaming
-// kernel (head size 128 and the unaligned cases) on `beside`; at head size 64 the tail of the
-// sequence kernel's blocks or, split, a kernel on SMs of its own on `split` (a stream of the
-// greatest priority, so that its blocks take their SMs before the sequence kernel's).
+// kernel (head size 128 and the unaligned cases) on `streaming`; at head size 64 the tail of the
+// sequence kernel's blocks or, beside them, a kernel with a block on every SM on `priority` (a
+// stream of the greatest priority, so that its blocks take their place on the SMs before the
+// sequence kernel's).
 struct DepthBackwardStreams {
-  const SideStream& beside;
-  const SideStream& split;
+  const SideStream& streaming;
+  const SideStream& priority;
   DepthBackwardPlacement placement;
   int sm_count;
 };

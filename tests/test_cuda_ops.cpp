@@ -430,8 +430,8 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   // has its own depth-kernel instantiation.
   // q_scale > 1 sharpens the scores so that later slots move the softmax's maximum by more than
   // the fused forward's slack (kDepthRescaleSlack), which otherwise rarely happens. At head size 64
-  // the backward's depth part runs in the sequence kernel's tail or in a kernel on SMs of its own
-  // (DepthBackwardPlacement); shapes this small take the tail unless the split is asked for.
+  // the backward's depth part runs in the sequence kernel's blocks' tail or beside the sequence
+  // kernel (DepthBackwardPlacement); shapes this small take the tail unless beside is asked for.
   const auto run = [](int64_t d, int64_t group, int64_t slots, int64_t T, double q_scale,
                       DepthBackwardPlacement placement = DepthBackwardPlacement::automatic) {
     Harness h(cuda_backend_placing(placement));
@@ -514,7 +514,7 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
       for (int64_t slots : {0, 1, 3, 37}) {
         for (int64_t T : {1, 33, 130}) {
           run(d, group, slots, T, 1.0);
-          if (d == 64 && slots > 0) run(d, group, slots, T, 1.0, DepthBackwardPlacement::split);
+          if (d == 64 && slots > 0) run(d, group, slots, T, 1.0, DepthBackwardPlacement::beside);
         }
       }
     }
@@ -526,7 +526,7 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   // Many slots: S = 1,300 at G = 8 once took the warp kernels (the streaming forward kept its
   // scores in shared memory); now every path takes any S.
   for (int64_t d : {64, 128}) run(d, 8, 1300, 33, 1.0);
-  run(64, 8, 1300, 33, 1.0, DepthBackwardPlacement::split);
+  run(64, 8, 1300, 33, 1.0, DepthBackwardPlacement::beside);
 }
 
 // T = 65,535 (the 64K, and ragged: no tile divides it) is beyond the float64 CPU backend
@@ -768,6 +768,14 @@ TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
 }
 
 #ifdef MODA_HAVE_CUDA
+// The backward's depth kernel (DepthBackwardPlacement::beside) gains only while its block and the
+// sequence kernel's share an SM; a kernel grown in registers or shared memory would silently send
+// automatic placement back to the slower tail.
+TEST_CASE("cuda backend: the depth backward's block fits beside the sequence kernel's", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  CHECK(cuda_depth_backward_beside_fits());
+}
+
 // Race check by repetition: at G <= 2 everything but dq is written without atomics, so three runs
 // on the same inputs must agree bit for bit; dq (fp32 atomics over query tiles) up to summation
 // order. (Groups of more than two heads add dK, dV from one block per head, with atomics.)
@@ -775,7 +783,7 @@ TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
   MODA_REQUIRE_GPU();
   // Head size 64 in both placements of the backward's depth part.
   for (auto [d, placement] : {std::pair{64, DepthBackwardPlacement::tail},
-                              {64, DepthBackwardPlacement::split},
+                              {64, DepthBackwardPlacement::beside},
                               {128, DepthBackwardPlacement::automatic}}) {
     Harness h(cuda_backend_placing(placement));
     Backend& g = h.gpu();

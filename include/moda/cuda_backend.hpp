@@ -19,12 +19,13 @@ namespace moda {
 int cuda_device_count();
 
 // Where attention's backward forms the depth part at head size 64
-// (docs/kernels/moda_attention.md, "The backward's depth part on SMs of its own"): in the tail of
-// the sequence kernel's blocks once their sequence part is done, in a kernel of its own on a share
-// of the SMs beside the sequence kernel, or (automatic) split where the depth part's estimated
-// share of the work is small enough for the split to have measured faster. Head size 128 runs
-// it beside the sequence kernel either way.
-enum class DepthBackwardPlacement { automatic, tail, split };
+// (docs/kernels/moda_attention.md, "The backward's depth part beside the sequence kernel on every
+// SM"): in the tail of the sequence kernel's blocks once their sequence part is done, or beside
+// them, in a kernel of its own with a block of 4 warps on every SM next to the sequence kernel's
+// block; automatic takes beside where it measured faster (attention_depth_backward_beside) and
+// the two blocks fit on an SM together, else the tail. Head size 128 runs it in a streaming
+// kernel beside the sequence kernel either way.
+enum class DepthBackwardPlacement { automatic, tail, beside };
 // Their names, as `moda bench attention --depth-backward` and the variant timer take them.
 struct NamedDepthBackwardPlacement {
   const char* name;
@@ -33,7 +34,7 @@ struct NamedDepthBackwardPlacement {
 inline constexpr NamedDepthBackwardPlacement kDepthBackwardPlacements[] = {
     {"automatic", DepthBackwardPlacement::automatic},
     {"tail", DepthBackwardPlacement::tail},
-    {"split", DepthBackwardPlacement::split}};
+    {"beside", DepthBackwardPlacement::beside}};
 
 struct CudaBackendOptions {
   // Upper bound of the LM head's scratch (fp32 logits + bf16 logit gradients of one chunk of
@@ -76,36 +77,25 @@ inline int64_t attention_backward_workspace(const AttentionShape& s) {
   return s.batch * s.seq_len * s.q_heads;
 }
 
-// SMs that attention's backward gives its depth part at head size 64 (a kernel of its own on
-// them, beside the sequence kernel on the rest), or 0 to keep it in the sequence kernel's tail.
-// From estimates of SM time calibrated at (4, 4096, 16, 8) on the H200 (2026-12-02,
-// docs/kernels/moda_attention.md, "The backward's depth part on SMs of its own"): the depth code
-// about 7.1 ns per (row, KV head) pair and slot (its 36 GB/s per SM), plus 2 G + 8 slots' worth
-// per pair (its q, dO and dq rows, the start of a pair's pipeline); the sequence backward 141
-// SM-ms per 6.87e10 of B Hq T^2 d. The depth part gets a quarter more than its share: with an SM
-// short it runs on after the sequence kernel, while a spare SM goes back to the sequence kernel
-// once the depth blocks end (at S 8, 8 SMs instead of 16 took the backward from 1.44 to 2.09 ms).
-// Automatic placement splits from kMinSplitSlots slots while the share is at most
-// kMaxSplitShare, where the split measured faster than the tail (bwd ms with the slot gradients,
-// tail / split: S 2 1.30 / 1.35, S 4 1.37 / 1.31, S 36 2.55 / 2.45, S 60 3.39 / 3.34 (share
-// 0.40), S 64 3.51 / 3.54 (0.42), S 72 3.83 / 3.83).
-inline constexpr int64_t kMinSplitSlots = 4;
-inline constexpr double kMaxSplitShare = 0.405;
-inline int64_t attention_depth_split_sms(const AttentionShape& s, DepthBackwardPlacement placement,
-                                         int64_t sm_count) {
-  if (placement == DepthBackwardPlacement::tail || sm_count < 2 || s.slots == 0) return 0;
-  const auto group = static_cast<double>(s.q_heads / s.kv_heads);
-  const double pairs = static_cast<double>(s.batch * s.seq_len * s.kv_heads);
-  const double depth_ns = pairs * (static_cast<double>(s.slots) + 2.0 * group + 8.0) * 7.1;
-  const double seq_ns = static_cast<double>(s.batch * s.q_heads * s.head_dim) *
-                        static_cast<double>(s.seq_len) * static_cast<double>(s.seq_len) * 2.05e-3;
-  const double share = 1.25 * depth_ns / (depth_ns + seq_ns);
-  if (placement == DepthBackwardPlacement::automatic &&
-      (s.slots < kMinSplitSlots || share > kMaxSplitShare)) {
-    return 0;
-  }
-  const auto sms = static_cast<int64_t>(std::ceil(share * static_cast<double>(sm_count)));
-  return std::clamp<int64_t>(sms, 1, sm_count - 1);
+// Whether attention's backward at head size 64 forms the depth part beside the sequence kernel
+// (a kernel of its own, one block per SM) rather than in the tail of the sequence kernel's blocks,
+// given that the two kernels' blocks fit on an SM together (cuda_depth_backward_beside_fits).
+// Automatic placement takes beside while the depth part is at most kMaxBesideDepthRatio of the
+// sequence part, counted as slots x KV heads against query heads x T x d. Measured on the H200
+// (bwd ms with the slot gradients, tail / beside, ratio): (4, 4096, 16, 8) S 1 1.271 / 1.174,
+// S 8 1.486 / 1.383, S 36 2.540 / 2.332, S 72 3.816 / 3.636 (1.4e-4); (1, 4096, 64, 8) S 64
+// 1.940 / 1.916 (3.1e-5); Table 6's (64, 1024, 6, 2) S 4 0.833 / 0.733, S 47 2.263 / 2.264
+// (2.4e-4), S 94 3.958 / 4.125 (4.8e-4): where the sequence part is short, the depth kernel's
+// 4 warps per SM run on after it.
+inline constexpr double kMaxBesideDepthRatio = 2.4e-4;
+inline bool attention_depth_backward_beside(const AttentionShape& s,
+                                            DepthBackwardPlacement placement) {
+  if (s.slots == 0 || placement == DepthBackwardPlacement::tail) return false;
+  if (placement == DepthBackwardPlacement::beside) return true;
+  const double ratio =
+      static_cast<double>(s.slots * s.kv_heads) /
+      (static_cast<double>(s.q_heads * s.seq_len) * static_cast<double>(s.head_dim));
+  return ratio <= kMaxBesideDepthRatio;
 }
 
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
@@ -139,5 +129,9 @@ AttentionTiming cuda_time_attention(
 // Median ms of depth_slot_backward forming two slots' gradients from `readers` layers that each
 // read shape.slots (>= 2) slots, each with its own operands: one step of the model's backward.
 double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, int reps);
+// Whether the backward's depth kernel (DepthBackwardPlacement::beside) and the sequence kernel
+// fit on one SM of the current device together, by their registers, shared memory and threads.
+// Where they do not, automatic placement takes the tail and `beside` is slower, not wrong.
+bool cuda_depth_backward_beside_fits();
 
 }  // namespace moda

@@ -128,10 +128,12 @@ void register_bench(CLI::App& app) {
   attn->add_option("--reps", opts->reps, "timed repetitions per shape (median reported)")
       ->check(CLI::Range(1, 100000));
   attn->add_flag("--json", opts->json, "one JSON object per shape instead of a table");
-  attn->add_option("--depth-backward", opts->depth_backward,
-                   "where the backward forms the depth part at head size 64: automatic (default), "
-                   "tail (in the sequence kernel's blocks) or split (a kernel on SMs of its own); "
-                   "docs/kernels/moda_attention.md")
+  attn->add_option(
+          "--depth-backward", opts->depth_backward,
+          "where the backward forms the depth part at head size 64: automatic (default), "
+          "tail (in the sequence kernel's blocks) or beside (a block of its own on every SM, "
+          "next to the sequence kernel's); "
+          "docs/kernels/moda_attention.md")
       ->transform(CLI::CheckedTransformer(kPlacements, CLI::ignore_case));
   attn->callback(
       [opts] { bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward); });

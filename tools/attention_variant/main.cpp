@@ -2,7 +2,7 @@
 // cuda_time_attention at each shape given as B,T,Hq,Hk,d,S, medians of 20 forward+backward
 // rounds; a shape with a seventh number R times instead depth_slot_backward forming two slots'
 // gradients from R readers of S slots each (cuda_time_depth_slot_gradients). A shape may end in
-// ":tail" or ":split" to place the backward's depth part so (DepthBackwardPlacement; automatic
+// ":tail" or ":beside" to place the backward's depth part so (DepthBackwardPlacement; automatic
 // otherwise). Small enough (1 MB) that several variants travel to the GPU machine in one call.
 #include <algorithm>
 #include <cstdio>
@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
           std::begin(moda::kDepthBackwardPlacements), std::end(moda::kDepthBackwardPlacements),
           [&](const auto& p) { return std::strcmp(suffix + 1, p.name) == 0; });
       if (named == std::end(moda::kDepthBackwardPlacements)) {
-        std::fprintf(stderr, "attention_variant: '%s' ends in none of :automatic :tail :split\n",
+        std::fprintf(stderr, "attention_variant: '%s' ends in none of :automatic :tail :beside\n",
                      argv[i]);
         return 2;
       }
