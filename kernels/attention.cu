@@ -1964,6 +1964,9 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 // whether a sequence block fits on the SM with it (registers are given to a warp in units of 256).
 // Unpadded (74 KB) the variant timers measured the same, but in the model the attention backward
 // took 57.5 ms a MoDA-700M step against 55.5 with the depth part on SMs of its own; padded, 51.5.
+// The first call also sets both kernels' launch attributes: the depth kernel's shared memory, and
+// for both the SM's largest shared-memory configuration, so that whichever block reaches an SM
+// first leaves room for the other.
 struct BesideLayout {
   size_t smem = 0;
   bool fits = false;
@@ -1992,6 +1995,12 @@ BesideLayout beside_layout() {
   layout.fits = registers <= props.regsPerMultiprocessor &&
                 smem <= props.sharedMemPerMultiprocessor &&
                 kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
+  allow_smem(depth_backward_beside<64>, layout.smem);
+  for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64>),
+                             reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         cudaSharedmemCarveoutMaxShared));
+  }
   by_device.emplace(device, layout);
   return layout;
 }
@@ -2060,8 +2069,10 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // measured 1.608, 1.611 and 1.716 against 1.630, 1.627 and 1.630 at (2, 4096, 16, 8) S 16:
     // no clear gain, so the work order stays there.
     // Automatic placement takes the tail where the two kernels' blocks would not share an SM.
-    const bool beside = fused && attention_depth_backward_beside(shape, depth.placement) &&
-                        (depth.placement == DepthBackwardPlacement::beside || beside_layout().fits);
+    const bool beside_asked = fused && attention_depth_backward_beside(shape, depth.placement);
+    const BesideLayout layout = beside_asked ? beside_layout() : BesideLayout{};
+    const bool beside =
+        beside_asked && (depth.placement == DepthBackwardPlacement::beside || layout.fits);
     const bool tail = fused && !beside;
     const bool work_order = head_blocks == 1 && (!tail || s.S < 32);
     const auto grid =
@@ -2073,21 +2084,12 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
           head_blocks, work_order);
     };
     if (beside) {
-      // One depth block per SM (beside_layout), on a stream of its own.
+      // One depth block per SM (beside_layout, which set its launch attributes), on a stream
+      // of its own.
       const cudaStream_t priority_stream = depth.priority.fork(stream);
-      // Both kernels ask for the SM's largest shared-memory configuration, so that whichever
-      // block reaches an SM first leaves room for the other.
-      const BesideLayout layout = beside_layout();
-      auto kernel = depth_backward_beside<64>;
-      allow_smem(kernel, layout.smem);
-      MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                           cudaSharedmemCarveoutMaxShared));
-      MODA_CUDA_CHECK(cudaFuncSetAttribute(seq_backward_wgmma<64, false>,
-                                           cudaFuncAttributePreferredSharedMemoryCarveout,
-                                           cudaSharedmemCarveoutMaxShared));
-      kernel<<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32, layout.smem,
-               priority_stream>>>(s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs,
-                                  depth_dscores);
+      depth_backward_beside<64><<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32,
+                                  layout.smem, priority_stream>>>(
+          s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
       MODA_LAUNCH_CHECK();
       launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
       depth.priority.join(stream);
