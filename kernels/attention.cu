@@ -7,9 +7,11 @@
 //      shared memory, fp32 accumulate; 128 query rows per block, 64-key tiles double-buffered with
 //      cp.async); any other even head size up to 256 runs a warp-per-query kernel. Without depth
 //      slots it writes the output directly; with them it writes o_seq (fp32) to the workspace.
-//   2. depth part (S > 0), one warp per (token, KV head): scores of the S slots for each of the
-//      G query heads, then lse = logaddexp(lse_seq, lse_depth) and
-//      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j.
+//   2. depth part (S > 0), per (token, KV head): scores of the S slots for each of the G query
+//      heads, then lse = logaddexp(lse_seq, lse_depth) and
+//      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j. At head size 64 it runs inside
+//      the tensor-core forward's steps (G <= 2) or after it in a warp-per-pair tensor-core kernel
+//      (depth_forward_tail, 3 <= G <= 8); otherwise in a streaming or warp kernel after it.
 // Backward (dq overwritten; dk, dv accumulated)
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
 //      in the workspace), dq = the depth slots' contribution, and each slot's probability and
@@ -1323,6 +1325,223 @@ __device__ __forceinline__ uint32_t tail_offset(int r, int c) {
   return static_cast<uint32_t>(r * wgmma::kSwizzleBytes + ((c ^ (r % 8)) * 16));
 }
 
+// ---- the forward's depth part per token, after the sequence kernel ----
+// DepthForwardPlacement::after (head size 64, G <= 8): a warp takes (token, KV head) pairs in
+// turn, 16 slots of a pair at a time, with the group's G heads as the MMA's N, the backward
+// tail's form: scores^T = K_slots q^T, an online softmax per head, o^T += V_slots^T P. Each slot
+// row is read once for all G heads, where the fused forward's blocks (two heads each) read it
+// G / 2 times; at G = 8 that is 4 times the bytes. After a pair's last slots the warp combines
+// its rows with the sequence part's (o_seq, lse) as depth_forward_stream does. A warp keeps the
+// loads of kFwdTailStages - 1 items ahead in flight across pairs; an item that ends a pair also
+// brings the pair's o_seq rows and lse.
+constexpr int kFwdTailStages = 3;
+constexpr int kFwdTailWarps = 2;  // small blocks: the SM takes as many as its shared memory holds
+struct FwdTailStage {
+  // Byte offsets in a stage: the item's K and V slot rows ([16][64], swizzled), with a pair's
+  // first item its q rows ([8][64], rows < G loaded), with its last the sequence part's rows
+  // (fp32 [8][64]) and lse (fp32 [8]). The K rows, once used, hold the depth part's fp32 rows.
+  static constexpr int k = 0;
+  static constexpr int v = k + kTailSlots * 64 * 2;
+  static constexpr int q = v + kTailSlots * 64 * 2;
+  static constexpr int o_seq = q + kTailHeads * 64 * 2;
+  static constexpr int lse = o_seq + kTailHeads * 64 * 4;
+  static constexpr int bytes = lse + kTailHeads * 4;
+  static_assert(kTailHeads * 64 * 4 <= kTailSlots * 64 * 2, "the depth rows fit in K's place");
+};
+constexpr size_t depth_forward_tail_smem() {
+  return size_t{kFwdTailWarps} * kFwdTailStages * FwdTailStage::bytes;
+}
+
+__global__ void __launch_bounds__(kFwdTailWarps * 32)
+    depth_forward_tail(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ depth_k,
+                       const bf16* __restrict__ depth_v, const float* __restrict__ o_seq,
+                       bf16* __restrict__ out, float* __restrict__ lse) {
+  constexpr int D = 64, kWarps = kFwdTailWarps, kStages = kFwdTailStages, kChunks = D / 8;
+  using L = FwdTailStage;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  unsigned char* stages = smem_raw + warp * kStages * L::bytes;
+  // The block's pairs [lo, hi), pair p = row Hk + kvh, taken by its warps in turn: the slot rows
+  // of pair p start at p D, its query heads' rows at p G.
+  const int64_t total = int64_t{s.B} * s.T * s.Hk;
+  const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
+  const int64_t first = lo + warp;
+  const int n_pairs = first < hi ? static_cast<int>((hi - first + kWarps - 1) / kWarps) : 0;
+  const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
+  const int n_items = n_pairs * n_chunks;
+  const int G = s.G;
+  int64_t issue_pair = first, pair = first;
+  int issue_chunk = 0, chunk = 0;
+  const auto issue = [&](int item) {
+    unsigned char* st = stages + (item % kStages) * L::bytes;
+    const int64_t row = issue_pair * D;
+#pragma unroll
+    for (int u = 0; u < kTailSlots * kChunks / 32; ++u) {
+      const int piece = lane + 32 * u, r = piece / kChunks, c = piece % kChunks;
+      const int j = issue_chunk * kTailSlots + r;
+      const bool valid = j < s.S;
+      const int64_t at = valid ? j * s.slot_stride + row + c * 8 : 0;
+      cp_async16(st + L::k + tail_offset(r, c), depth_k + at, valid);
+      cp_async16(st + L::v + tail_offset(r, c), depth_v + at, valid);
+    }
+    const int64_t head_row = issue_pair * G;
+    if (issue_chunk == 0) {
+      for (int piece = lane; piece < G * kChunks; piece += 32) {
+        const int h = piece / kChunks, c = piece % kChunks;
+        cp_async16(st + L::q + tail_offset(h, c), q + (head_row + h) * D + c * 8, true);
+      }
+    }
+    if (issue_chunk == n_chunks - 1) {
+      for (int piece = lane; piece < G * D / 4; piece += 32) {
+        cp_async16(st + L::o_seq + piece * 16, o_seq + head_row * D + piece * 4, true);
+      }
+      if (lane < G) cp_async4(st + L::lse + lane * 4, lse + head_row + lane);
+    }
+    if (++issue_chunk == n_chunks) {
+      issue_chunk = 0;
+      issue_pair += kWarps;
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < n_items) issue(i);
+    cp_async_commit();
+  }
+  const float sl2 = s.scale * kLog2e;
+  const int m = lane / 8;
+  uint32_t qb[D / 16][2];
+  // Per head (columns 2 t4 + e of the C fragments), in log2 units: the running maximum mx of the
+  // scaled scores and the lane's part of the sum l of 2^(score - mx); o^T, rows d = 16 mt + g
+  // (+ 8), columns the heads 2 t4 (+ 1), the sum of 2^(score - mx) v.
+  float ot[D / 16][4] = {};
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  for (int i = 0; i < n_items; ++i) {
+    __syncwarp();
+    if (i + kStages - 1 < n_items) issue(i + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncwarp();
+    unsigned char* st = stages + (i % kStages) * L::bytes;
+    const uint32_t sa = wgmma::smem_addr(st);
+    if (chunk == 0) {
+      // Rows past G repeat head G - 1; their columns are never stored.
+      const int h = min(lane % 8, G - 1);
+#pragma unroll
+      for (int kp = 0; kp < D / 32; ++kp) {
+        uint32_t r[4];
+        ldmatrix_x4<false>(r, sa + L::q + tail_offset(h, 4 * kp + m));
+        qb[2 * kp][0] = r[0];
+        qb[2 * kp][1] = r[1];
+        qb[2 * kp + 1][0] = r[2];
+        qb[2 * kp + 1][1] = r[3];
+      }
+    }
+    float sc[4] = {};
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t a[4];
+      ldmatrix_x4<false>(a, sa + L::k + tail_offset((m % 2) * 8 + lane % 8, 2 * ks + m / 2));
+      mma_16816(sc, a, qb[ks][0], qb[ks][1]);
+    }
+    // Slots g and g + 8 of the item; the maximum over the 16 is shared by the lanes of a column.
+    const int j0 = chunk * kTailSlots + g;
+    float alpha[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float cm = fmaxf(j0 < s.S ? sc[e] : -INFINITY, j0 + 8 < s.S ? sc[e + 2] : -INFINITY);
+      cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 4));
+      cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 8));
+      cm = fmaxf(cm, __shfl_xor_sync(0xffffffffu, cm, 16));
+      const float m_new = fmaxf(mx[e], cm * sl2);
+      alpha[e] = fast_exp2(mx[e] - m_new);  // 0 while mx is -inf
+      mx[e] = m_new;
+    }
+    float p[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      p[e] = j0 + (e / 2) * 8 < s.S ? fast_exp2(fmaf(sc[e], sl2, -mx[e % 2])) : 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) l[e] = l[e] * alpha[e] + p[e] + p[e + 2];
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ot[mt][e] *= alpha[e % 2];
+    }
+    // P from the C layout (rows slots, columns heads) to the B operand's (k the slots, n the
+    // heads): lane (g, t4) needs slots 2 t4, 2 t4 + 1 (and + 8) of head g, held by lanes
+    // 8 t4 + g / 2 and 8 t4 + 4 + g / 2 in the half of their pair that g % 2 picks.
+    const uint32_t plo = pack_bf16(p[0], p[1]), phi = pack_bf16(p[2], p[3]);
+    const int src = 8 * t4 + g / 2;
+    const uint32_t lo_a = __shfl_sync(0xffffffffu, plo, src);
+    const uint32_t lo_b = __shfl_sync(0xffffffffu, plo, src + 4);
+    const uint32_t hi_a = __shfl_sync(0xffffffffu, phi, src);
+    const uint32_t hi_b = __shfl_sync(0xffffffffu, phi, src + 4);
+    const uint32_t sel = g % 2 == 1 ? 0x7632u : 0x5410u;
+    const uint32_t pb0 = __byte_perm(lo_a, lo_b, sel), pb1 = __byte_perm(hi_a, hi_b, sel);
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt) {
+      uint32_t a[4];
+      ldmatrix_x4<true>(a, sa + L::v + tail_offset((m / 2) * 8 + lane % 8, 2 * mt + m % 2));
+      mma_16816(ot[mt], a, pb0, pb1);
+    }
+    if (++chunk < n_chunks) continue;
+    // The pair is done: with the sequence part's lse (natural log) as seq2 (log2), the combined
+    // lse is M + log2(2^(seq2 - M) + l 2^(mx - M)), M = max(seq2, mx), and each part's rows are
+    // weighted by their share of it.
+    const float* seq_lse = reinterpret_cast<const float*>(st + L::lse);
+    float keep_seq[2], keep_depth[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float lt = l[e];
+      lt += __shfl_xor_sync(0xffffffffu, lt, 4);
+      lt += __shfl_xor_sync(0xffffffffu, lt, 8);
+      lt += __shfl_xor_sync(0xffffffffu, lt, 16);
+      const int head = min(2 * t4 + e, G - 1);
+      const float seq2 = seq_lse[head] * kLog2e;
+      const float top = fmaxf(seq2, mx[e]);
+      const float a_seq = exp2f(seq2 - top), a_depth = exp2f(mx[e] - top);
+      const float total_sum = a_seq + lt * a_depth;
+      keep_seq[e] = a_seq / total_sum;
+      keep_depth[e] = a_depth / total_sum;
+      if (g == 0 && 2 * t4 + e < G) lse[pair * G + 2 * t4 + e] = (top + log2f(total_sum)) * kLn2;
+    }
+    // The depth rows, weighted, through the stage's K rows (done with) to [8][64] floats.
+    float* depth_rows = reinterpret_cast<float*>(st + L::k);
+    __syncwarp();
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        depth_rows[(2 * t4 + e % 2) * D + 16 * mt + g + (e / 2) * 8] =
+            ot[mt][e] * keep_depth[e % 2];
+        ot[mt][e] = 0.0f;
+      }
+    }
+    __syncwarp();
+    // Pieces of 8 values, lane and lane + 32 (G <= 8 heads of 8 pieces): head h's weight is held
+    // by the lanes of column h, lane h / 2 (g = 0) in its half h % 2.
+    const float* seq_rows = reinterpret_cast<const float*>(st + L::o_seq);
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int piece = lane + 32 * u, head = piece / kChunks;
+      const float w0 = __shfl_sync(0xffffffffu, keep_seq[0], (head / 2) % 4);
+      const float w1 = __shfl_sync(0xffffffffu, keep_seq[1], (head / 2) % 4);
+      if (piece >= G * kChunks) continue;
+      const float w = head % 2 == 0 ? w0 : w1;
+      float r[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) r[e] = seq_rows[piece * 8 + e] * w + depth_rows[piece * 8 + e];
+      store8(out + pair * G * D + piece * 8, r);
+    }
+    mx[0] = mx[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+    chunk = 0;
+    pair += kWarps;
+  }
+  cp_async_wait<0>();
+}
+
 // The depth part of (token, KV head) pairs [pair_lo, pair_hi) of batch row b (pair t Hk + kvh),
 // for all G heads of a pair's group: dq += the slots' contribution (atomics: the sequence part of
 // other blocks adds to the same rows), and each slot's probability and score gradient per head.
@@ -1892,9 +2111,29 @@ unsigned warp_blocks(int64_t warps) {
 
 }  // namespace
 
+// Blocks of depth_forward_tail per SM of the current device, once per device; the first call
+// also gives the kernel the SM's largest shared-memory configuration, which bounds its blocks.
+int depth_forward_tail_blocks_per_sm() {
+  static std::mutex mutex;
+  static std::map<int, int> by_device;
+  int device = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = by_device.find(device); it != by_device.end()) return it->second;
+  MODA_CUDA_CHECK(cudaFuncSetAttribute(depth_forward_tail,
+                                       cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       cudaSharedmemCarveoutMaxShared));
+  int blocks = 0;
+  MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, depth_forward_tail, kFwdTailWarps * 32, depth_forward_tail_smem()));
+  blocks = std::max(blocks, 1);
+  by_device.emplace(device, blocks);
+  return blocks;
+}
+
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
-                       float* workspace, cudaStream_t stream) {
+                       float* workspace, cudaStream_t stream, const DepthStreams& depth) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t rows = int64_t{s.B} * s.T;
@@ -1913,7 +2152,9 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
                                                       work_order);
       MODA_LAUNCH_CHECK();
     };
-    if (s.S > 0 && fuse_depth_forward(shape, {depth_k, depth_v})) {
+    const bool fusable = s.S > 0 && fuse_depth_forward(shape, {depth_k, depth_v});
+    const bool after = fusable && attention_depth_forward_after(shape, depth.forward);
+    if (fusable && !after) {
       // Two heads of a group per block read each slot row once for both.
       if (s.G % 2 == 0) {
         launch(seq_forward_wgmma<64, true, 2>, 2, forward_wgmma_smem<64>(true, 2), nullptr);
@@ -1927,6 +2168,14 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
       launch(seq_forward_wgmma<64, false, 1>, 1, forward_wgmma_smem<64>(false, 1), o_seq);
     } else {
       launch(seq_forward_wgmma<128, false, 1>, 1, forward_wgmma_smem<128>(false, 1), o_seq);
+    }
+    if (after) {
+      const auto grid = static_cast<unsigned>(std::min<int64_t>(
+          int64_t{depth.sm_count} * depth_forward_tail_blocks_per_sm(), rows * s.Hk));
+      depth_forward_tail<<<grid, kFwdTailWarps * 32, depth_forward_tail_smem(), stream>>>(
+          s, q, depth_k, depth_v, o_seq, out, lse);
+      MODA_LAUNCH_CHECK();
+      return;
     }
   } else {
     with_pairs(s.d, [&](auto p) {
@@ -2009,7 +2258,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
                         const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
                         float* depth_dscores, float* workspace, cudaStream_t stream,
-                        const DepthBackwardStreams& depth) {
+                        const DepthStreams& depth) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t rows = int64_t{s.B} * s.T;
@@ -2069,10 +2318,10 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // measured 1.608, 1.611 and 1.716 against 1.630, 1.627 and 1.630 at (2, 4096, 16, 8) S 16:
     // no clear gain, so the work order stays there.
     // Automatic placement takes the tail where the two kernels' blocks would not share an SM.
-    const bool beside_asked = fused && attention_depth_backward_beside(shape, depth.placement);
+    const bool beside_asked = fused && attention_depth_backward_beside(shape, depth.backward);
     const BesideLayout layout = beside_asked ? beside_layout() : BesideLayout{};
     const bool beside =
-        beside_asked && (depth.placement == DepthBackwardPlacement::beside || layout.fits);
+        beside_asked && (depth.backward == DepthBackwardPlacement::beside || layout.fits);
     const bool tail = fused && !beside;
     const bool work_order = head_blocks == 1 && (!tail || s.S < 32);
     const auto grid =

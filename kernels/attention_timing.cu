@@ -62,7 +62,8 @@ void fill_random(const DeviceBuffer& buf, int64_t n, uint32_t seed, cudaStream_t
 }  // namespace
 
 AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
-                                    DepthBackwardPlacement placement) {
+                                    DepthBackwardPlacement placement,
+                                    DepthForwardPlacement forward) {
   if (reps < 1) throw std::invalid_argument("cuda_time_attention: reps must be at least 1");
   const int64_t rows = shape.batch * shape.seq_len;
   const int64_t qn = rows * shape.q_heads * shape.head_dim;
@@ -83,7 +84,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
   DeviceBuffer workspace(std::max<int64_t>(work, 1) * 4);
   cudaStream_t stream = nullptr;
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  // As the backend runs the backward.
+  // As the backend runs attention.
   const cuda::SideStream streaming, priority(true);
   int device = 0, sm_count = 0;
   MODA_CUDA_CHECK(cudaGetDevice(&device));
@@ -104,13 +105,14 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
     MODA_CUDA_CHECK(cudaEventRecord(start, stream));
     cuda::attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
                             depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(),
-                            workspace.as<float>(), stream);
+                            workspace.as<float>(), stream,
+                            {streaming, priority, forward, placement, sm_count});
     MODA_CUDA_CHECK(cudaEventRecord(mid, stream));
     cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
                              probs.as<float>(), dscores.as<float>(), workspace.as<float>(), stream,
-                             {streaming, priority, placement, sm_count});
+                             {streaming, priority, forward, placement, sm_count});
     MODA_CUDA_CHECK(cudaEventRecord(slots, stream));
     cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
                               d_depth_v.as<float>(), false, stream);

@@ -452,7 +452,8 @@ class CudaBackend final : public Backend {
     }
     float* ws = workspace<float>(moda::attention_forward_workspace(s));
     cuda::attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
-                            depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(), ws, stream_);
+                            depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(), ws, stream_,
+                            depth_streams());
   }
 
   void attention_backward(const AttentionShape& s, const Tensor& dout, const Tensor& q,
@@ -480,11 +481,11 @@ class CudaBackend final : public Backend {
       expect(depth_dscores, DType::f32, op, "depth_dscores", s.slots * rows * s.q_heads);
     }
     float* ws = workspace<float>(moda::attention_backward_workspace(s));
-    cuda::attention_backward(
-        s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
-        depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(), dq.as<float>(), dk.as<float>(),
-        dv.as<float>(), depth_probs.as<float>(), depth_dscores.as<float>(), ws, stream_,
-        {*side_, *priority_side_, options_.depth_backward, props_.multiProcessorCount});
+    cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
+                             depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
+                             lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
+                             depth_probs.as<float>(), depth_dscores.as<float>(), ws, stream_,
+                             depth_streams());
   }
 
   void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
@@ -674,6 +675,11 @@ class CudaBackend final : public Backend {
       counter_.add(bytes);
     }
     return static_cast<T*>(workspace_);
+  }
+
+  cuda::DepthStreams depth_streams() const {
+    return {*side_, *priority_side_, options_.depth_forward, options_.depth_backward,
+            props_.multiProcessorCount};
   }
 
   CudaBackendOptions options_;

@@ -56,25 +56,27 @@ void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int64_t rows, 
                      int64_t ld, cudaStream_t stream);
 
 // attention.cu. Workspace (fp32 elements): moda::attention_{forward,backward}_workspace.
-void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
-                       const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
-                       float* workspace, cudaStream_t stream);
-// Where the backward's depth part runs beside `stream`, which waits for it: the streaming
-// kernel (head size 128 and the unaligned cases) on `streaming`; at head size 64 the tail of the
-// sequence kernel's blocks or, beside them, a kernel with a block on every SM on `priority` (a
-// stream of the greatest priority, so that its blocks take their place on the SMs before the
-// sequence kernel's).
-struct DepthBackwardStreams {
+// Where the depth parts run: the forward's inside the sequence kernel or after it (`forward`, head
+// size 64); the backward's beside `stream`, which waits for them: the streaming kernel (head
+// size 128 and the unaligned cases) on `streaming`; at head size 64 the tail of the sequence
+// kernel's blocks or, beside them, a kernel with a block on every SM on `priority` (a stream of
+// the greatest priority, so that its blocks take their place on the SMs before the sequence
+// kernel's).
+struct DepthStreams {
   const SideStream& streaming;
   const SideStream& priority;
-  DepthBackwardPlacement placement;
+  DepthForwardPlacement forward;
+  DepthBackwardPlacement backward;
   int sm_count;
 };
+void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
+                       const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
+                       float* workspace, cudaStream_t stream, const DepthStreams& depth);
 void attention_backward(const AttentionShape& s, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
                         const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
                         float* depth_dscores, float* workspace, cudaStream_t stream,
-                        const DepthBackwardStreams& depth);
+                        const DepthStreams& depth);
 // Backend::DepthReader as typed pointers.
 struct DepthReaderPtrs {
   const bf16* q;

@@ -1,7 +1,7 @@
-// Where attention's backward places its depth part at head size 64
-// (attention_depth_backward_beside, moda/cuda_backend.hpp): the choices the H200 measurements of
-// docs/kernels/moda_attention.md
-// ("The backward's depth part beside the sequence kernel on every SM") set, checked on the CPU.
+// Where attention places its depth parts at head size 64 (attention_depth_backward_beside,
+// attention_depth_forward_after; moda/cuda_backend.hpp): the choices the H200 measurements of
+// docs/kernels/moda_attention.md ("The backward's depth part beside the sequence kernel on every
+// SM", "The forward's depth part per token after the sequence kernel") set, checked on the CPU.
 #include <catch2/catch.hpp>
 
 #include "moda/cuda_backend.hpp"
@@ -31,4 +31,30 @@ TEST_CASE("attention backward: a placement asked for is kept") {
   CHECK(attention_depth_backward_beside({64, 1024, 6, 2, 64, 94, 0}, P::beside));
   CHECK(attention_depth_backward_beside({2, 33, 4, 2, 64, 3, 0}, P::beside));
   CHECK_FALSE(attention_depth_backward_beside({4, 4096, 16, 8, 64, 0, 0}, P::beside));
+}
+
+// The forward's depth part (attention_depth_forward_after): after the sequence kernel, per token,
+// from kMinAfterForwardGroup heads per KV head on (Table 6's G = 3, the paper's G = 8), at head
+// size 64 and G <= 8 (the MMA's N) only; the 700M shapes' G = 2 keep the fused forward.
+TEST_CASE("attention forward: automatic placement takes the depth part after at large groups") {
+  using P = DepthForwardPlacement;
+  CHECK(attention_depth_forward_after({1, 4096, 64, 8, 64, 64, 0}, P::automatic));
+  CHECK(attention_depth_forward_after({1, 16384, 32, 8, 64, 64, 0}, P::automatic));
+  CHECK(attention_depth_forward_after({64, 1024, 6, 2, 64, 47, 0}, P::automatic));
+  CHECK_FALSE(attention_depth_forward_after({4, 4096, 16, 8, 64, 72, 0}, P::automatic));
+  CHECK_FALSE(attention_depth_forward_after({4, 4096, 16, 8, 64, 1, 0}, P::automatic));
+  // Head size 128, more than 8 heads per KV head and S = 0 have no such kernel.
+  CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 128, 64, 0}, P::automatic));
+  CHECK_FALSE(attention_depth_forward_after({1, 4096, 128, 8, 64, 64, 0}, P::automatic));
+  CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 64, 0, 0}, P::automatic));
+}
+
+TEST_CASE("attention forward: a placement asked for is kept where the kernels take it") {
+  using P = DepthForwardPlacement;
+  CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 64, 64, 0}, P::inside));
+  CHECK(attention_depth_forward_after({4, 4096, 16, 8, 64, 36, 0}, P::after));
+  CHECK(attention_depth_forward_after({2, 33, 6, 2, 64, 1, 0}, P::after));
+  CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 128, 64, 0}, P::after));
+  CHECK_FALSE(attention_depth_forward_after({1, 4096, 128, 8, 64, 64, 0}, P::after));
+  CHECK_FALSE(attention_depth_forward_after({4, 4096, 16, 8, 64, 0, 0}, P::after));
 }

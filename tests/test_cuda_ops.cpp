@@ -49,14 +49,18 @@ bool gpu_visible() {
 
 #define MODA_REQUIRE_GPU() MODA_SKIP_UNLESS(gpu_visible(), "moda: no GPU visible, skipping")
 
-// A CUDA backend whose attention backward places its depth part so.
-std::unique_ptr<Backend> cuda_backend_placing(DepthBackwardPlacement placement) {
+// A CUDA backend whose attention places its depth parts so.
+std::unique_ptr<Backend> cuda_backend_placing(
+    DepthBackwardPlacement placement,
+    DepthForwardPlacement forward = DepthForwardPlacement::automatic) {
 #ifdef MODA_HAVE_CUDA
   CudaBackendOptions options;
   options.depth_backward = placement;
+  options.depth_forward = forward;
   return make_cuda_backend(options);
 #else
   (void)placement;
+  (void)forward;
   return make_backend("cuda", 0);  // refused: built without CUDA (GPU tests skip before this)
 #endif
 }
@@ -431,17 +435,20 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   // q_scale > 1 sharpens the scores so that later slots move the softmax's maximum by more than
   // the fused forward's slack (kDepthRescaleSlack), which otherwise rarely happens. At head size 64
   // the backward's depth part runs in the sequence kernel's blocks' tail or beside the sequence
-  // kernel (DepthBackwardPlacement); shapes this small take the tail unless beside is asked for.
+  // kernel (DepthBackwardPlacement), and the forward's inside the sequence kernel or after it
+  // (DepthForwardPlacement): each shape in automatic placement, then in both others.
   const auto run = [](int64_t d, int64_t group, int64_t slots, int64_t T, double q_scale,
-                      DepthBackwardPlacement placement = DepthBackwardPlacement::automatic) {
-    Harness h(cuda_backend_placing(placement));
+                      DepthBackwardPlacement placement = DepthBackwardPlacement::automatic,
+                      DepthForwardPlacement forward = DepthForwardPlacement::automatic) {
+    Harness h(cuda_backend_placing(placement, forward));
     const int64_t B = 2, Hk = 2, Hq = Hk * group, R = B * T;
     const int64_t qn = R * Hq * d, kn = R * Hk * d;
     // A gap between slots checks that slot_stride, not the slot size, is used.
     const int64_t stride = kn + 64, depth_n = slots > 0 ? (slots - 1) * stride + kn : 0;
     const AttentionShape shape{B, T, Hq, Hk, d, slots, stride};
-    const std::string tag = fmt::format("d={} G={} S={} T={} q_scale={} placement={}", d, group,
-                                        slots, T, q_scale, static_cast<int>(placement));
+    const std::string tag =
+        fmt::format("d={} G={} S={} T={} q_scale={} placement={} forward={}", d, group, slots, T,
+                    q_scale, static_cast<int>(placement), static_cast<int>(forward));
     Twin q = h.random(Role::activation, qn, 1, q_scale);
     Twin k = h.random(Role::activation, kn, 2);
     Twin v = h.random(Role::activation, kn, 3);
@@ -514,19 +521,29 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
       for (int64_t slots : {0, 1, 3, 37}) {
         for (int64_t T : {1, 33, 130}) {
           run(d, group, slots, T, 1.0);
-          if (d == 64 && slots > 0) run(d, group, slots, T, 1.0, DepthBackwardPlacement::beside);
+          if (d == 64 && slots > 0) {
+            run(d, group, slots, T, 1.0, DepthBackwardPlacement::beside,
+                DepthForwardPlacement::after);
+            run(d, group, slots, T, 1.0, DepthBackwardPlacement::tail,
+                DepthForwardPlacement::inside);
+          }
         }
       }
     }
   }
-  for (int64_t group : {1, 2}) {
-    run(64, group, 37, 130, 6.0);
+  // Group sizes the loops above leave out, in the forward's per-token kernel (any G <= 8).
+  for (int64_t group : {5, 6, 7}) {
+    run(64, group, 37, 33, 1.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
+  }
+  for (int64_t group : {1, 2, 8}) {
+    run(64, group, 37, 130, 6.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
+    run(64, group, 37, 130, 6.0, DepthBackwardPlacement::tail, DepthForwardPlacement::inside);
     run(128, group, 37, 130, 6.0);  // the streaming forward's online maximum moves
   }
   // Many slots: S = 1,300 at G = 8 once took the warp kernels (the streaming forward kept its
   // scores in shared memory); now every path takes any S.
   for (int64_t d : {64, 128}) run(d, 8, 1300, 33, 1.0);
-  run(64, 8, 1300, 33, 1.0, DepthBackwardPlacement::beside);
+  run(64, 8, 1300, 33, 1.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
 }
 
 // T = 65,535 (the issue's 64K, and ragged: no tile divides it) is beyond the float64 CPU backend
@@ -701,7 +718,8 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
   run(64, 2, 2, 5);   // the fused forward and backward tail, two heads per forward block
   run(64, 3, 2, 0);   // G = 3 without slots
   run(128, 2, 2, 5);  // the streaming depth kernels
-  run(64, 8, 1, 3);   // the paper's G = 8: the backward's head group over blocks
+  run(64, 8, 1, 3);   // the paper's G = 8: the forward's depth part after the sequence kernel,
+                      // the backward's head group over blocks
 }
 
 TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
@@ -781,11 +799,13 @@ TEST_CASE("cuda backend: the depth backward's block fits beside the sequence ker
 // order. (Groups of more than two heads add dK, dV from one block per head, with atomics.)
 TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
   MODA_REQUIRE_GPU();
-  // Head size 64 in both placements of the backward's depth part.
+  // Head size 64 in both placements of the depth parts.
   for (auto [d, placement] : {std::pair{64, DepthBackwardPlacement::tail},
                               {64, DepthBackwardPlacement::beside},
                               {128, DepthBackwardPlacement::automatic}}) {
-    Harness h(cuda_backend_placing(placement));
+    Harness h(cuda_backend_placing(placement, placement == DepthBackwardPlacement::beside
+                                                  ? DepthForwardPlacement::after
+                                                  : DepthForwardPlacement::inside));
     Backend& g = h.gpu();
     const int64_t B = 2, T = 197, Hk = 2, Hq = 4, S = 37, R = B * T;
     const int64_t qn = R * Hq * d, kn = R * Hk * d;

@@ -36,11 +36,29 @@ inline constexpr NamedDepthBackwardPlacement kDepthBackwardPlacements[] = {
     {"tail", DepthBackwardPlacement::tail},
     {"beside", DepthBackwardPlacement::beside}};
 
+// Where attention's forward adds the depth slots at head size 64
+// (docs/kernels/moda_attention.md, "The forward's depth part per token after the sequence
+// kernel"): inside the sequence kernel's steps (a block's rows are 64 tokens of two heads, or
+// 128 of one head at odd G, so that each slot row is read once per two heads of a group), or
+// after it, in a kernel that takes a (token, KV head) and 16 of its slots at a time with the
+// group's G <= 8 heads as the MMA's N, reading each slot row once. Automatic takes `after` for
+// the group sizes where it measured faster (attention_depth_forward_after).
+enum class DepthForwardPlacement { automatic, inside, after };
+struct NamedDepthForwardPlacement {
+  const char* name;
+  DepthForwardPlacement placement;
+};
+inline constexpr NamedDepthForwardPlacement kDepthForwardPlacements[] = {
+    {"automatic", DepthForwardPlacement::automatic},
+    {"inside", DepthForwardPlacement::inside},
+    {"after", DepthForwardPlacement::after}};
+
 struct CudaBackendOptions {
   // Upper bound of the LM head's scratch (fp32 logits + bf16 logit gradients of one chunk of
   // rows). Larger chunks re-read the weight gradient less often; tests shrink it to force chunks.
   size_t lm_head_workspace_bytes = size_t{1} << 30;
   DepthBackwardPlacement depth_backward = DepthBackwardPlacement::automatic;
+  DepthForwardPlacement depth_forward = DepthForwardPlacement::automatic;
 };
 
 // Sizes of the backend's scratch buffers. Inline, so that `moda info` and the trainer's memory
@@ -98,6 +116,20 @@ inline bool attention_depth_backward_beside(const AttentionShape& s,
   return ratio <= kMaxBesideDepthRatio;
 }
 
+// Whether attention's forward at head size 64 adds the depth slots after the sequence kernel
+// (DepthForwardPlacement::after; group sizes up to 8, the MMA's N). Automatic placement takes it
+// from kMinAfterForwardGroup heads per KV head on: measured faster at G = 3, 4 and 8, slower at
+// G = 2, where the fused forward reads each slot row once and hides part of it under its math.
+inline constexpr int64_t kMinAfterForwardGroup = 3;
+inline bool attention_depth_forward_after(const AttentionShape& s,
+                                          DepthForwardPlacement placement) {
+  const int64_t group = s.q_heads / s.kv_heads;
+  if (s.slots == 0 || s.head_dim != 64 || group > 8 || placement == DepthForwardPlacement::inside) {
+    return false;
+  }
+  return placement == DepthForwardPlacement::after || group >= kMinAfterForwardGroup;
+}
+
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options = {});
 
@@ -125,7 +157,8 @@ struct AttentionTiming {
 };
 AttentionTiming cuda_time_attention(
     const AttentionShape& shape, int reps,
-    DepthBackwardPlacement placement = DepthBackwardPlacement::automatic);
+    DepthBackwardPlacement placement = DepthBackwardPlacement::automatic,
+    DepthForwardPlacement forward = DepthForwardPlacement::automatic);
 // Median ms of depth_slot_backward forming two slots' gradients from `readers` layers that each
 // read shape.slots (>= 2) slots, each with its own operands: one step of the model's backward.
 double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, int reps);

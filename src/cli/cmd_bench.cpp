@@ -24,10 +24,15 @@ const std::vector<std::string> kDefaultShapes = {
     "1,4096,64,8,64,64",  "1,8192,64,8,64,0",  "1,8192,64,8,64,64",  "1,16384,64,8,64,0",
     "1,16384,64,8,64,64", "1,16384,16,8,64,0", "1,16384,16,8,64,64", "1,16384,64,8,64,128"};
 
-// The values of --depth-backward.
+// The values of --depth-backward and --depth-forward.
 const std::map<std::string, DepthBackwardPlacement> kPlacements = [] {
   std::map<std::string, DepthBackwardPlacement> named;
   for (const auto& [name, placement] : kDepthBackwardPlacements) named.emplace(name, placement);
+  return named;
+}();
+const std::map<std::string, DepthForwardPlacement> kForwardPlacements = [] {
+  std::map<std::string, DepthForwardPlacement> named;
+  for (const auto& [name, placement] : kDepthForwardPlacements) named.emplace(name, placement);
   return named;
 }();
 
@@ -61,14 +66,15 @@ AttentionShape parse_shape(const std::string& text) {
 }
 
 #ifdef MODA_HAVE_CUDA
-std::string placement_name(DepthBackwardPlacement p) {
-  const auto it = std::find_if(kPlacements.begin(), kPlacements.end(),
+template <class Placement>
+std::string placement_name(const std::map<std::string, Placement>& names, Placement p) {
+  const auto it = std::find_if(names.begin(), names.end(),
                                [p](const auto& named) { return named.second == p; });
   return it->first;
 }
 
 void bench_attention(const std::vector<std::string>& shapes, int reps, bool json,
-                     DepthBackwardPlacement placement) {
+                     DepthBackwardPlacement placement, DepthForwardPlacement forward) {
   for (const std::string& text : shapes) parse_shape(text);  // every shape is checked up front
   if (cuda_device_count() == 0) {
     throw std::runtime_error("moda bench attention needs a CUDA GPU, and none is visible");
@@ -80,16 +86,17 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
   }
   for (const std::string& text : shapes) {
     const AttentionShape s = parse_shape(text);
-    const AttentionTiming t = cuda_time_attention(s, reps, placement);
+    const AttentionTiming t = cuda_time_attention(s, reps, placement, forward);
     const double depth_gb = 2.0 * s.slots * s.batch * s.seq_len * s.kv_heads * s.head_dim * 2e-9;
     if (json) {
       fmt::print(
           "{{\"B\": {}, \"T\": {}, \"Hq\": {}, \"Hk\": {}, \"d\": {}, \"S\": {}, \"fwd_ms\": "
           "{:.4f}, "
           "\"bwd_ms\": {:.4f}, \"slot_gradients_ms\": {:.4f}, \"total_ms\": {:.4f}, \"reps\": "
-          "{}, \"depth_backward\": \"{}\"}}\n",
+          "{}, \"depth_backward\": \"{}\", \"depth_forward\": \"{}\"}}\n",
           s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
-          t.backward_ms, t.slot_gradients_ms, t.total_ms, reps, placement_name(placement));
+          t.backward_ms, t.slot_gradients_ms, t.total_ms, reps,
+          placement_name(kPlacements, placement), placement_name(kForwardPlacements, forward));
     } else {
       fmt::print(
           "{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10.3f} {:>10.3f} {:>14.3f} {:>10.3f} {:>12.2f}\n",
@@ -100,7 +107,8 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
   }
 }
 #else
-void bench_attention(const std::vector<std::string>& shapes, int, bool, DepthBackwardPlacement) {
+void bench_attention(const std::vector<std::string>& shapes, int, bool, DepthBackwardPlacement,
+                     DepthForwardPlacement) {
   for (const std::string& text : shapes) parse_shape(text);
   throw std::runtime_error(
       "moda bench attention needs the CUDA backend, and this moda was built without CUDA");
@@ -120,6 +128,7 @@ void register_bench(CLI::App& app) {
     int reps = 20;
     bool json = false;
     DepthBackwardPlacement depth_backward = DepthBackwardPlacement::automatic;
+    DepthForwardPlacement depth_forward = DepthForwardPlacement::automatic;
   };
   auto opts = std::make_shared<Options>();
   attn->add_option(
@@ -135,8 +144,17 @@ void register_bench(CLI::App& app) {
           "next to the sequence kernel's); "
           "docs/kernels/moda_attention.md")
       ->transform(CLI::CheckedTransformer(kPlacements, CLI::ignore_case));
-  attn->callback(
-      [opts] { bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward); });
+  attn->add_option(
+          "--depth-forward", opts->depth_forward,
+          "where the forward adds the depth slots at head size 64: automatic (default), inside (in "
+          "the sequence kernel's steps) or after (a kernel of its own after the sequence kernel, "
+          "per token with the group's heads as the MMA's N, G <= 8); "
+          "docs/kernels/moda_attention.md")
+      ->transform(CLI::CheckedTransformer(kForwardPlacements, CLI::ignore_case));
+  attn->callback([opts] {
+    bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward,
+                    opts->depth_forward);
+  });
 }
 
 }  // namespace moda::cli

@@ -3,11 +3,14 @@
 // rounds; a shape with a seventh number R times instead depth_slot_backward forming two slots'
 // gradients from R readers of S slots each (cuda_time_depth_slot_gradients). A shape may end in
 // ":tail" or ":beside" to place the backward's depth part so (DepthBackwardPlacement; automatic
-// otherwise). Small enough (1 MB) that several variants travel to the GPU machine in one call.
+// otherwise) and in ":fwd-inside" or ":fwd-after" for the forward's (DepthForwardPlacement), e.g.
+// 1,4096,64,8,64,64:beside:fwd-after. Small enough (1 MB) that several variants travel to the GPU
+// machine in one call.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <iterator>
+#include <string>
 
 #include "moda/cuda_backend.hpp"
 
@@ -32,20 +35,32 @@ int main(int argc, char** argv) {
       std::printf("%-22s slot gradients %.3f\n", argv[i], ms);
       continue;
     }
-    const char* suffix = std::strchr(argv[i], ':');
     auto placement = moda::DepthBackwardPlacement::automatic;
-    if (suffix != nullptr) {
-      const auto* named = std::find_if(
-          std::begin(moda::kDepthBackwardPlacements), std::end(moda::kDepthBackwardPlacements),
-          [&](const auto& p) { return std::strcmp(suffix + 1, p.name) == 0; });
-      if (named == std::end(moda::kDepthBackwardPlacements)) {
-        std::fprintf(stderr, "attention_variant: '%s' ends in none of :automatic :tail :beside\n",
-                     argv[i]);
+    auto forward = moda::DepthForwardPlacement::automatic;
+    for (const char* suffix = std::strchr(argv[i], ':'); suffix != nullptr;
+         suffix = std::strchr(suffix + 1, ':')) {
+      const char* end = std::strchr(suffix + 1, ':');
+      const std::string name(suffix + 1, end == nullptr ? std::strlen(suffix + 1)
+                                                        : static_cast<size_t>(end - suffix - 1));
+      const auto* backward = std::find_if(std::begin(moda::kDepthBackwardPlacements),
+                                          std::end(moda::kDepthBackwardPlacements),
+                                          [&](const auto& p) { return name == p.name; });
+      const auto* fwd = std::find_if(
+          std::begin(moda::kDepthForwardPlacements), std::end(moda::kDepthForwardPlacements),
+          [&](const auto& p) { return name == std::string("fwd-") + p.name; });
+      if (backward != std::end(moda::kDepthBackwardPlacements)) {
+        placement = backward->placement;
+      } else if (fwd != std::end(moda::kDepthForwardPlacements)) {
+        forward = fwd->placement;
+      } else {
+        std::fprintf(stderr,
+                     "attention_variant: '%s': ':%s' is none of :automatic :tail :beside "
+                     ":fwd-automatic :fwd-inside :fwd-after\n",
+                     argv[i], name.c_str());
         return 2;
       }
-      placement = named->placement;
     }
-    const moda::AttentionTiming t = moda::cuda_time_attention(shape, 20, placement);
+    const moda::AttentionTiming t = moda::cuda_time_attention(shape, 20, placement, forward);
     std::printf("%-22s fwd %.3f bwd %.3f (slots %.3f) total %.3f\n", argv[i], t.forward_ms,
                 t.backward_ms, t.slot_gradients_ms, t.total_ms);
   }
