@@ -11,7 +11,8 @@
 //      heads, then lse = logaddexp(lse_seq, lse_depth) and
 //      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j. At head size 64 it runs inside
 //      the tensor-core forward's steps (G <= 2) or after it in a warp-per-pair tensor-core kernel
-//      (depth_forward_tail, 3 <= G <= 8); otherwise in a streaming or warp kernel after it.
+//      (depth_forward_tail, 3 <= G <= 8; at head size 128 4 <= G <= 8); otherwise in a streaming
+//      or warp kernel after it.
 // Backward (dq overwritten; dk, dv accumulated)
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
 //      in the workspace), dq = the depth slots' contribution, and each slot's probability and
@@ -1326,38 +1327,50 @@ __device__ __forceinline__ uint32_t tail_offset(int r, int c) {
 }
 
 // ---- the forward's depth part per token, after the sequence kernel ----
-// DepthForwardPlacement::after (head size 64, G <= 8): a warp takes (token, KV head) pairs in
-// turn, 16 slots of a pair at a time, with the group's G heads as the MMA's N, the backward
-// tail's form: scores^T = K_slots q^T, an online softmax per head, o^T += V_slots^T P. Each slot
-// row is read once for all G heads, where the fused forward's blocks (two heads each) read it
-// G / 2 times; at G = 8 that is 4 times the bytes. After a pair's last slots the warp combines
-// its rows with the sequence part's (o_seq, lse) as depth_forward_stream does. A warp keeps the
-// loads of kFwdTailStages - 1 items ahead in flight across pairs; an item that ends a pair also
-// brings the pair's o_seq rows and lse.
-constexpr int kFwdTailStages = 3;
+// DepthForwardPlacement::after (head sizes 64 and 128, G <= 8): a warp takes (token, KV head)
+// pairs in turn, 16 slots of a pair at a time, with the group's G heads as the MMA's N, the
+// backward tail's form: scores^T = K_slots q^T, an online softmax per head, o^T += V_slots^T P.
+// Each slot row is read once for all G heads, where the fused forward's blocks (two heads each)
+// read it G / 2 times at head size 64; at G = 8 that is 4 times the bytes. After a pair's last
+// slots the warp combines its rows with the sequence part's (o_seq, lse) as depth_forward_stream
+// does. A warp keeps the loads of kFwdTailStages - 1 items ahead in flight across pairs; an item
+// that ends a pair also brings the pair's o_seq rows and lse. Stages per warp: 3 of 7.2 KB at
+// head size 64, 2 of 14.4 KB at 128 (6 warps an SM rather than 4).
+template <int D>
+constexpr int kFwdTailStages = D == 64 ? 3 : 2;
 constexpr int kFwdTailWarps = 2;  // small blocks: the SM takes as many as its shared memory holds
+template <int D>
 struct FwdTailStage {
-  // Byte offsets in a stage: the item's K and V slot rows ([16][64], swizzled), with a pair's
-  // first item its q rows ([8][64], rows < G loaded), with its last the sequence part's rows
-  // (fp32 [8][64]) and lse (fp32 [8]). The K rows, once used, hold the depth part's fp32 rows.
+  // Byte offsets in a stage: the item's K and V slot rows ([16][D], swizzled), with a pair's
+  // first item its q rows ([8][D], rows < G loaded), with its last the sequence part's rows
+  // (fp32 [8][D]) and lse (fp32 [8]). The K rows, once used, hold the depth part's fp32 rows.
   static constexpr int k = 0;
-  static constexpr int v = k + kTailSlots * 64 * 2;
-  static constexpr int q = v + kTailSlots * 64 * 2;
-  static constexpr int o_seq = q + kTailHeads * 64 * 2;
-  static constexpr int lse = o_seq + kTailHeads * 64 * 4;
+  static constexpr int v = k + kTailSlots * D * 2;
+  static constexpr int q = v + kTailSlots * D * 2;
+  static constexpr int o_seq = q + kTailHeads * D * 2;
+  static constexpr int lse = o_seq + kTailHeads * D * 4;
   static constexpr int bytes = lse + kTailHeads * 4;
-  static_assert(kTailHeads * 64 * 4 <= kTailSlots * 64 * 2, "the depth rows fit in K's place");
+  static_assert(kTailHeads * D * 4 <= kTailSlots * D * 2, "the depth rows fit in K's place");
 };
+template <int D>
 constexpr size_t depth_forward_tail_smem() {
-  return size_t{kFwdTailWarps} * kFwdTailStages * FwdTailStage::bytes;
+  return size_t{kFwdTailWarps} * kFwdTailStages<D> * FwdTailStage<D>::bytes;
 }
 
+// Byte offset of 16-byte chunk c of row r in a [rows][D] bf16 tile: each 128-byte half of a row
+// swizzled as tail_offset's rows, so that the 8 rows of an ldmatrix hit 8 different banks' lines.
+template <int D>
+__device__ __forceinline__ uint32_t row_offset(int r, int c) {
+  return static_cast<uint32_t>(r * D * 2 + (c / 8) * 128 + (((c % 8) ^ (r % 8)) * 16));
+}
+
+template <int D>
 __global__ void __launch_bounds__(kFwdTailWarps * 32)
     depth_forward_tail(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ depth_k,
                        const bf16* __restrict__ depth_v, const float* __restrict__ o_seq,
                        bf16* __restrict__ out, float* __restrict__ lse) {
-  constexpr int D = 64, kWarps = kFwdTailWarps, kStages = kFwdTailStages, kChunks = D / 8;
-  using L = FwdTailStage;
+  constexpr int kWarps = kFwdTailWarps, kStages = kFwdTailStages<D>, kChunks = D / 8;
+  using L = FwdTailStage<D>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   unsigned char* stages = smem_raw + warp * kStages * L::bytes;
@@ -1381,14 +1394,14 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
       const int j = issue_chunk * kTailSlots + r;
       const bool valid = j < s.S;
       const int64_t at = valid ? j * s.slot_stride + row + c * 8 : 0;
-      cp_async16(st + L::k + tail_offset(r, c), depth_k + at, valid);
-      cp_async16(st + L::v + tail_offset(r, c), depth_v + at, valid);
+      cp_async16(st + L::k + row_offset<D>(r, c), depth_k + at, valid);
+      cp_async16(st + L::v + row_offset<D>(r, c), depth_v + at, valid);
     }
     const int64_t head_row = issue_pair * G;
     if (issue_chunk == 0) {
       for (int piece = lane; piece < G * kChunks; piece += 32) {
         const int h = piece / kChunks, c = piece % kChunks;
-        cp_async16(st + L::q + tail_offset(h, c), q + (head_row + h) * D + c * 8, true);
+        cp_async16(st + L::q + row_offset<D>(h, c), q + (head_row + h) * D + c * 8, true);
       }
     }
     if (issue_chunk == n_chunks - 1) {
@@ -1429,7 +1442,7 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
 #pragma unroll
       for (int kp = 0; kp < D / 32; ++kp) {
         uint32_t r[4];
-        ldmatrix_x4<false>(r, sa + L::q + tail_offset(h, 4 * kp + m));
+        ldmatrix_x4<false>(r, sa + L::q + row_offset<D>(h, 4 * kp + m));
         qb[2 * kp][0] = r[0];
         qb[2 * kp][1] = r[1];
         qb[2 * kp + 1][0] = r[2];
@@ -1440,7 +1453,7 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
       uint32_t a[4];
-      ldmatrix_x4<false>(a, sa + L::k + tail_offset((m % 2) * 8 + lane % 8, 2 * ks + m / 2));
+      ldmatrix_x4<false>(a, sa + L::k + row_offset<D>((m % 2) * 8 + lane % 8, 2 * ks + m / 2));
       mma_16816(sc, a, qb[ks][0], qb[ks][1]);
     }
     // Slots g and g + 8 of the item; the maximum over the 16 is shared by the lanes of a column.
@@ -1482,7 +1495,7 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
 #pragma unroll
     for (int mt = 0; mt < D / 16; ++mt) {
       uint32_t a[4];
-      ldmatrix_x4<true>(a, sa + L::v + tail_offset((m / 2) * 8 + lane % 8, 2 * mt + m % 2));
+      ldmatrix_x4<true>(a, sa + L::v + row_offset<D>((m / 2) * 8 + lane % 8, 2 * mt + m % 2));
       mma_16816(ot[mt], a, pb0, pb1);
     }
     if (++chunk < n_chunks) continue;
@@ -1519,11 +1532,11 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
       }
     }
     __syncwarp();
-    // Pieces of 8 values, lane and lane + 32 (G <= 8 heads of 8 pieces): head h's weight is held
+    // Pieces of 8 values, lane + 32 u (G <= 8 heads of D / 8 pieces): head h's weight is held
     // by the lanes of column h, lane h / 2 (g = 0) in its half h % 2.
     const float* seq_rows = reinterpret_cast<const float*>(st + L::o_seq);
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < kTailHeads * kChunks / 32; ++u) {
       const int piece = lane + 32 * u, head = piece / kChunks;
       const float w0 = __shfl_sync(0xffffffffu, keep_seq[0], (head / 2) % 4);
       const float w1 = __shfl_sync(0xffffffffu, keep_seq[1], (head / 2) % 4);
@@ -2048,11 +2061,12 @@ bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
   return (s.head_dim == 64 || s.head_dim == 128) && all_aligned16(ptrs);
 }
 
-// The tensor-core forward takes the depth slots itself (seq_forward_wgmma<64, true, kHeads>) at
-// head size 64, where its shared memory and registers leave room for them, when the slots' rows
-// are 16-byte aligned.
-bool fuse_depth_forward(const AttentionShape& s, std::initializer_list<const void*> slots) {
-  return s.head_dim == 64 && s.slot_stride % 8 == 0 && all_aligned16(slots);
+// The forward's tensor-core depth paths (the fused forward, seq_forward_wgmma<64, true, kHeads>,
+// at head size 64, where its shared memory and registers leave room for the slots, and
+// depth_forward_tail) copy slot rows in 16-byte pieces: they take slots whose rows are 16-byte
+// aligned.
+bool slots_aligned16(const AttentionShape& s, std::initializer_list<const void*> slots) {
+  return s.slots > 0 && s.slot_stride % 8 == 0 && all_aligned16(slots);
 }
 
 // The streaming depth kernels take head sizes 64 and 128, G in {1, 2, 3, 4, 8}, 16-byte aligned
@@ -2111,8 +2125,9 @@ unsigned warp_blocks(int64_t warps) {
 
 }  // namespace
 
-// Blocks of depth_forward_tail per SM of the current device, once per device; the first call
+// Blocks of depth_forward_tail<D> per SM of the current device, once per device; the first call
 // also gives the kernel the SM's largest shared-memory configuration, which bounds its blocks.
+template <int D>
 int depth_forward_tail_blocks_per_sm() {
   static std::mutex mutex;
   static std::map<int, int> by_device;
@@ -2120,12 +2135,13 @@ int depth_forward_tail_blocks_per_sm() {
   MODA_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = by_device.find(device); it != by_device.end()) return it->second;
-  MODA_CUDA_CHECK(cudaFuncSetAttribute(depth_forward_tail,
+  allow_smem(depth_forward_tail<D>, depth_forward_tail_smem<D>());
+  MODA_CUDA_CHECK(cudaFuncSetAttribute(depth_forward_tail<D>,
                                        cudaFuncAttributePreferredSharedMemoryCarveout,
                                        cudaSharedmemCarveoutMaxShared));
   int blocks = 0;
   MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, depth_forward_tail, kFwdTailWarps * 32, depth_forward_tail_smem()));
+      &blocks, depth_forward_tail<D>, kFwdTailWarps * 32, depth_forward_tail_smem<D>()));
   blocks = std::max(blocks, 1);
   by_device.emplace(device, blocks);
   return blocks;
@@ -2152,9 +2168,9 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
                                                       work_order);
       MODA_LAUNCH_CHECK();
     };
-    const bool fusable = s.S > 0 && fuse_depth_forward(shape, {depth_k, depth_v});
-    const bool after = fusable && attention_depth_forward_after(shape, depth.forward);
-    if (fusable && !after) {
+    const bool slots_aligned = slots_aligned16(shape, {depth_k, depth_v});
+    const bool after = slots_aligned && attention_depth_forward_after(shape, depth.forward);
+    if (s.d == 64 && slots_aligned && !after) {
       // Two heads of a group per block read each slot row once for both.
       if (s.G % 2 == 0) {
         launch(seq_forward_wgmma<64, true, 2>, 2, forward_wgmma_smem<64>(true, 2), nullptr);
@@ -2170,10 +2186,18 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
       launch(seq_forward_wgmma<128, false, 1>, 1, forward_wgmma_smem<128>(false, 1), o_seq);
     }
     if (after) {
-      const auto grid = static_cast<unsigned>(std::min<int64_t>(
-          int64_t{depth.sm_count} * depth_forward_tail_blocks_per_sm(), rows * s.Hk));
-      depth_forward_tail<<<grid, kFwdTailWarps * 32, depth_forward_tail_smem(), stream>>>(
-          s, q, depth_k, depth_v, o_seq, out, lse);
+      const auto launch_after = [&](auto dd) {
+        constexpr int D = decltype(dd)::value;
+        const auto grid = static_cast<unsigned>(std::min<int64_t>(
+            int64_t{depth.sm_count} * depth_forward_tail_blocks_per_sm<D>(), rows * s.Hk));
+        depth_forward_tail<D><<<grid, kFwdTailWarps * 32, depth_forward_tail_smem<D>(), stream>>>(
+            s, q, depth_k, depth_v, o_seq, out, lse);
+      };
+      if (s.d == 64) {
+        launch_after(std::integral_constant<int, 64>{});
+      } else {
+        launch_after(std::integral_constant<int, 128>{});
+      }
       MODA_LAUNCH_CHECK();
       return;
     }

@@ -34,8 +34,9 @@ TEST_CASE("attention backward: a placement asked for is kept") {
 }
 
 // The forward's depth part (attention_depth_forward_after): after the sequence kernel, per token,
-// from kMinAfterForwardGroup heads per KV head on (Table 6's G = 3, the paper's G = 8), at head
-// size 64 and G <= 8 (the MMA's N) only; the 700M shapes' G = 2 keep the fused forward.
+// at head size 64 from 3 heads per KV head on (Table 6's G = 3, the paper's G = 8), at 128 from
+// 4, and G <= 8 (the MMA's N) only; the 700M (d 64) and 1.5B (d 128) shapes' G = 2 keep the fused
+// forward and the streaming pass.
 TEST_CASE("attention forward: automatic placement takes the depth part after at large groups") {
   using P = DepthForwardPlacement;
   CHECK(attention_depth_forward_after({1, 4096, 64, 8, 64, 64, 0}, P::automatic));
@@ -43,8 +44,12 @@ TEST_CASE("attention forward: automatic placement takes the depth part after at 
   CHECK(attention_depth_forward_after({64, 1024, 6, 2, 64, 47, 0}, P::automatic));
   CHECK_FALSE(attention_depth_forward_after({4, 4096, 16, 8, 64, 72, 0}, P::automatic));
   CHECK_FALSE(attention_depth_forward_after({4, 4096, 16, 8, 64, 1, 0}, P::automatic));
-  // Head size 128, more than 8 heads per KV head and S = 0 have no such kernel.
-  CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 128, 64, 0}, P::automatic));
+  CHECK(attention_depth_forward_after({1, 4096, 64, 8, 128, 64, 0}, P::automatic));
+  CHECK(attention_depth_forward_after({2, 4096, 32, 8, 128, 32, 0}, P::automatic));
+  CHECK_FALSE(attention_depth_forward_after({2, 4096, 24, 8, 128, 32, 0}, P::automatic));
+  CHECK_FALSE(attention_depth_forward_after({2, 4096, 16, 8, 128, 30, 0}, P::automatic));
+  // Other head sizes, more than 8 heads per KV head and S = 0 have no such kernel.
+  CHECK_FALSE(attention_depth_forward_after({2, 4096, 32, 8, 96, 32, 0}, P::automatic));
   CHECK_FALSE(attention_depth_forward_after({1, 4096, 128, 8, 64, 64, 0}, P::automatic));
   CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 64, 0, 0}, P::automatic));
 }
@@ -54,7 +59,9 @@ TEST_CASE("attention forward: a placement asked for is kept where the kernels ta
   CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 64, 64, 0}, P::inside));
   CHECK(attention_depth_forward_after({4, 4096, 16, 8, 64, 36, 0}, P::after));
   CHECK(attention_depth_forward_after({2, 33, 6, 2, 64, 1, 0}, P::after));
-  CHECK_FALSE(attention_depth_forward_after({1, 4096, 64, 8, 128, 64, 0}, P::after));
+  CHECK(attention_depth_forward_after({2, 4096, 16, 8, 128, 32, 0}, P::after));
+  CHECK_FALSE(attention_depth_forward_after({2, 4096, 16, 8, 128, 32, 0}, P::inside));
   CHECK_FALSE(attention_depth_forward_after({1, 4096, 128, 8, 64, 64, 0}, P::after));
+  CHECK_FALSE(attention_depth_forward_after({2, 4096, 16, 8, 96, 32, 0}, P::after));
   CHECK_FALSE(attention_depth_forward_after({4, 4096, 16, 8, 64, 0, 0}, P::after));
 }

@@ -527,18 +527,25 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
             run(d, group, slots, T, 1.0, DepthBackwardPlacement::tail,
                 DepthForwardPlacement::inside);
           }
+          if (d == 128 && slots > 0) {
+            run(d, group, slots, T, 1.0, DepthBackwardPlacement::automatic,
+                DepthForwardPlacement::after);
+          }
         }
       }
     }
   }
   // Group sizes the loops above leave out, in the forward's per-token kernel (any G <= 8).
   for (int64_t group : {5, 6, 7}) {
-    run(64, group, 37, 33, 1.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
+    for (int64_t d : {64, 128}) {
+      run(d, group, 37, 33, 1.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
+    }
   }
   for (int64_t group : {1, 2, 8}) {
     run(64, group, 37, 130, 6.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
     run(64, group, 37, 130, 6.0, DepthBackwardPlacement::tail, DepthForwardPlacement::inside);
     run(128, group, 37, 130, 6.0);  // the streaming forward's online maximum moves
+    run(128, group, 37, 130, 6.0, DepthBackwardPlacement::automatic, DepthForwardPlacement::after);
   }
   // Many slots: S = 1,300 at G = 8 once took the warp kernels (the streaming forward kept its
   // scores in shared memory); now every path takes any S.

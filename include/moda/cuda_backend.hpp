@@ -36,13 +36,14 @@ inline constexpr NamedDepthBackwardPlacement kDepthBackwardPlacements[] = {
     {"tail", DepthBackwardPlacement::tail},
     {"beside", DepthBackwardPlacement::beside}};
 
-// Where attention's forward adds the depth slots at head size 64
-// (docs/kernels/moda_attention.md, "The forward's depth part per token after the sequence
-// kernel"): inside the sequence kernel's steps (a block's rows are 64 tokens of two heads, or
-// 128 of one head at odd G, so that each slot row is read once per two heads of a group), or
-// after it, in a kernel that takes a (token, KV head) and 16 of its slots at a time with the
-// group's G <= 8 heads as the MMA's N, reading each slot row once. Automatic takes `after` for
-// the group sizes where it measured faster (attention_depth_forward_after).
+// Where attention's forward adds the depth slots (docs/kernels/moda_attention.md, "The forward's
+// depth part per token after the sequence kernel"): inside (at head size 64 in the sequence
+// kernel's steps, a block's rows 64 tokens of two heads, or 128 of one head at odd G, so that each
+// slot row is read once per two heads of a group; at 128, where the sequence kernel has no room
+// for them, in a streaming pass after it), or after the sequence kernel in a kernel that takes a
+// (token, KV head) and 16 of its slots at a time with the group's G <= 8 heads as the MMA's N,
+// reading each slot row once. Automatic takes `after` where it measured faster
+// (attention_depth_forward_after).
 enum class DepthForwardPlacement { automatic, inside, after };
 struct NamedDepthForwardPlacement {
   const char* name;
@@ -116,18 +117,23 @@ inline bool attention_depth_backward_beside(const AttentionShape& s,
   return ratio <= kMaxBesideDepthRatio;
 }
 
-// Whether attention's forward at head size 64 adds the depth slots after the sequence kernel
-// (DepthForwardPlacement::after; group sizes up to 8, the MMA's N). Automatic placement takes it
-// from kMinAfterForwardGroup heads per KV head on: measured faster at G = 3, 4 and 8, slower at
-// G = 2, where the fused forward reads each slot row once and hides part of it under its math.
-inline constexpr int64_t kMinAfterForwardGroup = 3;
+// Whether attention's forward adds the depth slots after the sequence kernel
+// (DepthForwardPlacement::after; head sizes 64 and 128, group sizes up to 8, the MMA's N).
+// Automatic placement takes it from kMinAfterForwardGroup64 (head size 64) or
+// kMinAfterForwardGroup128 heads per KV head on. Measured: at 64 faster at G = 3, 4 and 8,
+// slower at G = 2, where the fused forward reads each slot row once and hides part of it under
+// its math; at 128 faster than the streaming pass at G = 4 and 8, slower or equal at G = 2.
+inline constexpr int64_t kMinAfterForwardGroup64 = 3;
+inline constexpr int64_t kMinAfterForwardGroup128 = 4;
 inline bool attention_depth_forward_after(const AttentionShape& s,
                                           DepthForwardPlacement placement) {
   const int64_t group = s.q_heads / s.kv_heads;
-  if (s.slots == 0 || s.head_dim != 64 || group > 8 || placement == DepthForwardPlacement::inside) {
+  if (s.slots == 0 || (s.head_dim != 64 && s.head_dim != 128) || group > 8 ||
+      placement == DepthForwardPlacement::inside) {
     return false;
   }
-  return placement == DepthForwardPlacement::after || group >= kMinAfterForwardGroup;
+  const int64_t min_group = s.head_dim == 64 ? kMinAfterForwardGroup64 : kMinAfterForwardGroup128;
+  return placement == DepthForwardPlacement::after || group >= min_group;
 }
 
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
