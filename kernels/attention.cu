@@ -1326,6 +1326,22 @@ __device__ __forceinline__ uint32_t tail_offset(int r, int c) {
   return static_cast<uint32_t>(r * wgmma::kSwizzleBytes + ((c ^ (r % 8)) * 16));
 }
 
+// A C fragment of [16 slots] x [8 heads] (rows the slots) as the B operand of an MMA whose k is
+// the slots and n the heads: lane (g, t4) needs slots 2 t4, 2 t4 + 1 (and + 8) of head g, which
+// lanes 8 t4 + g / 2 and 8 t4 + 4 + g / 2 hold as the (g % 2)-th half of a packed pair of heads.
+__device__ __forceinline__ void slots_c_to_b(const float (&x)[4], uint32_t& b0, uint32_t& b1) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const uint32_t lo = pack_bf16(x[0], x[1]), hi = pack_bf16(x[2], x[3]);
+  const int src = 8 * t4 + g / 2;
+  const uint32_t lo_a = __shfl_sync(0xffffffffu, lo, src);
+  const uint32_t lo_b = __shfl_sync(0xffffffffu, lo, src + 4);
+  const uint32_t hi_a = __shfl_sync(0xffffffffu, hi, src);
+  const uint32_t hi_b = __shfl_sync(0xffffffffu, hi, src + 4);
+  const uint32_t sel = g % 2 == 1 ? 0x7632u : 0x5410u;
+  b0 = __byte_perm(lo_a, lo_b, sel);
+  b1 = __byte_perm(hi_a, hi_b, sel);
+}
+
 // ---- the forward's depth part per token, after the sequence kernel ----
 // DepthForwardPlacement::after (head sizes 64 and 128, G <= 8): a warp takes (token, KV head)
 // pairs in turn, 16 slots of a pair at a time, with the group's G heads as the MMA's N, the
@@ -1481,17 +1497,9 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
 #pragma unroll
       for (int e = 0; e < 4; ++e) ot[mt][e] *= alpha[e % 2];
     }
-    // P from the C layout (rows slots, columns heads) to the B operand's (k the slots, n the
-    // heads): lane (g, t4) needs slots 2 t4, 2 t4 + 1 (and + 8) of head g, held by lanes
-    // 8 t4 + g / 2 and 8 t4 + 4 + g / 2 in the half of their pair that g % 2 picks.
-    const uint32_t plo = pack_bf16(p[0], p[1]), phi = pack_bf16(p[2], p[3]);
-    const int src = 8 * t4 + g / 2;
-    const uint32_t lo_a = __shfl_sync(0xffffffffu, plo, src);
-    const uint32_t lo_b = __shfl_sync(0xffffffffu, plo, src + 4);
-    const uint32_t hi_a = __shfl_sync(0xffffffffu, phi, src);
-    const uint32_t hi_b = __shfl_sync(0xffffffffu, phi, src + 4);
-    const uint32_t sel = g % 2 == 1 ? 0x7632u : 0x5410u;
-    const uint32_t pb0 = __byte_perm(lo_a, lo_b, sel), pb1 = __byte_perm(hi_a, hi_b, sel);
+    // P from the C layout (rows slots, columns heads) to the B operand's (k the slots).
+    uint32_t pb0, pb1;
+    slots_c_to_b(p, pb0, pb1);
 #pragma unroll
     for (int mt = 0; mt < D / 16; ++mt) {
       uint32_t a[4];
@@ -1696,17 +1704,9 @@ __device__ __forceinline__ void depth_backward_tail(
         }
       }
     }
-    // dS^T (rows = slots) into the B fragment of dq^T (k = slots, n = heads): lane (g, t4) needs
-    // slots 2 t4, 2 t4 + 1 (and + 8) of head g, which lanes 8 t4 + g / 2 and 8 t4 + 4 + g / 2
-    // hold as the (g % 2)-th half of a packed pair of heads.
-    const uint32_t lo = pack_bf16(ds[0], ds[1]), hi = pack_bf16(ds[2], ds[3]);
-    const int src = 8 * t4 + g / 2;
-    const uint32_t lo_a = __shfl_sync(0xffffffffu, lo, src);
-    const uint32_t lo_b = __shfl_sync(0xffffffffu, lo, src + 4);
-    const uint32_t hi_a = __shfl_sync(0xffffffffu, hi, src);
-    const uint32_t hi_b = __shfl_sync(0xffffffffu, hi, src + 4);
-    const uint32_t sel = g % 2 == 1 ? 0x7632u : 0x5410u;
-    const uint32_t db0 = __byte_perm(lo_a, lo_b, sel), db1 = __byte_perm(hi_a, hi_b, sel);
+    // dS^T (rows = slots) into the B fragment of dq^T (k = slots, n = heads).
+    uint32_t db0, db1;
+    slots_c_to_b(ds, db0, db1);
 #pragma unroll
     for (int mt = 0; mt < D / 16; ++mt) {
       uint32_t a[4];
