@@ -2125,26 +2125,34 @@ unsigned warp_blocks(int64_t warps) {
 
 }  // namespace
 
-// Blocks of depth_forward_tail<D> per SM of the current device, once per device; the first call
-// also gives the kernel the SM's largest shared-memory configuration, which bounds its blocks.
-template <int D>
-int depth_forward_tail_blocks_per_sm() {
+// compute() on the current device the first time it is asked there, its result kept for the
+// process: launch attributes and layouts that depend only on the device. One cache per call site
+// (each lambda its own instantiation).
+template <class F>
+std::invoke_result_t<F> once_per_device(F&& compute) {
   static std::mutex mutex;
-  static std::map<int, int> by_device;
+  static std::map<int, std::invoke_result_t<F>> by_device;
   int device = 0;
   MODA_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = by_device.find(device); it != by_device.end()) return it->second;
-  allow_smem(depth_forward_tail<D>, depth_forward_tail_smem<D>());
-  MODA_CUDA_CHECK(cudaFuncSetAttribute(depth_forward_tail<D>,
-                                       cudaFuncAttributePreferredSharedMemoryCarveout,
-                                       cudaSharedmemCarveoutMaxShared));
-  int blocks = 0;
-  MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, depth_forward_tail<D>, kFwdTailWarps * 32, depth_forward_tail_smem<D>()));
-  blocks = std::max(blocks, 1);
-  by_device.emplace(device, blocks);
-  return blocks;
+  return by_device.emplace(device, compute()).first->second;
+}
+
+// Blocks of depth_forward_tail<D> per SM of the current device; the first call there also gives
+// the kernel the SM's largest shared-memory configuration, which bounds its blocks.
+template <int D>
+int depth_forward_tail_blocks_per_sm() {
+  return once_per_device([] {
+    allow_smem(depth_forward_tail<D>, depth_forward_tail_smem<D>());
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(depth_forward_tail<D>,
+                                         cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         cudaSharedmemCarveoutMaxShared));
+    int blocks = 0;
+    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &blocks, depth_forward_tail<D>, kFwdTailWarps * 32, depth_forward_tail_smem<D>()));
+    return std::max(blocks, 1);
+  });
 }
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
@@ -2245,37 +2253,35 @@ struct BesideLayout {
   bool fits = false;
 };
 BesideLayout beside_layout() {
-  static std::mutex mutex;
-  static std::map<int, BesideLayout> by_device;
-  int device = 0;
-  MODA_CUDA_CHECK(cudaGetDevice(&device));
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = by_device.find(device); it != by_device.end()) return it->second;
-  cudaFuncAttributes seq{}, depth{};
-  MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_backward_wgmma<64, false>));
-  MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_backward_beside<64>));
-  cudaDeviceProp props{};
-  MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
-  const auto warp_registers = [](int per_thread) { return (per_thread * 32 + 255) / 256 * 256; };
-  const int registers = kBackwardThreads / 32 * warp_registers(seq.numRegs) +
-                        kBesideWarps * warp_registers(depth.numRegs);
-  const size_t reserved = props.reservedSharedMemPerBlock;
-  BesideLayout layout;
-  const size_t half_sm = props.sharedMemPerMultiprocessor / 2;
-  layout.smem = std::max(depth_beside_smem<64>(), half_sm - reserved - depth.sharedSizeBytes + 16);
-  const size_t smem = backward_wgmma_smem<64>() + seq.sharedSizeBytes + layout.smem +
-                      depth.sharedSizeBytes + 2 * reserved;
-  layout.fits = registers <= props.regsPerMultiprocessor &&
-                smem <= props.sharedMemPerMultiprocessor &&
-                kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
-  allow_smem(depth_backward_beside<64>, layout.smem);
-  for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64>),
-                             reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
-    MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                         cudaSharedmemCarveoutMaxShared));
-  }
-  by_device.emplace(device, layout);
-  return layout;
+  return once_per_device([] {
+    int device = 0;
+    MODA_CUDA_CHECK(cudaGetDevice(&device));
+    cudaFuncAttributes seq{}, depth{};
+    MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_backward_wgmma<64, false>));
+    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_backward_beside<64>));
+    cudaDeviceProp props{};
+    MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
+    const auto warp_registers = [](int per_thread) { return (per_thread * 32 + 255) / 256 * 256; };
+    const int registers = kBackwardThreads / 32 * warp_registers(seq.numRegs) +
+                          kBesideWarps * warp_registers(depth.numRegs);
+    const size_t reserved = props.reservedSharedMemPerBlock;
+    BesideLayout layout;
+    const size_t half_sm = props.sharedMemPerMultiprocessor / 2;
+    layout.smem =
+        std::max(depth_beside_smem<64>(), half_sm - reserved - depth.sharedSizeBytes + 16);
+    const size_t smem = backward_wgmma_smem<64>() + seq.sharedSizeBytes + layout.smem +
+                        depth.sharedSizeBytes + 2 * reserved;
+    layout.fits = registers <= props.regsPerMultiprocessor &&
+                  smem <= props.sharedMemPerMultiprocessor &&
+                  kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
+    allow_smem(depth_backward_beside<64>, layout.smem);
+    for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64>),
+                               reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
+      MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           cudaSharedmemCarveoutMaxShared));
+    }
+    return layout;
+  });
 }
 
 void attention_backward(const AttentionShape& shape, const bf16* dout, const bf16* q, const bf16* k,

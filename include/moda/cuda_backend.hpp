@@ -26,12 +26,14 @@ int cuda_device_count();
 // the two blocks fit on an SM together, else the tail. Head size 128 runs it in a streaming
 // kernel beside the sequence kernel either way.
 enum class DepthBackwardPlacement { automatic, tail, beside };
-// Their names, as `moda bench attention --depth-backward` and the variant timer take them.
-struct NamedDepthBackwardPlacement {
+// A placement's name, as `moda bench attention --depth-backward` / `--depth-forward` and the
+// variant timer take them.
+template <class Placement>
+struct NamedPlacement {
   const char* name;
-  DepthBackwardPlacement placement;
+  Placement placement;
 };
-inline constexpr NamedDepthBackwardPlacement kDepthBackwardPlacements[] = {
+inline constexpr NamedPlacement<DepthBackwardPlacement> kDepthBackwardPlacements[] = {
     {"automatic", DepthBackwardPlacement::automatic},
     {"tail", DepthBackwardPlacement::tail},
     {"beside", DepthBackwardPlacement::beside}};
@@ -45,11 +47,7 @@ inline constexpr NamedDepthBackwardPlacement kDepthBackwardPlacements[] = {
 // reading each slot row once. Automatic takes `after` where it measured faster
 // (attention_depth_forward_after).
 enum class DepthForwardPlacement { automatic, inside, after };
-struct NamedDepthForwardPlacement {
-  const char* name;
-  DepthForwardPlacement placement;
-};
-inline constexpr NamedDepthForwardPlacement kDepthForwardPlacements[] = {
+inline constexpr NamedPlacement<DepthForwardPlacement> kDepthForwardPlacements[] = {
     {"automatic", DepthForwardPlacement::automatic},
     {"inside", DepthForwardPlacement::inside},
     {"after", DepthForwardPlacement::after}};

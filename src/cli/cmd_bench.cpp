@@ -25,16 +25,15 @@ const std::vector<std::string> kDefaultShapes = {
     "1,16384,64,8,64,64", "1,16384,16,8,64,0", "1,16384,16,8,64,64", "1,16384,64,8,64,128"};
 
 // The values of --depth-backward and --depth-forward.
-const std::map<std::string, DepthBackwardPlacement> kPlacements = [] {
-  std::map<std::string, DepthBackwardPlacement> named;
-  for (const auto& [name, placement] : kDepthBackwardPlacements) named.emplace(name, placement);
+template <class Placement, size_t N>
+std::map<std::string, Placement> by_name(const NamedPlacement<Placement> (&table)[N]) {
+  std::map<std::string, Placement> named;
+  for (const auto& [name, placement] : table) named.emplace(name, placement);
   return named;
-}();
-const std::map<std::string, DepthForwardPlacement> kForwardPlacements = [] {
-  std::map<std::string, DepthForwardPlacement> named;
-  for (const auto& [name, placement] : kDepthForwardPlacements) named.emplace(name, placement);
-  return named;
-}();
+}
+const std::map<std::string, DepthBackwardPlacement> kPlacements = by_name(kDepthBackwardPlacements);
+const std::map<std::string, DepthForwardPlacement> kForwardPlacements =
+    by_name(kDepthForwardPlacements);
 
 AttentionShape parse_shape(const std::string& text) {
   std::vector<int64_t> v;
@@ -146,10 +145,10 @@ void register_bench(CLI::App& app) {
       ->transform(CLI::CheckedTransformer(kPlacements, CLI::ignore_case));
   attn->add_option(
           "--depth-forward", opts->depth_forward,
-          "where the forward adds the depth slots at head size 64: automatic (default), inside (in "
-          "the sequence kernel's steps) or after (a kernel of its own after the sequence kernel, "
-          "per token with the group's heads as the MMA's N, G <= 8); "
-          "docs/kernels/moda_attention.md")
+          "where the forward adds the depth slots: automatic (default), inside (at head size 64 "
+          "in the sequence kernel's steps, at 128 a streaming pass after it) or after (head sizes "
+          "64 and 128: a kernel of its own after the sequence kernel, per token with the group's "
+          "heads as the MMA's N, G <= 8); docs/kernels/moda_attention.md")
       ->transform(CLI::CheckedTransformer(kForwardPlacements, CLI::ignore_case));
   attn->callback([opts] {
     bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward,
