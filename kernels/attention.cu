@@ -26,7 +26,10 @@
 //      warp-per-query fallback.
 // Slot gradients (depth_slot_backward, once every layer reading the slots is done): for each
 // (token, KV head) the sum over the readers and their G heads of dscores * q and probs * dout,
-// in registers, written once.
+// in registers, written once. A layer that is its slots' only reader (DepthBackwardOut with
+// d_depth_k) gets them from the backward's depth part at head size 64, which then writes the
+// slots' gradients instead of the probabilities and score gradients; elsewhere they are pulled
+// from those after it.
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
@@ -1342,6 +1345,22 @@ __device__ __forceinline__ void slots_c_to_b(const float (&x)[4], uint32_t& b0, 
   b1 = __byte_perm(hi_a, hi_b, sel);
 }
 
+// Lane (g, t4) of an 8 x 8 bf16 matrix held as A, B or C fragments (row g, columns 2 t4 and
+// 2 t4 + 1) gets row g of its transpose.
+__device__ __forceinline__ uint32_t transpose_8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+__device__ __forceinline__ void mma_1688(float (&c)[4], const uint32_t (&a)[2], uint32_t b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(b));
+}
+
 // ---- the forward's depth part per token, after the sequence kernel ----
 // DepthForwardPlacement::after (head sizes 64 and 128, G <= 8): a warp takes (token, KV head)
 // pairs in turn, 16 slots of a pair at a time, with the group's G heads as the MMA's N, the
@@ -1565,16 +1584,17 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
 
 // The depth part of (token, KV head) pairs [pair_lo, pair_hi) of batch row b (pair t Hk + kvh),
 // for all G heads of a pair's group: dq += the slots' contribution (atomics: the sequence part of
-// other blocks adds to the same rows), and each slot's probability and score gradient per head.
-// `ring` is the block's shared memory, free of the sequence part. Pairs, not one KV head's
-// tokens: the warps of a block then read a slot's rows of all KV heads of a token, which are
-// adjacent in memory, and write the adjacent probabilities of all its heads.
-template <int D, int kWarps, int kStages>
+// other blocks adds to the same rows), and each slot's probability and score gradient per head,
+// or with kSlotGrads (the layer its slots' only reader) each slot's gradients. `ring` is the
+// block's shared memory, free of the sequence part. Pairs, not one KV head's tokens: the warps of
+// a block then read a slot's rows of all KV heads of a token, which are adjacent in memory, and
+// write the adjacent probabilities of all its heads.
+template <int D, int kWarps, int kStages, bool kSlotGrads>
 __device__ __forceinline__ void depth_backward_tail(
     const Dims& s, int b, int pair_lo, int pair_hi, const bf16* __restrict__ dout,
     const bf16* __restrict__ q, const float* __restrict__ lse, const float* __restrict__ delta,
     const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v, float* __restrict__ dq,
-    float* __restrict__ probs, float* __restrict__ dscores, unsigned char* ring) {
+    const DepthBackwardOut& slot_out, unsigned char* ring) {
   using L = TailStage<D>;
   constexpr int kChunks = D / 8;  // 16-byte chunks of a row
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
@@ -1584,7 +1604,6 @@ __device__ __forceinline__ void depth_backward_tail(
   const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
   const int n_items = n_pairs * n_chunks;
   const int G = s.G;
-  const int64_t units = int64_t{s.B} * s.T * s.Hk;
   // The pair's slot row (of [B][T][Hk] rows) and its first query head row (of [B][T][Hq]).
   const auto kv_row = [&](int pair) { return int64_t{b} * s.T * s.Hk + pair; };
   const auto head_row = [&](int pair) { return kv_row(pair) * G; };
@@ -1684,23 +1703,51 @@ __device__ __forceinline__ void depth_backward_tail(
       ds[e] = p[e] * (dp[e] - dlt[e % 2]) * s.scale;
     }
     const int64_t hr = head_row(pair);
+    if constexpr (kSlotGrads) {
+      // This reader's gradients of the chunk's slots: dK = dS^T Q and dV = P^T dO, [16 slots] x
+      // [G heads] x [G][D], k = the heads (m16n8k8: G <= 8). dS and P go in as bf16, as in the
+      // sequence part's dK and dV; the sums are fp32. A is the C fragment as it is (rows the
+      // slots, columns the heads); B, an n-tile of 8 columns of the heads' rows, is the transpose
+      // of the score MMAs' B fragment of those columns. Rows past G hold row G - 1, against
+      // columns of dS and P that are zero.
+      const int64_t row = kv_row(pair) * D + 2 * t4;
+      const auto slot_gradient = [&](const float(&c)[4], const uint32_t(&b)[D / 16][2],
+                                     float* gradient) {
+        const uint32_t a[2] = {pack_bf16(c[0], c[1]), pack_bf16(c[2], c[3])};
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int j = j0 + half * 8, head = 2 * t4;
-      if (j >= s.S || head >= G) continue;
-      // A unit's slots of a chunk are adjacent (moda/depth_stats_layout.hpp).
-      const int64_t at = depth_stats_index(s.S, units, G, j, kv_row(pair), head);
-      float* pp = probs + at;
-      float* pd = dscores + at;
-      if (G % 2 == 0) {  // head even, the row's heads start at an even index: 8-byte aligned
-        *reinterpret_cast<float2*>(pp) = make_float2(p[2 * half], p[2 * half + 1]);
-        *reinterpret_cast<float2*>(pd) = make_float2(ds[2 * half], ds[2 * half + 1]);
-      } else {
-        pp[0] = p[2 * half];
-        pd[0] = ds[2 * half];
-        if (head + 1 < G) {
-          pp[1] = p[2 * half + 1];
-          pd[1] = ds[2 * half + 1];
+        for (int nt = 0; nt < D / 8; ++nt) {
+          float sum[4] = {};
+          mma_1688(sum, a, transpose_8x8(b[nt / 2][nt % 2]));
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            if (j0 + half * 8 >= s.S) continue;
+            *reinterpret_cast<float2*>(gradient + (j0 + half * 8) * s.slot_stride + row + nt * 8) =
+                make_float2(sum[2 * half], sum[2 * half + 1]);
+          }
+        }
+      };
+      slot_gradient(ds, qb, slot_out.d_depth_k);
+      slot_gradient(p, ob, slot_out.d_depth_v);
+    } else {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int j = j0 + half * 8, head = 2 * t4;
+        if (j >= s.S || head >= G) continue;
+        // A unit's slots of a chunk are adjacent (moda/depth_stats_layout.hpp).
+        const int64_t units = int64_t{s.B} * s.T * s.Hk;
+        const int64_t at = depth_stats_index(s.S, units, G, j, kv_row(pair), head);
+        float* pp = slot_out.probs + at;
+        float* pd = slot_out.dscores + at;
+        if (G % 2 == 0) {  // head even, the row's heads start at an even index: 8-byte aligned
+          *reinterpret_cast<float2*>(pp) = make_float2(p[2 * half], p[2 * half + 1]);
+          *reinterpret_cast<float2*>(pd) = make_float2(ds[2 * half], ds[2 * half + 1]);
+        } else {
+          pp[0] = p[2 * half];
+          pd[0] = ds[2 * half];
+          if (head + 1 < G) {
+            pp[1] = p[2 * half + 1];
+            pd[1] = ds[2 * half + 1];
+          }
         }
       }
     }
@@ -1742,16 +1789,16 @@ __device__ __forceinline__ void depth_backward_tail(
 // One block of 8 warps per SM (195 registers at head size 64, 254 at 128): against three blocks
 // of one warpgroup per SM, measured before dQ ran a step behind, equal at head size 64 and G = 2,
 // 0.80x the time at 128 and at G = 8.
-// With kDepth the block then takes the depth part of its keys' tokens (depth_backward_tail).
-template <int D, bool kDepth>
+// With kDepth the block then takes the depth part of its keys' tokens (depth_backward_tail, with
+// kSlotGrads its slot gradients).
+template <int D, bool kDepth, bool kSlotGrads = false>
 __global__ void __launch_bounds__(kBackwardThreads, 1)
     seq_backward_wgmma(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                        const bf16* __restrict__ k, const bf16* __restrict__ v,
                        const float* __restrict__ lse, const float* __restrict__ delta,
                        const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
                        float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
-                       float* __restrict__ probs, float* __restrict__ dscores, int head_blocks,
-                       bool work_order) {
+                       DepthBackwardOut slot_out, int head_blocks, bool work_order) {
   constexpr int BQ = kBackwardQueries, BK = kBackwardKeys;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = wgmma::smem_addr(smem_raw);
@@ -1982,9 +2029,8 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
     const int per = (BK + head_blocks - 1) / head_blocks;
     const int pair_lo = k0 * s.Hk + y * per;
     const int pair_hi = min(pair_lo + per, min(k0 + BK, s.T) * s.Hk);
-    depth_backward_tail<D, kBackwardThreads / 32, kTailStages>(s, b, pair_lo, pair_hi, dout, q, lse,
-                                                               delta, depth_k, depth_v, dq, probs,
-                                                               dscores, smem_raw);
+    depth_backward_tail<D, kBackwardThreads / 32, kTailStages, kSlotGrads>(
+        s, b, pair_lo, pair_hi, dout, q, lse, delta, depth_k, depth_v, dq, slot_out, smem_raw);
   }
 }
 
@@ -2010,22 +2056,21 @@ template <int D>
 constexpr size_t depth_beside_smem() {
   return size_t{kBesideWarps} * kBesideStages * TailStage<D>::bytes;
 }
-template <int D>
+template <int D, bool kSlotGrads>
 __global__ void __maxnreg__(kBesideRegisters)
     depth_backward_beside(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                           const float* __restrict__ lse, const float* __restrict__ delta,
                           const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
-                          float* __restrict__ dq, float* __restrict__ probs,
-                          float* __restrict__ dscores) {
+                          float* __restrict__ dq, DepthBackwardOut slot_out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t per_row = int64_t{s.T} * s.Hk, total = per_row * s.B;
   const int64_t hi = total * (blockIdx.x + 1) / gridDim.x;
   for (int64_t at = total * blockIdx.x / gridDim.x; at < hi;) {
     const int b = static_cast<int>(at / per_row);
     const int64_t end = min(hi, (b + 1) * per_row);
-    depth_backward_tail<D, kBesideWarps, kBesideStages>(
+    depth_backward_tail<D, kBesideWarps, kBesideStages, kSlotGrads>(
         s, b, static_cast<int>(at - b * per_row), static_cast<int>(end - b * per_row), dout, q, lse,
-        delta, depth_k, depth_v, dq, probs, dscores, smem_raw);
+        delta, depth_k, depth_v, dq, slot_out, smem_raw);
     at = end;
   }
 }
@@ -2252,13 +2297,14 @@ struct BesideLayout {
   size_t smem = 0;
   bool fits = false;
 };
+template <bool kSlotGrads>
 BesideLayout beside_layout() {
   return once_per_device([] {
     int device = 0;
     MODA_CUDA_CHECK(cudaGetDevice(&device));
     cudaFuncAttributes seq{}, depth{};
     MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_backward_wgmma<64, false>));
-    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_backward_beside<64>));
+    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_backward_beside<64, kSlotGrads>));
     cudaDeviceProp props{};
     MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
     const auto warp_registers = [](int per_thread) { return (per_thread * 32 + 255) / 256 * 256; };
@@ -2274,8 +2320,8 @@ BesideLayout beside_layout() {
     layout.fits = registers <= props.regsPerMultiprocessor &&
                   smem <= props.sharedMemPerMultiprocessor &&
                   kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
-    allow_smem(depth_backward_beside<64>, layout.smem);
-    for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64>),
+    allow_smem(depth_backward_beside<64, kSlotGrads>, layout.smem);
+    for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64, kSlotGrads>),
                                reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
       MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                            cudaSharedmemCarveoutMaxShared));
@@ -2286,19 +2332,25 @@ BesideLayout beside_layout() {
 
 void attention_backward(const AttentionShape& shape, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
-                        const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
-                        float* depth_dscores, float* workspace, cudaStream_t stream,
+                        const float* lse, float* dq, float* dk, float* dv,
+                        const DepthBackwardOut& slot_out, float* workspace, cudaStream_t stream,
                         const DepthStreams& depth) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t rows = int64_t{s.B} * s.T;
   if (rows == 0) return;
   float* delta = workspace;
+  float* const depth_probs = slot_out.probs;
+  float* const depth_dscores = slot_out.dscores;
+  const bool slot_grads = slot_out.d_depth_k != nullptr && s.S > 0;
   const bool streaming =
       use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, depth_probs, depth_dscores});
   const bool mma = use_mma(shape, {dout, q, k, v});
-  // At head size 64 the tensor-core backward takes the depth part itself (depth_backward_tail).
-  const bool fused = streaming && mma && s.d == 64 && s.S > 0;
+  // At head size 64 the tensor-core backward takes the depth part itself (depth_backward_tail),
+  // and with slot_grads writes the slots' gradients there (8-byte stores of fp32 pairs).
+  const bool fused =
+      streaming && mma && s.d == 64 && s.S > 0 &&
+      (!slot_grads || (aligned16(slot_out.d_depth_k) && aligned16(slot_out.d_depth_v)));
   if (streaming) {
     const int64_t head_rows = rows * s.Hq;
     const auto blocks = static_cast<unsigned>(ceil_div(head_rows * (s.d / 8), 256));
@@ -2349,7 +2401,9 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // no clear gain, so the work order stays there.
     // Automatic placement takes the tail where the two kernels' blocks would not share an SM.
     const bool beside_asked = fused && attention_depth_backward_beside(shape, depth.backward);
-    const BesideLayout layout = beside_asked ? beside_layout() : BesideLayout{};
+    const BesideLayout layout = !beside_asked ? BesideLayout{}
+                                : slot_grads  ? beside_layout<true>()
+                                              : beside_layout<false>();
     const bool beside =
         beside_asked && (depth.backward == DepthBackwardPlacement::beside || layout.fits);
     const bool tail = fused && !beside;
@@ -2358,22 +2412,23 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
         static_cast<unsigned>(int64_t{s.B} * s.Hk * head_blocks * ceil_div(s.T, kBackwardKeys));
     const auto launch = [&](auto kernel, size_t smem_bytes) {
       allow_smem(kernel, smem_bytes);
-      kernel<<<grid, kBackwardThreads, smem_bytes, stream>>>(
-          s, dout, q, k, v, lse, delta, depth_k, depth_v, dq, dk, dv, depth_probs, depth_dscores,
-          head_blocks, work_order);
+      kernel<<<grid, kBackwardThreads, smem_bytes, stream>>>(s, dout, q, k, v, lse, delta, depth_k,
+                                                             depth_v, dq, dk, dv, slot_out,
+                                                             head_blocks, work_order);
     };
     if (beside) {
       // One depth block per SM (beside_layout, which set its launch attributes), on a stream
       // of its own.
       const cudaStream_t priority_stream = depth.priority.fork(stream);
-      depth_backward_beside<64><<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32,
-                                  layout.smem, priority_stream>>>(
-          s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
+      const auto beside_kernel =
+          slot_grads ? depth_backward_beside<64, true> : depth_backward_beside<64, false>;
+      beside_kernel<<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32, layout.smem,
+                      priority_stream>>>(s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out);
       MODA_LAUNCH_CHECK();
       launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
       depth.priority.join(stream);
     } else if (tail) {
-      launch(seq_backward_wgmma<64, true>,
+      launch(slot_grads ? seq_backward_wgmma<64, true, true> : seq_backward_wgmma<64, true>,
              std::max(backward_wgmma_smem<64>(), depth_tail_smem<64>()));
     } else if (s.d == 64) {
       launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
@@ -2389,6 +2444,13 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
   }
   MODA_LAUNCH_CHECK();
   if (streaming && s.S > 0 && !fused) depth.streaming.join(stream);
+  if (slot_grads && !fused) {
+    // The other depth kernels leave the probabilities and score gradients; the slots' gradients
+    // follow from them with this layer as the only reader.
+    const DepthReaderPtrs reader{q, dout, depth_probs, depth_dscores, s.S};
+    depth_slot_backward(shape, 0, s.S, {&reader, 1}, slot_out.d_depth_k, slot_out.d_depth_v, false,
+                        stream);
+  }
 }
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
@@ -2460,6 +2522,8 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
 
 namespace moda {
 
-bool cuda_depth_backward_beside_fits() { return cuda::beside_layout().fits; }
+bool cuda_depth_backward_beside_fits() {
+  return cuda::beside_layout<false>().fits && cuda::beside_layout<true>().fits;
+}
 
 }  // namespace moda

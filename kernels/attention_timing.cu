@@ -1,7 +1,8 @@
 // Timing of the MoDA attention kernels on synthetic operands (`moda bench attention`): CUDA
 // events around each call, medians over repetitions. The backward includes the gradients of all S
-// slots formed from this one layer (depth_slot_backward, the layer as the slots' only reader): the
-// whole of one layer's work, as a kernel that adds its slot gradients in place would do it.
+// slots with this one layer as their only reader, the whole of one layer's work: formed in the
+// backward itself (the sole reader's form) or pulled after it by depth_slot_backward, as the
+// model forms the gradients of slots that many layers read.
 // Operands are filled on the device with hashed pseudo-random values, so multi-gigabyte depth
 // buffers cost no host time.
 #include <algorithm>
@@ -62,8 +63,8 @@ void fill_random(const DeviceBuffer& buf, int64_t n, uint32_t seed, cudaStream_t
 }  // namespace
 
 AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
-                                    DepthBackwardPlacement placement,
-                                    DepthForwardPlacement forward) {
+                                    DepthBackwardPlacement placement, DepthForwardPlacement forward,
+                                    SlotGradientTiming slot_gradients) {
   if (reps < 1) throw std::invalid_argument("cuda_time_attention: reps must be at least 1");
   const int64_t rows = shape.batch * shape.seq_len;
   const int64_t qn = rows * shape.q_heads * shape.head_dim;
@@ -79,6 +80,10 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
   DeviceBuffer probs(s.slots * rows * s.q_heads * 4), dscores(s.slots * rows * s.q_heads * 4);
   const cuda::DepthReaderPtrs reader{q.as<bf16>(), dout.as<bf16>(), probs.as<float>(),
                                      dscores.as<float>(), s.slots};
+  const bool pulled = slot_gradients == SlotGradientTiming::pulled;
+  const cuda::DepthBackwardOut slot_out{probs.as<float>(), dscores.as<float>(),
+                                        pulled ? nullptr : d_depth_k.as<float>(),
+                                        pulled ? nullptr : d_depth_v.as<float>()};
   const int64_t work =
       std::max(moda::attention_forward_workspace(s), moda::attention_backward_workspace(s));
   DeviceBuffer workspace(std::max<int64_t>(work, 1) * 4);
@@ -111,11 +116,13 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
     cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
-                             probs.as<float>(), dscores.as<float>(), workspace.as<float>(), stream,
+                             slot_out, workspace.as<float>(), stream,
                              {streaming, priority, forward, placement, sm_count});
     MODA_CUDA_CHECK(cudaEventRecord(slots, stream));
-    cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
-                              d_depth_v.as<float>(), false, stream);
+    if (pulled) {
+      cuda::depth_slot_backward(s, 0, s.slots, {&reader, 1}, d_depth_k.as<float>(),
+                                d_depth_v.as<float>(), false, stream);
+    }
     MODA_CUDA_CHECK(cudaEventRecord(stop, stream));
     MODA_CUDA_CHECK(cudaEventSynchronize(stop));
     float f = 0, b = 0, g = 0;
@@ -125,7 +132,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
     if (i > 0) {
       fwd.push_back(f);
       bwd.push_back(b);
-      slot_grads.push_back(g);
+      slot_grads.push_back(pulled ? g : 0.0f);
     }
   }
   for (cudaEvent_t e : {start, mid, slots, stop}) cudaEventDestroy(e);

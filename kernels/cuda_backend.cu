@@ -484,8 +484,46 @@ class CudaBackend final : public Backend {
     cuda::attention_backward(s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
                              depth_k.as<bf16>(), depth_v.as<bf16>(), out.as<bf16>(),
                              lse.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>(),
-                             depth_probs.as<float>(), depth_dscores.as<float>(), ws, stream_,
+                             {depth_probs.as<float>(), depth_dscores.as<float>()}, ws, stream_,
                              depth_streams());
+  }
+
+  void attention_backward_sole_reader(const AttentionShape& s, const Tensor& dout, const Tensor& q,
+                                      const Tensor& k, const Tensor& v, const Tensor& depth_k,
+                                      const Tensor& depth_v, const Tensor& out, const Tensor& lse,
+                                      const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                      const Tensor& d_depth_k, const Tensor& d_depth_v) override {
+    const char* op = "attention_backward_sole_reader";
+    const int64_t rows = s.batch * s.seq_len;
+    const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
+    expect(dout, DType::bf16, op, "dout", qn);
+    expect(q, DType::bf16, op, "q", qn);
+    expect(k, DType::bf16, op, "k", kn);
+    expect(v, DType::bf16, op, "v", kn);
+    expect(out, DType::bf16, op, "out", qn);
+    expect(lse, DType::f32, op, "lse", rows * s.q_heads);
+    expect(dq, DType::f32, op, "dq", qn);
+    expect(dk, DType::f32, op, "dk", kn);
+    expect(dv, DType::f32, op, "dv", kn);
+    if (s.slots > 0) {
+      const int64_t slots_extent = (s.slots - 1) * s.slot_stride + kn;
+      expect(depth_k, DType::bf16, op, "depth_k", slots_extent);
+      expect(depth_v, DType::bf16, op, "depth_v", slots_extent);
+      expect(d_depth_k, DType::f32, op, "d_depth_k", slots_extent);
+      expect(d_depth_v, DType::f32, op, "d_depth_v", slots_extent);
+    }
+    // delta, then the probabilities and score gradients of the kernels that leave them
+    // (attention_backward forms the slots' gradients from them there), 16-byte aligned.
+    const int64_t base = (moda::attention_backward_workspace(s) + 3) / 4 * 4;
+    const int64_t stats = (s.slots * rows * s.q_heads + 3) / 4 * 4;
+    float* ws = workspace<float>(base + 2 * stats);
+    cuda::attention_backward(
+        s, dout.as<bf16>(), q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), depth_k.as<bf16>(),
+        depth_v.as<bf16>(), out.as<bf16>(), lse.as<float>(), dq.as<float>(), dk.as<float>(),
+        dv.as<float>(),
+        {ws + base, ws + base + stats, s.slots > 0 ? d_depth_k.as<float>() : nullptr,
+         s.slots > 0 ? d_depth_v.as<float>() : nullptr},
+        ws, stream_, depth_streams());
   }
 
   void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,

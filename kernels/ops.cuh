@@ -72,10 +72,22 @@ struct DepthStreams {
 void attention_forward(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v,
                        const bf16* depth_k, const bf16* depth_v, bf16* out, float* lse,
                        float* workspace, cudaStream_t stream, const DepthStreams& depth);
+// What attention_backward's depth part leaves per slot: each slot's probability and score
+// gradient per query head (fp32 [S, R, Hq], moda/depth_stats_layout.hpp), from which
+// depth_slot_backward forms the slots' gradients once every layer reading them is done; or, with
+// d_depth_k and d_depth_v (a layer that is its slots' only reader), the slots' gradients
+// themselves (fp32, overwritten, slot c at c s.slot_stride), probs and dscores then scratch that
+// may be left unwritten.
+struct DepthBackwardOut {
+  float* probs;
+  float* dscores;
+  float* d_depth_k = nullptr;
+  float* d_depth_v = nullptr;
+};
 void attention_backward(const AttentionShape& s, const bf16* dout, const bf16* q, const bf16* k,
                         const bf16* v, const bf16* depth_k, const bf16* depth_v, const bf16* out,
-                        const float* lse, float* dq, float* dk, float* dv, float* depth_probs,
-                        float* depth_dscores, float* workspace, cudaStream_t stream,
+                        const float* lse, float* dq, float* dk, float* dv,
+                        const DepthBackwardOut& slot_out, float* workspace, cudaStream_t stream,
                         const DepthStreams& depth);
 // Backend::DepthReader as typed pointers.
 struct DepthReaderPtrs {

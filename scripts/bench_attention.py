@@ -3,13 +3,15 @@
 run on one GPU, and prints a table with ratios.
 
     python3 scripts/bench_attention.py [--moda PATH] [--baseline PATH] [--reps 20]
-        [--shape B,T,Hq,Hk,d,S ...] [--json OUT.jsonl]
+        [--shape B,T,Hq,Hk,d,S ...] [--json OUT.jsonl] [--slot-gradients sole-reader|pulled]
 
 Needs torch with CUDA (the GPU machine's python3). Our kernel is timed by `moda bench attention
 --json` (CUDA events, median of --reps forward+backward rounds after one warm-up); SDPA the same way
 on random bf16 inputs of the same shape (causal, GQA through enable_gqa). SDPA has no depth slots:
 its column is the plain-attention cost each MoDA row is compared with. --baseline times a second
 moda build in the same run (an A/B of a kernel change); --shape replaces the default shapes.
+Each MoDA row's backward includes the gradients of its S slots with the layer as their only reader
+(`moda bench attention --slot-gradients`, default sole-reader: formed in the backward).
 """
 import argparse
 import json
@@ -62,14 +64,16 @@ def main():
     ap.add_argument("--baseline", help="another moda build, timed in the same run")
     ap.add_argument("--shape", action="append", help="B,T,Hq,Hk,d,S (repeatable; default: targets.md's table)")
     ap.add_argument("--json", help="also write every measurement as JSON lines here")
+    ap.add_argument("--slot-gradients", choices=("sole-reader", "pulled"),
+                    help="passed to --moda's bench (not the baseline's): how the backward forms the slots' gradients")
     args = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shape] if args.shape else SHAPES
     import torch
     if not torch.cuda.is_available():
         sys.exit("bench_attention: torch sees no GPU")
 
-    def time_moda(exe):
-        cmd = [exe, "bench", "attention", "--json", "--reps", str(args.reps)]
+    def time_moda(exe, extra=()):
+        cmd = [exe, "bench", "attention", "--json", "--reps", str(args.reps), *extra]
         for s in shapes:
             cmd += ["--shape", ",".join(map(str, s))]
         res = {}
@@ -78,7 +82,7 @@ def main():
             res[(r["B"], r["T"], r["Hq"], r["Hk"], r["d"], r["S"])] = r
         return res
 
-    ours = time_moda(args.moda)
+    ours = time_moda(args.moda, ("--slot-gradients", args.slot_gradients) if args.slot_gradients else ())
     baseline = time_moda(args.baseline) if args.baseline else {}
     peers = {}
     for s in shapes:

@@ -27,6 +27,9 @@ TEST_CASE("moda bench attention: bad arguments are refused by name", "[cli]") {
   const Result placement = run_moda("bench attention --depth-backward middle");
   CHECK(placement.status != 0);
   CHECK(placement.output.find("--depth-backward") != std::string::npos);
+  const Result slot_gradients = run_moda("bench attention --slot-gradients pushed");
+  CHECK(slot_gradients.status != 0);
+  CHECK(slot_gradients.output.find("--slot-gradients") != std::string::npos);
   const Result shape = run_moda("bench attention --shape 4,4096,16,8,64");
   CHECK(shape.status != 0);
   CHECK(shape.output.find("expected six integers B,T,Hq,Hk,d,S") != std::string::npos);

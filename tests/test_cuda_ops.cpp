@@ -515,6 +515,31 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
       h.check(ddk, kAttnTol, "depth slot gradients d_depth_k " + tag);
       h.check(ddv, kAttnTol, "depth slot gradients d_depth_v " + tag);
     }
+    // The layer as its slots' only reader: the slots' gradients formed in the backward (at head
+    // size 64 by the depth kernels themselves; elsewhere pulled after it). dq is overwritten and
+    // dk, dv added to as in attention_backward; the gradients start random and are overwritten,
+    // the gap between slots keeps its values.
+    Twin dq1 = h.random(Role::accum, qn, 20);
+    Twin dk1 = h.random(Role::accum, kn, 21, 0.1), dv1 = h.random(Role::accum, kn, 22, 0.1);
+    Twin sdk = h.random(Role::accum, std::max<int64_t>(depth_n, 1), 23);
+    Twin sdv = h.random(Role::accum, std::max<int64_t>(depth_n, 1), 24);
+    const auto dk1_base = h.cpu_values(dk1), dv1_base = h.cpu_values(dv1);
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+      be.attention_backward_sole_reader(shape, P(dout), P(q), P(k), P(v), S_(dk_s, g), S_(dv_s, g),
+                                        P(out), P(lse), P(dq1), P(dk1), P(dv1), S_(sdk, g),
+                                        S_(sdv, g));
+    }
+    h.check(dv1, kAttnTol, "sole reader dv " + tag, dv1_base);
+    if (T > 1 || slots > 0) {
+      h.check(dq1, kAttnTol, "sole reader dq " + tag);
+      h.check(dk1, kAttnTol, "sole reader dk " + tag, dk1_base);
+    }
+    if (slots > 0) {
+      h.check(sdk, kAttnTol, "sole reader d_depth_k " + tag);
+      h.check(sdv, kAttnTol, "sole reader d_depth_v " + tag);
+    }
   };
   for (int64_t d : {64, 128, 8, 4}) {
     for (int64_t group : {1, 2, 3, 4, 8}) {

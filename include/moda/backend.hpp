@@ -205,6 +205,17 @@ class Backend {
                                   const Tensor& depth_v, const Tensor& out, const Tensor& lse,
                                   const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                   const Tensor& depth_probs, const Tensor& depth_dscores) = 0;
+  // attention_backward for a layer that is the only reader of its depth slots, a MoDA attention
+  // on its own (the interface of the paper's kernel; `moda bench attention`): the gradients of the
+  // S slots, as depth_slot_backward forms them from this one reader, are written (overwritten,
+  // accum dtype, slot j at j shape.slot_stride) into d_depth_k, d_depth_v, and no probabilities
+  // or score gradients are kept. The model does not call it: its slots have many readers.
+  virtual void attention_backward_sole_reader(const AttentionShape& shape, const Tensor& dout,
+                                              const Tensor& q, const Tensor& k, const Tensor& v,
+                                              const Tensor& depth_k, const Tensor& depth_v,
+                                              const Tensor& out, const Tensor& lse,
+                                              const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                              const Tensor& d_depth_k, const Tensor& d_depth_v) = 0;
   // A layer's attention as a reader of depth slots: its q and dout [R, Hq d] (activation), the
   // whole depth_probs and depth_dscores its attention_backward wrote, and how many slots it reads.
   struct DepthReader {

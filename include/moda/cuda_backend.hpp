@@ -151,18 +151,28 @@ struct GemmAlgoTiming {
 };
 std::vector<GemmAlgoTiming> cuda_time_gemm_algorithms(int64_t m, int64_t n, int64_t k);
 
+// How a timed call forms the gradients of its S slots, as their only reader: in the backward
+// (Backend::attention_backward_sole_reader), or pulled after it by depth_slot_backward from the
+// probabilities and score gradients the backward leaves, as the model does for slots that many
+// layers read.
+enum class SlotGradientTiming { sole_reader, pulled };
+inline constexpr NamedPlacement<SlotGradientTiming> kSlotGradientTimings[] = {
+    {"sole-reader", SlotGradientTiming::sole_reader}, {"pulled", SlotGradientTiming::pulled}};
+
 // Forward and backward of MoDA attention at `shape` (slot_stride is set to the model's gap-free
-// slot-major layout) on synthetic operands: medians over `reps` timed calls after one warm-up.
+// slot-major layout) on synthetic operands, the backward with the gradients of all S slots:
+// medians over `reps` timed calls after one warm-up.
 struct AttentionTiming {
   double forward_ms = 0;
-  double backward_ms = 0;        // attention_backward + depth_slot_backward of the S slots
-  double slot_gradients_ms = 0;  // the depth_slot_backward part of backward_ms
+  double backward_ms = 0;        // with the slots' gradients
+  double slot_gradients_ms = 0;  // pulled: the depth_slot_backward part of backward_ms, else 0
   double total_ms = 0;           // median of forward + backward per repetition
 };
 AttentionTiming cuda_time_attention(
     const AttentionShape& shape, int reps,
     DepthBackwardPlacement placement = DepthBackwardPlacement::automatic,
-    DepthForwardPlacement forward = DepthForwardPlacement::automatic);
+    DepthForwardPlacement forward = DepthForwardPlacement::automatic,
+    SlotGradientTiming slot_gradients = SlotGradientTiming::sole_reader);
 // Median ms of depth_slot_backward forming two slots' gradients from `readers` layers that each
 // read shape.slots (>= 2) slots, each with its own operands: one step of the model's backward.
 double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, int reps);

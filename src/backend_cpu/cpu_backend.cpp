@@ -437,6 +437,23 @@ void CpuBackend<T>::attention_backward(const AttentionShape& shape, const Tensor
 }
 
 template <class T>
+void CpuBackend<T>::attention_backward_sole_reader(
+    const AttentionShape& shape, const Tensor& dout, const Tensor& q, const Tensor& k,
+    const Tensor& v, const Tensor& depth_k, const Tensor& depth_v, const Tensor& out,
+    const Tensor& lse, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+    const Tensor& d_depth_k, const Tensor& d_depth_v) {
+  const auto stats = static_cast<size_t>(shape.slots * shape.batch * shape.seq_len * shape.q_heads);
+  std::vector<T> probs(stats), dscores(stats);
+  attention_backward_cpu<T>(shape, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(depth_k), ptr(depth_v),
+                            ptr(out), ptr(lse), ptr(dq), ptr(dk), ptr(dv), probs.data(),
+                            dscores.data());
+  if (shape.slots == 0) return;
+  const DepthReaderView<T> reader{ptr(q), ptr(dout), probs.data(), dscores.data(), shape.slots};
+  depth_slot_backward_cpu<T>(shape, 0, shape.slots, {&reader, 1}, ptr(d_depth_k), ptr(d_depth_v),
+                             false);
+}
+
+template <class T>
 void CpuBackend<T>::depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                                         std::span<const DepthReader> readers,
                                         const Tensor& d_depth_k, const Tensor& d_depth_v,

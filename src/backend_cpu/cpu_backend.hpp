@@ -71,6 +71,12 @@ class CpuBackend final : public Backend {
                           const Tensor& depth_v, const Tensor& out, const Tensor& lse,
                           const Tensor& dq, const Tensor& dk, const Tensor& dv,
                           const Tensor& depth_probs, const Tensor& depth_dscores) override;
+  void attention_backward_sole_reader(const AttentionShape& shape, const Tensor& dout,
+                                      const Tensor& q, const Tensor& k, const Tensor& v,
+                                      const Tensor& depth_k, const Tensor& depth_v,
+                                      const Tensor& out, const Tensor& lse, const Tensor& dq,
+                                      const Tensor& dk, const Tensor& dv, const Tensor& d_depth_k,
+                                      const Tensor& d_depth_v) override;
   void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                            std::span<const DepthReader> readers, const Tensor& d_depth_k,
                            const Tensor& d_depth_v, bool accumulate) override;

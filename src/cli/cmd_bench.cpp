@@ -34,6 +34,7 @@ std::map<std::string, Placement> by_name(const NamedPlacement<Placement> (&table
 const std::map<std::string, DepthBackwardPlacement> kPlacements = by_name(kDepthBackwardPlacements);
 const std::map<std::string, DepthForwardPlacement> kForwardPlacements =
     by_name(kDepthForwardPlacements);
+const std::map<std::string, SlotGradientTiming> kSlotGradientModes = by_name(kSlotGradientTimings);
 
 AttentionShape parse_shape(const std::string& text) {
   std::vector<int64_t> v;
@@ -73,7 +74,8 @@ std::string placement_name(const std::map<std::string, Placement>& names, Placem
 }
 
 void bench_attention(const std::vector<std::string>& shapes, int reps, bool json,
-                     DepthBackwardPlacement placement, DepthForwardPlacement forward) {
+                     DepthBackwardPlacement placement, DepthForwardPlacement forward,
+                     SlotGradientTiming slot_gradients) {
   for (const std::string& text : shapes) parse_shape(text);  // every shape is checked up front
   if (cuda_device_count() == 0) {
     throw std::runtime_error("moda bench attention needs a CUDA GPU, and none is visible");
@@ -85,17 +87,19 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
   }
   for (const std::string& text : shapes) {
     const AttentionShape s = parse_shape(text);
-    const AttentionTiming t = cuda_time_attention(s, reps, placement, forward);
+    const AttentionTiming t = cuda_time_attention(s, reps, placement, forward, slot_gradients);
     const double depth_gb = 2.0 * s.slots * s.batch * s.seq_len * s.kv_heads * s.head_dim * 2e-9;
     if (json) {
       fmt::print(
           "{{\"B\": {}, \"T\": {}, \"Hq\": {}, \"Hk\": {}, \"d\": {}, \"S\": {}, \"fwd_ms\": "
           "{:.4f}, "
           "\"bwd_ms\": {:.4f}, \"slot_gradients_ms\": {:.4f}, \"total_ms\": {:.4f}, \"reps\": "
-          "{}, \"depth_backward\": \"{}\", \"depth_forward\": \"{}\"}}\n",
+          "{}, \"depth_backward\": \"{}\", \"depth_forward\": \"{}\", \"slot_gradients\": "
+          "\"{}\"}}\n",
           s.batch, s.seq_len, s.q_heads, s.kv_heads, s.head_dim, s.slots, t.forward_ms,
           t.backward_ms, t.slot_gradients_ms, t.total_ms, reps,
-          placement_name(kPlacements, placement), placement_name(kForwardPlacements, forward));
+          placement_name(kPlacements, placement), placement_name(kForwardPlacements, forward),
+          placement_name(kSlotGradientModes, slot_gradients));
     } else {
       fmt::print(
           "{:>2} {:>6} {:>3} {:>3} {:>4} {:>4} {:>10.3f} {:>10.3f} {:>14.3f} {:>10.3f} {:>12.2f}\n",
@@ -107,7 +111,7 @@ void bench_attention(const std::vector<std::string>& shapes, int reps, bool json
 }
 #else
 void bench_attention(const std::vector<std::string>& shapes, int, bool, DepthBackwardPlacement,
-                     DepthForwardPlacement) {
+                     DepthForwardPlacement, SlotGradientTiming) {
   for (const std::string& text : shapes) parse_shape(text);
   throw std::runtime_error(
       "moda bench attention needs the CUDA backend, and this moda was built without CUDA");
@@ -128,6 +132,7 @@ void register_bench(CLI::App& app) {
     bool json = false;
     DepthBackwardPlacement depth_backward = DepthBackwardPlacement::automatic;
     DepthForwardPlacement depth_forward = DepthForwardPlacement::automatic;
+    SlotGradientTiming slot_gradients = SlotGradientTiming::sole_reader;
   };
   auto opts = std::make_shared<Options>();
   attn->add_option(
@@ -150,9 +155,16 @@ void register_bench(CLI::App& app) {
           "64 and 128: a kernel of its own after the sequence kernel, per token with the group's "
           "heads as the MMA's N, G <= 8); docs/kernels/moda_attention.md")
       ->transform(CLI::CheckedTransformer(kForwardPlacements, CLI::ignore_case));
+  attn->add_option(
+          "--slot-gradients", opts->slot_gradients,
+          "how the backward forms the gradients of the S slots, with the timed layer as their "
+          "only reader: sole-reader (default: in the backward's depth part) or pulled (after it, "
+          "by the op the model uses for slots that many layers read, from the probabilities and "
+          "score gradients the backward leaves; its time is the column 'of it slots')")
+      ->transform(CLI::CheckedTransformer(kSlotGradientModes, CLI::ignore_case));
   attn->callback([opts] {
-    bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward,
-                    opts->depth_forward);
+    bench_attention(opts->shapes, opts->reps, opts->json, opts->depth_backward, opts->depth_forward,
+                    opts->slot_gradients);
   });
 }
 

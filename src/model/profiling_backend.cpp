@@ -201,6 +201,17 @@ void ProfilingBackend::attention_backward(const AttentionShape& shape, const Ten
   });
 }
 
+void ProfilingBackend::attention_backward_sole_reader(
+    const AttentionShape& shape, const Tensor& dout, const Tensor& q, const Tensor& k,
+    const Tensor& v, const Tensor& depth_k, const Tensor& depth_v, const Tensor& out,
+    const Tensor& lse, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+    const Tensor& d_depth_k, const Tensor& d_depth_v) {
+  timed("attention_backward", 0, 0, [&] {
+    inner_.attention_backward_sole_reader(shape, dout, q, k, v, depth_k, depth_v, out, lse, dq, dk,
+                                          dv, d_depth_k, d_depth_v);
+  });
+}
+
 void ProfilingBackend::depth_slot_backward(const AttentionShape& shape, int64_t first,
                                            int64_t count, std::span<const DepthReader> readers,
                                            const Tensor& d_depth_k, const Tensor& d_depth_v,

@@ -3,9 +3,10 @@
 // rounds; a shape with a seventh number R times instead depth_slot_backward forming two slots'
 // gradients from R readers of S slots each (cuda_time_depth_slot_gradients). A shape may end in
 // ":tail" or ":beside" to place the backward's depth part so (DepthBackwardPlacement; automatic
-// otherwise) and in ":fwd-inside" or ":fwd-after" for the forward's (DepthForwardPlacement), e.g.
-// 1,4096,64,8,64,64:beside:fwd-after. Small enough (1 MB) that several variants travel to the GPU
-// machine in one call.
+// otherwise), in ":fwd-inside" or ":fwd-after" for the forward's (DepthForwardPlacement), and in
+// ":pulled" to form the slot gradients after the backward (SlotGradientTiming; in it otherwise),
+// e.g. 1,4096,64,8,64,64:beside:fwd-after:pulled. Small enough (1 MB) that several variants travel
+// to the GPU machine in one call.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
     }
     auto placement = moda::DepthBackwardPlacement::automatic;
     auto forward = moda::DepthForwardPlacement::automatic;
+    auto slot_gradients = moda::SlotGradientTiming::sole_reader;
     for (const char* suffix = std::strchr(argv[i], ':'); suffix != nullptr;
          suffix = std::strchr(suffix + 1, ':')) {
       const char* end = std::strchr(suffix + 1, ':');
@@ -48,19 +50,25 @@ int main(int argc, char** argv) {
       const auto* fwd = std::find_if(
           std::begin(moda::kDepthForwardPlacements), std::end(moda::kDepthForwardPlacements),
           [&](const auto& p) { return name == std::string("fwd-") + p.name; });
+      const auto* slot_timing =
+          std::find_if(std::begin(moda::kSlotGradientTimings), std::end(moda::kSlotGradientTimings),
+                       [&](const auto& p) { return name == p.name; });
       if (backward != std::end(moda::kDepthBackwardPlacements)) {
         placement = backward->placement;
       } else if (fwd != std::end(moda::kDepthForwardPlacements)) {
         forward = fwd->placement;
+      } else if (slot_timing != std::end(moda::kSlotGradientTimings)) {
+        slot_gradients = slot_timing->placement;
       } else {
         std::fprintf(stderr,
                      "attention_variant: '%s': ':%s' is none of :automatic :tail :beside "
-                     ":fwd-automatic :fwd-inside :fwd-after\n",
+                     ":fwd-automatic :fwd-inside :fwd-after :sole-reader :pulled\n",
                      argv[i], name.c_str());
         return 2;
       }
     }
-    const moda::AttentionTiming t = moda::cuda_time_attention(shape, 20, placement, forward);
+    const moda::AttentionTiming t =
+        moda::cuda_time_attention(shape, 20, placement, forward, slot_gradients);
     std::printf("%-22s fwd %.3f bwd %.3f (slots %.3f) total %.3f\n", argv[i], t.forward_ms,
                 t.backward_ms, t.slot_gradients_ms, t.total_ms);
   }
