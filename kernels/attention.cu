@@ -2050,28 +2050,53 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
 constexpr int kBesideWarps = 4;
 constexpr int kBesideStages = 3;
 // The sequence block's 8 warps take 189 registers a thread (24 units of 256 a warp), which leaves
-// 16,384 of the SM's 65,536: 4 warps at up to 128. At 112 ptxas spills nothing.
+// 16,384 of the SM's 65,536: 4 warps at up to 128. At 112 ptxas spills nothing (4 bytes in the
+// instantiation that writes the slots' gradients).
 constexpr int kBesideRegisters = 112;
 template <int D>
 constexpr size_t depth_beside_smem() {
   return size_t{kBesideWarps} * kBesideStages * TailStage<D>::bytes;
 }
+// Writing the slots' gradients (kSlotGrads) triples the depth part's bytes, and it outlasts the
+// sequence kernel: its blocks then take kQueuePairs pairs at a time from a counter that the
+// kernel's second launch, after the sequence kernel, shares, so that the pairs left run on the
+// warps an SM holds once the sequence blocks are gone, not on the 4 beside them. Measured (bwd ms,
+// (4, 4096, 16, 8)): S 36 2.026 -> 1.988-2.012, S 72 3.508-3.534 -> 3.247-3.259; with 64 pairs
+// per warp instead of 16, 2.042-2.048 and 3.422-3.425. Without them the two kernels end together,
+// and the counter, the second launch and the restarts of the loads were slower (S 36 2.327-2.329
+// -> 2.357, S 72 3.627-3.641 -> 3.684): those blocks take a fixed share of the pairs.
+constexpr int kQueuePairs = 16 * kBesideWarps;
 template <int D, bool kSlotGrads>
 __global__ void __maxnreg__(kBesideRegisters)
     depth_backward_beside(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                           const float* __restrict__ lse, const float* __restrict__ delta,
                           const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
-                          float* __restrict__ dq, DepthBackwardOut slot_out) {
+                          float* __restrict__ dq, DepthBackwardOut slot_out,
+                          unsigned long long* __restrict__ next_pair) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ unsigned long long taken;
   const int64_t per_row = int64_t{s.T} * s.Hk, total = per_row * s.B;
-  const int64_t hi = total * (blockIdx.x + 1) / gridDim.x;
-  for (int64_t at = total * blockIdx.x / gridDim.x; at < hi;) {
-    const int b = static_cast<int>(at / per_row);
-    const int64_t end = min(hi, (b + 1) * per_row);
-    depth_backward_tail<D, kBesideWarps, kBesideStages, kSlotGrads>(
-        s, b, static_cast<int>(at - b * per_row), static_cast<int>(end - b * per_row), dout, q, lse,
-        delta, depth_k, depth_v, dq, slot_out, smem_raw);
-    at = end;
+  const auto run = [&](int64_t lo, int64_t hi) {
+    for (int64_t at = lo; at < hi;) {
+      const int b = static_cast<int>(at / per_row);
+      const int64_t end = min(hi, (b + 1) * per_row);
+      depth_backward_tail<D, kBesideWarps, kBesideStages, kSlotGrads>(
+          s, b, static_cast<int>(at - b * per_row), static_cast<int>(end - b * per_row), dout, q,
+          lse, delta, depth_k, depth_v, dq, slot_out, smem_raw);
+      at = end;
+    }
+  };
+  if constexpr (kSlotGrads) {
+    for (;;) {
+      if (threadIdx.x == 0) taken = atomicAdd(next_pair, kQueuePairs);
+      __syncthreads();
+      const auto lo = static_cast<int64_t>(taken);
+      __syncthreads();  // every thread has read `taken` before the next take writes it
+      if (lo >= total) break;
+      run(lo, min(lo + kQueuePairs, total));
+    }
+  } else {
+    run(total * blockIdx.x / gridDim.x, total * (blockIdx.x + 1) / gridDim.x);
   }
 }
 
@@ -2296,6 +2321,7 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 struct BesideLayout {
   size_t smem = 0;
   bool fits = false;
+  int pickup_blocks = 0;  // per SM, of the launch after the sequence kernel (unpadded)
 };
 template <bool kSlotGrads>
 BesideLayout beside_layout() {
@@ -2321,6 +2347,10 @@ BesideLayout beside_layout() {
                   smem <= props.sharedMemPerMultiprocessor &&
                   kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
     allow_smem(depth_backward_beside<64, kSlotGrads>, layout.smem);
+    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &layout.pickup_blocks, depth_backward_beside<64, kSlotGrads>, kBesideWarps * 32,
+        depth_beside_smem<64>()));
+    layout.pickup_blocks = std::max(layout.pickup_blocks, 1);
     for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64, kSlotGrads>),
                                reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
       MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -2418,14 +2448,27 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     };
     if (beside) {
       // One depth block per SM (beside_layout, which set its launch attributes), on a stream
-      // of its own.
+      // of its own; with the slots' gradients, after the sequence kernel the same kernel takes
+      // the pairs left with as many blocks as an SM holds (kQueuePairs).
+      auto* next_pair = reinterpret_cast<unsigned long long*>(
+          workspace + (int64_t{s.B} * s.T * s.Hq + 1) / 2 * 2);
+      if (slot_grads) {
+        MODA_CUDA_CHECK(cudaMemsetAsync(next_pair, 0, sizeof(*next_pair), stream));
+      }
       const cudaStream_t priority_stream = depth.priority.fork(stream);
       const auto beside_kernel =
           slot_grads ? depth_backward_beside<64, true> : depth_backward_beside<64, false>;
       beside_kernel<<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32, layout.smem,
-                      priority_stream>>>(s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out);
+                      priority_stream>>>(s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out,
+                                         next_pair);
       MODA_LAUNCH_CHECK();
       launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
+      if (slot_grads) {
+        MODA_LAUNCH_CHECK();
+        beside_kernel<<<static_cast<unsigned>(depth.sm_count * layout.pickup_blocks),
+                        kBesideWarps * 32, depth_beside_smem<64>(), stream>>>(
+            s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out, next_pair);
+      }
       depth.priority.join(stream);
     } else if (tail) {
       launch(slot_grads ? seq_backward_wgmma<64, true, true> : seq_backward_wgmma<64, true>,
