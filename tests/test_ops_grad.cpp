@@ -266,6 +266,48 @@ TEST_CASE("MoDA attention gradients (sequence + depth, GQA)", "[grad][ops][atten
   }
 }
 
+// One attention layer as its slots' only reader: attention_backward_sole_reader's gradients of
+// q, k, v and of every slot against finite differences of the forward.
+TEST_CASE("MoDA attention gradients of a layer that is its slots' only reader",
+          "[grad][ops][attention]") {
+  Harness hs;
+  for (int64_t slots : {0, 1, 3}) {
+    for (int64_t group : {1, 3}) {
+      SECTION(fmt::format("S={} G={}", slots, group)) {
+        AttentionShape s{2, 5, 2 * group, 2, 4, slots, 0};
+        const int64_t R = s.batch * s.seq_len, qn = R * s.q_heads * s.head_dim,
+                      kn = R * s.kv_heads * s.head_dim;
+        s.slot_stride = kn + 4;  // padded stride: the gap must stay untouched
+        const int64_t sn = std::max<int64_t>(slots * s.slot_stride, 1);
+        const Inputs x = {test::random_normal(qn, 1), test::random_normal(kn, 2),
+                          test::random_normal(kn, 3), test::random_normal(sn, 4),
+                          test::random_normal(sn, 5)};
+        const auto cot = test::random_normal(qn, 6);
+        auto fwd = [&](const Inputs& in, Tensor& out, Tensor& lse) {
+          hs.be->attention_forward(s, hs.put(in[0]), hs.put(in[1]), hs.put(in[2]), hs.put(in[3]),
+                                   hs.put(in[4]), out, lse);
+        };
+        auto loss = [&](const Inputs& in) {
+          Tensor out = hs.zeros(qn), lse = hs.zeros(R * s.q_heads);
+          fwd(in, out, lse);
+          return dot(hs.get(out), cot);
+        };
+        auto grads = [&](const Inputs& in) {
+          Tensor out = hs.zeros(qn), lse = hs.zeros(R * s.q_heads);
+          fwd(in, out, lse);
+          Tensor dq = hs.zeros(qn), dk = hs.zeros(kn), dv = hs.zeros(kn), dsk = hs.zeros(sn),
+                 dsv = hs.zeros(sn);
+          hs.be->attention_backward_sole_reader(s, hs.put(cot), hs.put(in[0]), hs.put(in[1]),
+                                                hs.put(in[2]), hs.put(in[3]), hs.put(in[4]), out,
+                                                lse, dq, dk, dv, dsk, dsv);
+          return Inputs{hs.get(dq), hs.get(dk), hs.get(dv), hs.get(dsk), hs.get(dsv)};
+        };
+        check_gradients(x, loss, grads, "attention, sole reader");
+      }
+    }
+  }
+}
+
 TEST_CASE("swiglu gradients", "[grad][ops]") {
   Harness hs;
   const int64_t rows = 4, hidden = 5, ld = 2 * hidden + 3;
