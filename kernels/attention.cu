@@ -1703,7 +1703,32 @@ __device__ __forceinline__ void depth_backward_tail(
       ds[e] = p[e] * (dp[e] - dlt[e % 2]) * s.scale;
     }
     const int64_t hr = head_row(pair);
-    if constexpr (!kSlotGrads) {
+    if constexpr (kSlotGrads) {
+      // This reader's gradients of the chunk's slots: dK = dS^T Q and dV = P^T dO, [16 slots] x
+      // [G heads] x [G][D], k = the heads (m16n8k8: G <= 8). dS and P go in as bf16, as in the
+      // sequence part's dK and dV; the sums are fp32. A is the C fragment as it is (rows the
+      // slots, columns the heads); B, an n-tile of 8 columns of the heads' rows, is the transpose
+      // of the score MMAs' B fragment of those columns. Rows past G hold row G - 1, against
+      // columns of dS and P that are zero.
+      const int64_t row = kv_row(pair) * D + 2 * t4;
+      const auto slot_gradient = [&](const float(&c)[4], const uint32_t(&b)[D / 16][2],
+                                     float* gradient) {
+        const uint32_t a[2] = {pack_bf16(c[0], c[1]), pack_bf16(c[2], c[3])};
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt) {
+          float sum[4] = {};
+          mma_1688(sum, a, transpose_8x8(b[nt / 2][nt % 2]));
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            if (j0 + half * 8 >= s.S) continue;
+            *reinterpret_cast<float2*>(gradient + (j0 + half * 8) * s.slot_stride + row + nt * 8) =
+                make_float2(sum[2 * half], sum[2 * half + 1]);
+          }
+        }
+      };
+      slot_gradient(ds, qb, slot_out.d_depth_k);
+      slot_gradient(p, ob, slot_out.d_depth_v);
+    } else {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int j = j0 + half * 8, head = 2 * t4;
@@ -1734,52 +1759,6 @@ __device__ __forceinline__ void depth_backward_tail(
       uint32_t a[4];
       ldmatrix_x4<true>(a, sa + L::k + tail_offset((m / 2) * 8 + lane % 8, 2 * mt + m % 2));
       mma_16816(dqt[mt], a, db0, db1);
-    }
-    if constexpr (kSlotGrads) {
-      // This reader's gradients of the chunk's slots: dK = dS^T Q and dV = P^T dO, [16 slots] x
-      // [G heads] x [G][D], k = the heads (m16n8k8: G <= 8). dS and P go in as bf16, as in the
-      // sequence part's dK and dV; the sums are fp32. A is the C fragment as it is (rows the
-      // slots, columns the heads); B, an n-tile of 8 columns of the heads' rows, is the transpose
-      // of the score MMAs' B fragment of those columns. Rows past G hold row G - 1, against
-      // columns of dS and P that are zero. The [16][D] floats go through the stage's K and V
-      // rows (done with) so that each store writes whole rows: storing the C fragments directly
-      // (8 rows of 32 bytes a store) took the (4, 4096, 16, 8) backward to 3.26 ms at S 72 and
-      // 2.00 at S 36 instead of 2.82 and 1.90. The 8-value groups of row r sit at group ^ (r % 8)
-      // (at most 2 fragment stores to a bank).
-      static_assert(kTailSlots * D * 4 <= 2 * kTailSlots * D * 2, "[16][D] floats fit in K, V");
-      float* rows = reinterpret_cast<float*>(st + L::k);
-      const int64_t row = kv_row(pair) * D;
-      const int first_slot = j0 - g;
-      const auto slot_gradient = [&](const uint32_t(&a)[2], const uint32_t(&b)[D / 16][2],
-                                     float* gradient) {
-        __syncwarp();  // every lane is done reading the rows
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt) {
-          float sum[4] = {};
-          mma_1688(sum, a, transpose_8x8(b[nt / 2][nt % 2]));
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int r = g + 8 * half;
-            *reinterpret_cast<float2*>(rows + r * D + ((nt ^ (r % 8)) * 8) + 2 * t4) =
-                make_float2(sum[2 * half], sum[2 * half + 1]);
-          }
-        }
-        __syncwarp();
-        // Lane: 16 bytes of row lane / (D / 4) + 2 i.
-        constexpr int kRowPieces = D / 4;
-        const int c4 = lane % kRowPieces;
-        float* dst = gradient + (first_slot + lane / kRowPieces) * s.slot_stride + row + c4 * 4;
-#pragma unroll 1
-        for (int r = lane / kRowPieces; r < kTailSlots; r += 32 / kRowPieces) {
-          if (first_slot + r < s.S) {
-            *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(
-                rows + r * D + (((c4 / 2) ^ (r % 8)) * 8) + (c4 % 2) * 4);
-          }
-          dst += (32 / kRowPieces) * s.slot_stride;
-        }
-      };
-      slot_gradient({pack_bf16(ds[0], ds[1]), pack_bf16(ds[2], ds[3])}, qb, slot_out.d_depth_k);
-      slot_gradient({pack_bf16(p[0], p[1]), pack_bf16(p[2], p[3])}, ob, slot_out.d_depth_v);
     }
     if (++chunk == n_chunks) {
       // dq^T through the stage's q and dout rows (read at the pair's first item, or unused) to
