@@ -456,12 +456,12 @@ class CudaBackend final : public Backend {
                             depth_streams());
   }
 
-  void attention_backward(const AttentionShape& s, const Tensor& dout, const Tensor& q,
-                          const Tensor& k, const Tensor& v, const Tensor& depth_k,
-                          const Tensor& depth_v, const Tensor& out, const Tensor& lse,
-                          const Tensor& dq, const Tensor& dk, const Tensor& dv,
-                          const Tensor& depth_probs, const Tensor& depth_dscores) override {
-    const char* op = "attention_backward";
+  // The operands both forms of attention's backward take.
+  static void expect_backward_operands(const char* op, const AttentionShape& s, const Tensor& dout,
+                                       const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& depth_k, const Tensor& depth_v,
+                                       const Tensor& out, const Tensor& lse, const Tensor& dq,
+                                       const Tensor& dk, const Tensor& dv) {
     const int64_t rows = s.batch * s.seq_len;
     const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
     expect(dout, DType::bf16, op, "dout", qn);
@@ -477,6 +477,18 @@ class CudaBackend final : public Backend {
       const int64_t slots_extent = (s.slots - 1) * s.slot_stride + kn;
       expect(depth_k, DType::bf16, op, "depth_k", slots_extent);
       expect(depth_v, DType::bf16, op, "depth_v", slots_extent);
+    }
+  }
+
+  void attention_backward(const AttentionShape& s, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& depth_k,
+                          const Tensor& depth_v, const Tensor& out, const Tensor& lse,
+                          const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                          const Tensor& depth_probs, const Tensor& depth_dscores) override {
+    const char* op = "attention_backward";
+    expect_backward_operands(op, s, dout, q, k, v, depth_k, depth_v, out, lse, dq, dk, dv);
+    if (s.slots > 0) {
+      const int64_t rows = s.batch * s.seq_len;
       expect(depth_probs, DType::f32, op, "depth_probs", s.slots * rows * s.q_heads);
       expect(depth_dscores, DType::f32, op, "depth_dscores", s.slots * rows * s.q_heads);
     }
@@ -494,21 +506,10 @@ class CudaBackend final : public Backend {
                                       const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                       const Tensor& d_depth_k, const Tensor& d_depth_v) override {
     const char* op = "attention_backward_sole_reader";
+    expect_backward_operands(op, s, dout, q, k, v, depth_k, depth_v, out, lse, dq, dk, dv);
     const int64_t rows = s.batch * s.seq_len;
-    const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
-    expect(dout, DType::bf16, op, "dout", qn);
-    expect(q, DType::bf16, op, "q", qn);
-    expect(k, DType::bf16, op, "k", kn);
-    expect(v, DType::bf16, op, "v", kn);
-    expect(out, DType::bf16, op, "out", qn);
-    expect(lse, DType::f32, op, "lse", rows * s.q_heads);
-    expect(dq, DType::f32, op, "dq", qn);
-    expect(dk, DType::f32, op, "dk", kn);
-    expect(dv, DType::f32, op, "dv", kn);
     if (s.slots > 0) {
-      const int64_t slots_extent = (s.slots - 1) * s.slot_stride + kn;
-      expect(depth_k, DType::bf16, op, "depth_k", slots_extent);
-      expect(depth_v, DType::bf16, op, "depth_v", slots_extent);
+      const int64_t slots_extent = (s.slots - 1) * s.slot_stride + rows * s.kv_heads * s.head_dim;
       expect(d_depth_k, DType::f32, op, "d_depth_k", slots_extent);
       expect(d_depth_v, DType::f32, op, "d_depth_v", slots_extent);
     }
