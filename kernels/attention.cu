@@ -1301,7 +1301,9 @@ constexpr size_t backward_wgmma_smem() {
 // nothing there: 1.60 against 1.09 ms at S 0 with 0.50 of slot gradients), and MoDA-1.5B ran at
 // 0.889x of OLMo2-1.5B (0.896x to 0.917x before).
 constexpr int kTailSlots = 16;
-constexpr int kTailStages = 4;
+// Four stages, three with kSlotGrads: its slot-gradient rows (depth_smem) leave no room for four.
+template <bool kSlotGrads>
+constexpr int kTailStages = kSlotGrads ? 3 : 4;
 constexpr int kTailHeads = 8;  // the N of the MMAs: G <= 8
 template <int D>
 struct TailStage {
@@ -1317,9 +1319,27 @@ struct TailStage {
   static_assert(D == 64, "rows of one 128-byte swizzle block");
   static_assert(kTailHeads * D * 4 <= 2 * kTailHeads * D * 2, "dq^T fits where q and dout were");
 };
+// With kSlotGrads a warp's [16][D] floats of slot gradients, rows padded by 8 floats: a fragment
+// store (rows g, columns 8 nt + 2 t4) then meets each bank twice, 256 bytes in the fewest
+// wavefronts, and a row's 16-byte reads are contiguous. An XOR swizzle of the 8-value groups
+// needs no padding, but its per-lane addresses spilled 56 bytes at the beside kernel's 112
+// registers, where the padded rows spill none.
 template <int D>
+constexpr int kSlotRowFloats = D + 8;
+// The shared memory of kWarps warps of the depth part: their rings of stages, and with kSlotGrads
+// their slot-gradient rows.
+template <int D, int kWarps, int kStages, bool kSlotGrads>
+constexpr size_t depth_smem() {
+  return size_t{kWarps} *
+         (kStages * TailStage<D>::bytes + (kSlotGrads ? kTailSlots * kSlotRowFloats<D> * 4 : 0));
+}
+// The tail's: at most the 227 KB a block may have.
+template <int D, bool kSlotGrads>
 constexpr size_t depth_tail_smem() {
-  return size_t{kBackwardThreads / 32} * kTailStages * TailStage<D>::bytes;
+  constexpr size_t bytes =
+      depth_smem<D, kBackwardThreads / 32, kTailStages<kSlotGrads>, kSlotGrads>();
+  static_assert(bytes <= 227 * 1024);
+  return bytes;
 }
 
 // Byte offset of 16-byte chunk c of row r in a [rows][64] bf16 tile with the 128-byte swizzle:
@@ -1599,6 +1619,8 @@ __device__ __forceinline__ void depth_backward_tail(
   constexpr int kChunks = D / 8;  // 16-byte chunks of a row
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   unsigned char* stages = ring + warp * kStages * L::bytes;
+  // With kSlotGrads each warp's [16][D] floats of slot gradients follow the stages (depth_smem).
+  float* slot_rows = reinterpret_cast<float*>(ring + kWarps * kStages * L::bytes);
   const int first = pair_lo + warp;
   const int n_pairs = first < pair_hi ? (pair_hi - first + kWarps - 1) / kWarps : 0;
   const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
@@ -1709,8 +1731,15 @@ __device__ __forceinline__ void depth_backward_tail(
       // sequence part's dK and dV; the sums are fp32. A is the C fragment as it is (rows the
       // slots, columns the heads); B, an n-tile of 8 columns of the heads' rows, is the transpose
       // of the score MMAs' B fragment of those columns. Rows past G hold row G - 1, against
-      // columns of dS and P that are zero.
-      const int64_t row = kv_row(pair) * D + 2 * t4;
+      // columns of dS and P that are zero. The [16][D] sums go through the warp's slot rows in
+      // shared memory so that the stores write whole rows, 16 bytes a lane: the C fragments
+      // stored directly (8 rows of 32 bytes a store) took the (4, 4096, 16, 8) backward to 3.26
+      // ms at S 72 and 2.00 at S 36 instead of 2.82 and 1.90 (kSlotRowFloats<D>).
+      float* rows = slot_rows + warp * (kTailSlots * kSlotRowFloats<D>);
+      const int first_slot = chunk * kTailSlots;
+      constexpr int kRowPieces = D / 4;  // 16-byte pieces of a row
+      const int piece = lane % kRowPieces;
+      const int64_t row = kv_row(pair) * D + piece * 4;
       const auto slot_gradient = [&](const float(&c)[4], const uint32_t(&b)[D / 16][2],
                                      float* gradient) {
         const uint32_t a[2] = {pack_bf16(c[0], c[1]), pack_bf16(c[2], c[3])};
@@ -1720,11 +1749,21 @@ __device__ __forceinline__ void depth_backward_tail(
           mma_1688(sum, a, transpose_8x8(b[nt / 2][nt % 2]));
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            if (j0 + half * 8 >= s.S) continue;
-            *reinterpret_cast<float2*>(gradient + (j0 + half * 8) * s.slot_stride + row + nt * 8) =
+            const int r = g + 8 * half;
+            *reinterpret_cast<float2*>(rows + r * kSlotRowFloats<D> + nt * 8 + 2 * t4) =
                 make_float2(sum[2 * half], sum[2 * half + 1]);
           }
         }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < kTailSlots * kRowPieces / 32; ++i) {
+          const int r = i * (32 / kRowPieces) + lane / kRowPieces;
+          if (first_slot + r >= s.S) continue;
+          const float4 x =
+              *reinterpret_cast<const float4*>(rows + r * kSlotRowFloats<D> + piece * 4);
+          *reinterpret_cast<float4*>(gradient + (first_slot + r) * s.slot_stride + row) = x;
+        }
+        __syncwarp();  // every lane is done reading the rows the next call writes
       };
       slot_gradient(ds, qb, slot_out.d_depth_k);
       slot_gradient(p, ob, slot_out.d_depth_v);
@@ -2029,7 +2068,7 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
     const int per = (BK + head_blocks - 1) / head_blocks;
     const int pair_lo = k0 * s.Hk + y * per;
     const int pair_hi = min(pair_lo + per, min(k0 + BK, s.T) * s.Hk);
-    depth_backward_tail<D, kBackwardThreads / 32, kTailStages, kSlotGrads>(
+    depth_backward_tail<D, kBackwardThreads / 32, kTailStages<kSlotGrads>, kSlotGrads>(
         s, b, pair_lo, pair_hi, dout, q, lse, delta, depth_k, depth_v, dq, slot_out, smem_raw);
   }
 }
@@ -2050,12 +2089,11 @@ __global__ void __launch_bounds__(kBackwardThreads, 1)
 constexpr int kBesideWarps = 4;
 constexpr int kBesideStages = 3;
 // The sequence block's 8 warps take 189 registers a thread (24 units of 256 a warp), which leaves
-// 16,384 of the SM's 65,536: 4 warps at up to 128. At 112 ptxas spills nothing (4 bytes in the
-// instantiation that writes the slots' gradients).
+// 16,384 of the SM's 65,536: 4 warps at up to 128. At 112 ptxas spills nothing.
 constexpr int kBesideRegisters = 112;
-template <int D>
+template <int D, bool kSlotGrads>
 constexpr size_t depth_beside_smem() {
-  return size_t{kBesideWarps} * kBesideStages * TailStage<D>::bytes;
+  return depth_smem<D, kBesideWarps, kBesideStages, kSlotGrads>();
 }
 // Writing the slots' gradients (kSlotGrads) triples the depth part's bytes, and it outlasts the
 // sequence kernel: its blocks then take kQueuePairs pairs at a time from a counter that the
@@ -2339,8 +2377,8 @@ BesideLayout beside_layout() {
     const size_t reserved = props.reservedSharedMemPerBlock;
     BesideLayout layout;
     const size_t half_sm = props.sharedMemPerMultiprocessor / 2;
-    layout.smem =
-        std::max(depth_beside_smem<64>(), half_sm - reserved - depth.sharedSizeBytes + 16);
+    layout.smem = std::max(depth_beside_smem<64, kSlotGrads>(),
+                           half_sm - reserved - depth.sharedSizeBytes + 16);
     const size_t smem = backward_wgmma_smem<64>() + seq.sharedSizeBytes + layout.smem +
                         depth.sharedSizeBytes + 2 * reserved;
     layout.fits = registers <= props.regsPerMultiprocessor &&
@@ -2349,7 +2387,7 @@ BesideLayout beside_layout() {
     allow_smem(depth_backward_beside<64, kSlotGrads>, layout.smem);
     MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &layout.pickup_blocks, depth_backward_beside<64, kSlotGrads>, kBesideWarps * 32,
-        depth_beside_smem<64>()));
+        depth_beside_smem<64, kSlotGrads>()));
     layout.pickup_blocks = std::max(layout.pickup_blocks, 1);
     for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64, kSlotGrads>),
                                reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
@@ -2377,7 +2415,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
       use_depth_stream(shape, {dout, q, out, depth_k, depth_v, dq, depth_probs, depth_dscores});
   const bool mma = use_mma(shape, {dout, q, k, v});
   // At head size 64 the tensor-core backward takes the depth part itself (depth_backward_tail),
-  // and with slot_grads writes the slots' gradients there (8-byte stores of fp32 pairs).
+  // and with slot_grads writes the slots' gradients there (whole rows through shared memory).
   const bool fused =
       streaming && mma && s.d == 64 && s.S > 0 &&
       (!slot_grads || (aligned16(slot_out.d_depth_k) && aligned16(slot_out.d_depth_v)));
@@ -2466,13 +2504,18 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
       if (slot_grads) {
         MODA_LAUNCH_CHECK();
         beside_kernel<<<static_cast<unsigned>(depth.sm_count * layout.pickup_blocks),
-                        kBesideWarps * 32, depth_beside_smem<64>(), stream>>>(
+                        kBesideWarps * 32, depth_beside_smem<64, true>(), stream>>>(
             s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out, next_pair);
       }
       depth.priority.join(stream);
     } else if (tail) {
-      launch(slot_grads ? seq_backward_wgmma<64, true, true> : seq_backward_wgmma<64, true>,
-             std::max(backward_wgmma_smem<64>(), depth_tail_smem<64>()));
+      if (slot_grads) {
+        launch(seq_backward_wgmma<64, true, true>,
+               std::max(backward_wgmma_smem<64>(), depth_tail_smem<64, true>()));
+      } else {
+        launch(seq_backward_wgmma<64, true>,
+               std::max(backward_wgmma_smem<64>(), depth_tail_smem<64, false>()));
+      }
     } else if (s.d == 64) {
       launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
     } else {
