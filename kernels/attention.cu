@@ -822,6 +822,19 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wgmma::smem_addr(dst)),
                "l"(src), "r"(valid ? 16 : 0));
 }
+// An L2 policy that evicts the lines it marks first, and a 16-byte store under it: for output
+// written once and not read again by the kernel, so that it does not push out the lines that other
+// blocks read again.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ void store16_evict_first(float* dst, float4 x, uint64_t policy) {
+  asm volatile("st.global.L2::cache_hint.v4.f32 [%0], {%1, %2, %3, %4}, %5;\n" ::"l"(dst), "f"(x.x),
+               "f"(x.y), "f"(x.z), "f"(x.w), "l"(policy)
+               : "memory");
+}
 // 4-byte copy (through L1: the 16-byte .cg form is the only one that bypasses it).
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(wgmma::smem_addr(dst)), "l"(src));
@@ -1621,6 +1634,8 @@ __device__ __forceinline__ void depth_backward_tail(
   unsigned char* stages = ring + warp * kStages * L::bytes;
   // With kSlotGrads each warp's [16][D] floats of slot gradients follow the stages (depth_smem).
   float* slot_rows = reinterpret_cast<float*>(ring + kWarps * kStages * L::bytes);
+  // Made once: asm volatile, inside the loop it would also pin the order of the loads around it.
+  const uint64_t store_policy = kSlotGrads ? evict_first_policy() : 0;
   const int first = pair_lo + warp;
   const int n_pairs = first < pair_hi ? (pair_hi - first + kWarps - 1) / kWarps : 0;
   const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
@@ -1734,7 +1749,9 @@ __device__ __forceinline__ void depth_backward_tail(
       // columns of dS and P that are zero. The [16][D] sums go through the warp's slot rows in
       // shared memory so that the stores write whole rows, 16 bytes a lane: the C fragments
       // stored directly (8 rows of 32 bytes a store) took the (4, 4096, 16, 8) backward to 3.26
-      // ms at S 72 and 2.00 at S 36 instead of 2.82 and 1.90 (kSlotRowFloats<D>).
+      // ms at S 72 and 2.00 at S 36 instead of 2.82 and 1.90 (kSlotRowFloats<D>). The rows are
+      // stored evict-first: S 72 2.89 -> 2.76 ms, (1, 4096, 64, 8) S 64 1.43 -> 1.37, S 36 1.81 ->
+      // 1.83. (Evict-first stores of the C fragments, each a part of 8 rows, were slower.)
       float* rows = slot_rows + warp * (kTailSlots * kSlotRowFloats<D>);
       const int first_slot = chunk * kTailSlots;
       constexpr int kRowPieces = D / 4;  // 16-byte pieces of a row
@@ -1761,7 +1778,7 @@ __device__ __forceinline__ void depth_backward_tail(
           if (first_slot + r >= s.S) continue;
           const float4 x =
               *reinterpret_cast<const float4*>(rows + r * kSlotRowFloats<D> + piece * 4);
-          *reinterpret_cast<float4*>(gradient + (first_slot + r) * s.slot_stride + row) = x;
+          store16_evict_first(gradient + (first_slot + r) * s.slot_stride + row, x, store_policy);
         }
         __syncwarp();  // every lane is done reading the rows the next call writes
       };
@@ -2103,14 +2120,21 @@ constexpr size_t depth_beside_smem() {
 // per warp instead of 16, 2.042-2.048 and 3.422-3.425. Without them the two kernels end together,
 // and the counter, the second launch and the restarts of the loads were slower (S 36 2.327-2.329
 // -> 2.357, S 72 3.627-3.641 -> 3.684): those blocks take a fixed share of the pairs.
+// Once the second launch has started, the blocks beside leave at their next take, so that its
+// blocks fill those SMs too (S 72 2.89 -> 2.83 ms).
 constexpr int kQueuePairs = 16 * kBesideWarps;
+struct DepthQueue {
+  unsigned long long next_pair;  // the first pair not yet taken
+  unsigned long long pickup;     // nonzero once a block of the second launch has started
+};
+static_assert(sizeof(DepthQueue) == 4 * sizeof(float), "attention_backward_workspace's room");
 template <int D, bool kSlotGrads>
 __global__ void __maxnreg__(kBesideRegisters)
     depth_backward_beside(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                           const float* __restrict__ lse, const float* __restrict__ delta,
                           const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
                           float* __restrict__ dq, DepthBackwardOut slot_out,
-                          unsigned long long* __restrict__ next_pair) {
+                          DepthQueue* __restrict__ queue, bool pickup) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ unsigned long long taken;
   const int64_t per_row = int64_t{s.T} * s.Hk, total = per_row * s.B;
@@ -2125,8 +2149,13 @@ __global__ void __maxnreg__(kBesideRegisters)
     }
   };
   if constexpr (kSlotGrads) {
+    if (pickup && threadIdx.x == 0) atomicExch(&queue->pickup, 1ull);
     for (;;) {
-      if (threadIdx.x == 0) taken = atomicAdd(next_pair, kQueuePairs);
+      if (threadIdx.x == 0) {
+        const bool leave =
+            !pickup && *reinterpret_cast<volatile unsigned long long*>(&queue->pickup) != 0;
+        taken = leave ? total : atomicAdd(&queue->next_pair, kQueuePairs);
+      }
       __syncthreads();
       const auto lo = static_cast<int64_t>(taken);
       __syncthreads();  // every thread has read `taken` before the next take writes it
@@ -2488,24 +2517,22 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
       // One depth block per SM (beside_layout, which set its launch attributes), on a stream
       // of its own; with the slots' gradients, after the sequence kernel the same kernel takes
       // the pairs left with as many blocks as an SM holds (kQueuePairs).
-      auto* next_pair = reinterpret_cast<unsigned long long*>(
-          workspace + (int64_t{s.B} * s.T * s.Hq + 1) / 2 * 2);
-      if (slot_grads) {
-        MODA_CUDA_CHECK(cudaMemsetAsync(next_pair, 0, sizeof(*next_pair), stream));
-      }
+      auto* queue =
+          reinterpret_cast<DepthQueue*>(workspace + (int64_t{s.B} * s.T * s.Hq + 1) / 2 * 2);
+      if (slot_grads) MODA_CUDA_CHECK(cudaMemsetAsync(queue, 0, sizeof(*queue), stream));
       const cudaStream_t priority_stream = depth.priority.fork(stream);
       const auto beside_kernel =
           slot_grads ? depth_backward_beside<64, true> : depth_backward_beside<64, false>;
       beside_kernel<<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32, layout.smem,
                       priority_stream>>>(s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out,
-                                         next_pair);
+                                         queue, false);
       MODA_LAUNCH_CHECK();
       launch(seq_backward_wgmma<64, false>, backward_wgmma_smem<64>());
       if (slot_grads) {
         MODA_LAUNCH_CHECK();
         beside_kernel<<<static_cast<unsigned>(depth.sm_count * layout.pickup_blocks),
                         kBesideWarps * 32, depth_beside_smem<64, true>(), stream>>>(
-            s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out, next_pair);
+            s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out, queue, true);
       }
       depth.priority.join(stream);
     } else if (tail) {

@@ -87,12 +87,12 @@ inline size_t segment_sum_squares_workspace(size_t segments) {
 
 // fp32 scratch elements of MoDA attention: the forward keeps the sequence part's normalized
 // output when there are depth slots; the backward keeps delta = rowsum(dout * out) per query head
-// and, after it at an 8-byte boundary, the depth kernels' 64-bit work counter.
+// and, after it at an 8-byte boundary, the depth kernels' queue (two 64-bit words).
 inline int64_t attention_forward_workspace(const AttentionShape& s) {
   return s.slots > 0 ? s.batch * s.seq_len * s.q_heads * s.head_dim : 0;
 }
 inline int64_t attention_backward_workspace(const AttentionShape& s) {
-  return (s.batch * s.seq_len * s.q_heads + 1) / 2 * 2 + 2;
+  return (s.batch * s.seq_len * s.q_heads + 1) / 2 * 2 + 4;
 }
 
 // Whether attention's backward at head size 64 forms the depth part beside the sequence kernel
