@@ -581,7 +581,9 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
 // T = 65,535 (the 64K, and ragged: no tile divides it) is beyond the float64 CPU backend
 // (its attention is O(T^2)), so a float64 formula checks the outputs where it costs O(T d) each:
 // out and lse at sampled rows; dq, the slots' probabilities and score gradients at sampled rows;
-// dk and dv at sampled keys (sums over the rows at or after the key, the first key's over all).
+// dk and dv at sampled keys (sums over the rows at or after the key, the first key's over all);
+// with slots, the layer as their only reader (attention_backward_sole_reader): its dq at the
+// sampled rows, and the slots' gradients of the sampled tokens (sums over the group's heads).
 // The backward's formulas take the forward's out and lse as the op does, as its inputs (checked
 // at the sampled rows); 64-bit offsets past 2^31 elements are not reached at these sizes.
 TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", "[gpu]") {
@@ -631,6 +633,17 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
     const auto out = values(tout, qn), lse = values(tlse, T * Hq), dq = values(tdq, qn);
     const auto dk = values(tdk, kn), dv = values(tdv, kn);
     const auto probs = values(tprobs, S * T * Hq), dscores = values(tdscores, S * T * Hq);
+    std::vector<double> sole_dq, sole_dk_slots, sole_dv_slots;
+    if (S > 0) {
+      const Tensor tdq_sole = zeros(Role::accum, qn), tdk_sole = zeros(Role::accum, kn);
+      const Tensor tdv_sole = zeros(Role::accum, kn);
+      const Tensor tdk_slots = zeros(Role::accum, S * kn), tdv_slots = zeros(Role::accum, S * kn);
+      g.attention_backward_sole_reader(shape, tdout, tq, tk, tv, tsk, tsv, tout, tlse, tdq_sole,
+                                       tdk_sole, tdv_sole, tdk_slots, tdv_slots);
+      sole_dq = values(tdq_sole, qn);
+      sole_dk_slots = values(tdk_slots, S * kn);
+      sole_dv_slots = values(tdv_slots, S * kn);
+    }
     for (Tensor& t : owned) g.release(t);
 
     const auto dot = [d](const double* a, const double* b) {
@@ -662,9 +675,13 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
     };
 
     std::vector<double> got_out, want_out, got_lse, want_lse, got_dq, want_dq, got_p, want_p,
-        got_ds, want_ds, got_dk, want_dk, got_dv, want_dv;
+        got_ds, want_ds, got_dk, want_dk, got_dv, want_dv, got_sole_dq, got_slot_dk, want_slot_dk,
+        got_slot_dv, want_slot_dv;
     for (int64_t t : {int64_t{0}, int64_t{1}, int64_t{63}, int64_t{64}, int64_t{127}, int64_t{4096},
                       int64_t{30001}, int64_t{65407}, T - 1}) {
+      // The token's slot gradients with this layer as the only reader: [S][Hk][d].
+      std::vector<double> slot_dk(static_cast<size_t>(S * Hk * d), 0.0),
+          slot_dv(slot_dk.size(), 0.0);
       for (int64_t h = 0; h < Hq; ++h) {
         const int64_t kh = h / G;
         // Forward: one softmax over keys 0..t and the S slots of token t.
@@ -701,11 +718,27 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
             want_p.push_back(gr.p);
             got_ds.push_back(dscores[at]);
             want_ds.push_back(gr.ds);
+            for (int64_t e = 0; e < d; ++e) {
+              slot_dk[(c * Hk + kh) * d + e] += gr.ds * q_at(t, h)[e];
+              slot_dv[(c * Hk + kh) * d + e] += gr.p * do_at(t, h)[e];
+            }
           }
         }
         for (int64_t e = 0; e < d; ++e) {
           got_dq.push_back(dq[(t * Hq + h) * d + e]);
           want_dq.push_back(dqr[e]);
+          if (S > 0) got_sole_dq.push_back(sole_dq[(t * Hq + h) * d + e]);
+        }
+      }
+      for (int64_t c = 0; c < S; ++c) {
+        for (int64_t kh = 0; kh < Hk; ++kh) {
+          for (int64_t e = 0; e < d; ++e) {
+            const int64_t at = c * kn + (t * Hk + kh) * d + e;
+            got_slot_dk.push_back(sole_dk_slots[at]);
+            want_slot_dk.push_back(slot_dk[(c * Hk + kh) * d + e]);
+            got_slot_dv.push_back(sole_dv_slots[at]);
+            want_slot_dv.push_back(slot_dv[(c * Hk + kh) * d + e]);
+          }
         }
       }
     }
@@ -745,6 +778,9 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
     if (S > 0) {
       check("long attention depth_probs", got_p, want_p, kAttnTol);
       check("long attention depth_dscores", got_ds, want_ds, kAttnTol);
+      check("long attention sole reader dq", got_sole_dq, want_dq, kAttnTol);
+      check("long attention sole reader d_depth_k", got_slot_dk, want_slot_dk, kAttnTol);
+      check("long attention sole reader d_depth_v", got_slot_dv, want_slot_dv, kAttnTol);
     }
   };
   run(64, 2, 2, 5);   // the fused forward and backward tail, two heads per forward block
