@@ -2497,7 +2497,8 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // measured 1.608, 1.611 and 1.716 against 1.630, 1.627 and 1.630 at (2, 4096, 16, 8) S 16:
     // no clear gain, so the work order stays there.
     // Automatic placement takes the tail where the two kernels' blocks would not share an SM.
-    const bool beside_asked = fused && attention_depth_backward_beside(shape, depth.backward);
+    const bool beside_asked =
+        fused && attention_depth_backward_beside(shape, depth.backward, slot_grads);
     const BesideLayout layout = !beside_asked ? BesideLayout{}
                                 : slot_grads  ? beside_layout<true>()
                                               : beside_layout<false>();

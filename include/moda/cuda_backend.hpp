@@ -100,20 +100,26 @@ inline int64_t attention_backward_workspace(const AttentionShape& s) {
 // given that the two kernels' blocks fit on an SM together (cuda_depth_backward_beside_fits).
 // Automatic placement takes beside while the depth part is at most kMaxBesideDepthRatio of the
 // sequence part, counted as slots x KV heads against query heads x T x d. Measured on the H200
-// (bwd ms with the slot gradients, tail / beside, ratio): (4, 4096, 16, 8) S 1 1.271 / 1.174,
-// S 8 1.486 / 1.383, S 36 2.540 / 2.332, S 72 3.816 / 3.636 (1.4e-4); (1, 4096, 64, 8) S 64
-// 1.940 / 1.916 (3.1e-5); Table 6's (64, 1024, 6, 2) S 4 0.833 / 0.733, S 47 2.263 / 2.264
-// (2.4e-4), S 94 3.958 / 4.125 (4.8e-4): where the sequence part is short, the depth kernel's
-// 4 warps per SM run on after it.
+// (bwd ms with the slot gradients pulled after it, tail / beside, ratio): (4, 4096, 16, 8) S 1
+// 1.271 / 1.174, S 8 1.486 / 1.383, S 36 2.540 / 2.332, S 72 3.816 / 3.636 (1.4e-4); (1, 4096,
+// 64, 8) S 64 1.940 / 1.916 (3.1e-5); Table 6's (64, 1024, 6, 2) S 4 0.833 / 0.733, S 47 2.263 /
+// 2.264 (2.4e-4), S 94 3.958 / 4.125 (4.8e-4): where the sequence part is short, the depth
+// kernel's 4 warps per SM run on after it. A layer that is its slots' only reader
+// (slot_gradients: the depth part also writes the slots' gradients) has more depth work per slot,
+// and the bound is kMaxBesideSoleReaderRatio: bwd ms, beside / tail, Table 6 S 16 0.901 / 0.908
+// (8.1e-5), S 24 1.151 / 1.106 (1.2e-4), S 36 1.475 / 1.381 (1.8e-4), S 47 1.770 / 1.609;
+// (4, 4096, 16, 8) S 36 1.820 / 1.905, S 72 2.767 / 2.778 (1.37e-4, every 700M layer at most);
+// (1, 16384, 64, 8) S 64 16.19 / 16.59.
 inline constexpr double kMaxBesideDepthRatio = 2.4e-4;
+inline constexpr double kMaxBesideSoleReaderRatio = 1.4e-4;
 inline bool attention_depth_backward_beside(const AttentionShape& s,
-                                            DepthBackwardPlacement placement) {
+                                            DepthBackwardPlacement placement, bool slot_gradients) {
   if (s.slots == 0 || placement == DepthBackwardPlacement::tail) return false;
   if (placement == DepthBackwardPlacement::beside) return true;
   const double ratio =
       static_cast<double>(s.slots * s.kv_heads) /
       (static_cast<double>(s.q_heads * s.seq_len) * static_cast<double>(s.head_dim));
-  return ratio <= kMaxBesideDepthRatio;
+  return ratio <= (slot_gradients ? kMaxBesideSoleReaderRatio : kMaxBesideDepthRatio);
 }
 
 // Whether attention's forward adds the depth slots after the sequence kernel
