@@ -835,6 +835,23 @@ __device__ __forceinline__ void store16_evict_first(float* dst, float4 x, uint64
                "f"(x.y), "f"(x.z), "f"(x.w), "l"(policy)
                : "memory");
 }
+// A slot row's 16-byte pieces of K and V copied under an L2 evict-first policy (read once: they
+// should not push out the q, dout and dq lines that the sequence blocks read again). Not inlined on
+// purpose: inlined into the sole reader's kernels, ptxas 13.0 gave these copies a cache-policy
+// descriptor in a uniform register it never set (desc[UR1]) or overwrote after setting it, and
+// they faulted with an illegal instruction, whether the policy came from createpolicy, an
+// immediate or a kernel parameter; in a function of its own the descriptor is set where it is used
+// (docs/kernels/moda_attention.md, twentieth session). The policy is createpolicy.fractional
+// .L2::evict_first's with fraction 1.0 (as read back on the H200).
+__device__ __noinline__ void cp_async16_pair_evict_first(uint32_t dst_k, uint32_t dst_v,
+                                                         const void* src_k, const void* src_v,
+                                                         int src_bytes) {
+  constexpr uint64_t kEvictFirst = 0x12F0000000000000ull;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst_k),
+               "l"(src_k), "r"(src_bytes), "l"(kEvictFirst));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst_v),
+               "l"(src_v), "r"(src_bytes), "l"(kEvictFirst));
+}
 // 4-byte copy (through L1: the 16-byte .cg form is the only one that bypasses it).
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(wgmma::smem_addr(dst)), "l"(src));
@@ -1622,7 +1639,7 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
 // block's shared memory, free of the sequence part. Pairs, not one KV head's tokens: the warps of
 // a block then read a slot's rows of all KV heads of a token, which are adjacent in memory, and
 // write the adjacent probabilities of all its heads.
-template <int D, int kWarps, int kStages, bool kSlotGrads>
+template <int D, int kWarps, int kStages, bool kSlotGrads, bool kEvictFirstLoads = false>
 __device__ __forceinline__ void depth_backward_tail(
     const Dims& s, int b, int pair_lo, int pair_hi, const bf16* __restrict__ dout,
     const bf16* __restrict__ q, const float* __restrict__ lse, const float* __restrict__ delta,
@@ -1655,8 +1672,14 @@ __device__ __forceinline__ void depth_backward_tail(
       const int j = issue_chunk * kTailSlots + r;
       const bool valid = j < s.S;  // past the last slot: zero-filled, nothing read
       const int64_t at = valid ? j * s.slot_stride + row + c * 8 : 0;
-      cp_async16(st + L::k + tail_offset(r, c), depth_k + at, valid);
-      cp_async16(st + L::v + tail_offset(r, c), depth_v + at, valid);
+      if constexpr (kEvictFirstLoads) {
+        cp_async16_pair_evict_first(wgmma::smem_addr(st + L::k + tail_offset(r, c)),
+                                    wgmma::smem_addr(st + L::v + tail_offset(r, c)), depth_k + at,
+                                    depth_v + at, valid ? 16 : 0);
+      } else {
+        cp_async16(st + L::k + tail_offset(r, c), depth_k + at, valid);
+        cp_async16(st + L::v + tail_offset(r, c), depth_v + at, valid);
+      }
     }
     if (issue_chunk == 0) {
       const int64_t hr = head_row(issue_pair);
@@ -2123,12 +2146,13 @@ constexpr size_t depth_beside_smem() {
 // Once the second launch has started, the blocks beside leave at their next take, so that its
 // blocks fill those SMs too (S 72 2.89 -> 2.83 ms).
 constexpr int kQueuePairs = 16 * kBesideWarps;
+constexpr int kMinEvictFirstLoadGroup = 8;
 struct DepthQueue {
   unsigned long long next_pair;  // the first pair not yet taken
   unsigned long long pickup;     // nonzero once a block of the second launch has started
 };
 static_assert(sizeof(DepthQueue) == 4 * sizeof(float), "attention_backward_workspace's room");
-template <int D, bool kSlotGrads>
+template <int D, bool kSlotGrads, bool kEvictFirstLoads = false>
 __global__ void __maxnreg__(kBesideRegisters)
     depth_backward_beside(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                           const float* __restrict__ lse, const float* __restrict__ delta,
@@ -2142,7 +2166,7 @@ __global__ void __maxnreg__(kBesideRegisters)
     for (int64_t at = lo; at < hi;) {
       const int b = static_cast<int>(at / per_row);
       const int64_t end = min(hi, (b + 1) * per_row);
-      depth_backward_tail<D, kBesideWarps, kBesideStages, kSlotGrads>(
+      depth_backward_tail<D, kBesideWarps, kBesideStages, kSlotGrads, kEvictFirstLoads>(
           s, b, static_cast<int>(at - b * per_row), static_cast<int>(end - b * per_row), dout, q,
           lse, delta, depth_k, depth_v, dq, slot_out, smem_raw);
       at = end;
@@ -2390,14 +2414,15 @@ struct BesideLayout {
   bool fits = false;
   int pickup_blocks = 0;  // per SM, of the launch after the sequence kernel (unpadded)
 };
-template <bool kSlotGrads>
+template <bool kSlotGrads, bool kEvictFirstLoads = false>
 BesideLayout beside_layout() {
   return once_per_device([] {
     int device = 0;
     MODA_CUDA_CHECK(cudaGetDevice(&device));
     cudaFuncAttributes seq{}, depth{};
     MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_backward_wgmma<64, false>));
-    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_backward_beside<64, kSlotGrads>));
+    constexpr auto depth_kernel = depth_backward_beside<64, kSlotGrads, kEvictFirstLoads>;
+    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_kernel));
     cudaDeviceProp props{};
     MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
     const auto warp_registers = [](int per_thread) { return (per_thread * 32 + 255) / 256 * 256; };
@@ -2413,12 +2438,12 @@ BesideLayout beside_layout() {
     layout.fits = registers <= props.regsPerMultiprocessor &&
                   smem <= props.sharedMemPerMultiprocessor &&
                   kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
-    allow_smem(depth_backward_beside<64, kSlotGrads>, layout.smem);
+    allow_smem(depth_kernel, layout.smem);
     MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &layout.pickup_blocks, depth_backward_beside<64, kSlotGrads>, kBesideWarps * 32,
+        &layout.pickup_blocks, depth_kernel, kBesideWarps * 32,
         depth_beside_smem<64, kSlotGrads>()));
     layout.pickup_blocks = std::max(layout.pickup_blocks, 1);
-    for (const void* kernel : {reinterpret_cast<const void*>(depth_backward_beside<64, kSlotGrads>),
+    for (const void* kernel : {reinterpret_cast<const void*>(depth_kernel),
                                reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
       MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                            cudaSharedmemCarveoutMaxShared));
@@ -2499,9 +2524,15 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // Automatic placement takes the tail where the two kernels' blocks would not share an SM.
     const bool beside_asked =
         fused && attention_depth_backward_beside(shape, depth.backward, slot_grads);
-    const BesideLayout layout = !beside_asked ? BesideLayout{}
-                                : slot_grads  ? beside_layout<true>()
-                                              : beside_layout<false>();
+    // The sole reader's beside kernel copies the slot rows evict-first from G = 8 on
+    // (cp_async16_pair_evict_first), where q and dout are largest against the slots: bwd ms,
+    // plain / evict-first, (1, T, 64, 8) S 64: T 4K 1.357 / 1.312, 8K 4.453 / 4.158, 16K 16.215 /
+    // 16.035; at G = 2 slower, (4, 4096, 16, 8) S 36 1.833 / 2.139, S 72 2.749 / 3.311.
+    const bool evict_first_loads = slot_grads && s.G >= kMinEvictFirstLoadGroup;
+    const BesideLayout layout = !beside_asked       ? BesideLayout{}
+                                : evict_first_loads ? beside_layout<true, true>()
+                                : slot_grads        ? beside_layout<true>()
+                                                    : beside_layout<false>();
     const bool beside =
         beside_asked && (depth.backward == DepthBackwardPlacement::beside || layout.fits);
     const bool tail = fused && !beside;
@@ -2522,8 +2553,9 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
           reinterpret_cast<DepthQueue*>(workspace + (int64_t{s.B} * s.T * s.Hq + 1) / 2 * 2);
       if (slot_grads) MODA_CUDA_CHECK(cudaMemsetAsync(queue, 0, sizeof(*queue), stream));
       const cudaStream_t priority_stream = depth.priority.fork(stream);
-      const auto beside_kernel =
-          slot_grads ? depth_backward_beside<64, true> : depth_backward_beside<64, false>;
+      const auto beside_kernel = evict_first_loads ? depth_backward_beside<64, true, true>
+                                 : slot_grads      ? depth_backward_beside<64, true>
+                                                   : depth_backward_beside<64, false>;
       beside_kernel<<<static_cast<unsigned>(depth.sm_count), kBesideWarps * 32, layout.smem,
                       priority_stream>>>(s, dout, q, lse, delta, depth_k, depth_v, dq, slot_out,
                                          queue, false);
@@ -2637,7 +2669,8 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
 namespace moda {
 
 bool cuda_depth_backward_beside_fits() {
-  return cuda::beside_layout<false>().fits && cuda::beside_layout<true>().fits;
+  return cuda::beside_layout<false>().fits && cuda::beside_layout<true>().fits &&
+         cuda::beside_layout<true, true>().fits;
 }
 
 }  // namespace moda
