@@ -852,6 +852,9 @@ __device__ __noinline__ void cp_async16_pair_evict_first(uint32_t dst_k, uint32_
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst_v),
                "l"(src_v), "r"(src_bytes), "l"(kEvictFirst));
 }
+// The smallest group size at which the sole reader's beside kernel takes these copies
+// (attention_backward: measured faster at G = 8, slower at G = 2).
+constexpr int kMinEvictFirstLoadGroup = 8;
 // 4-byte copy (through L1: the 16-byte .cg form is the only one that bypasses it).
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(wgmma::smem_addr(dst)), "l"(src));
@@ -2146,7 +2149,6 @@ constexpr size_t depth_beside_smem() {
 // Once the second launch has started, the blocks beside leave at their next take, so that its
 // blocks fill those SMs too (S 72 2.89 -> 2.83 ms).
 constexpr int kQueuePairs = 16 * kBesideWarps;
-constexpr int kMinEvictFirstLoadGroup = 8;
 struct DepthQueue {
   unsigned long long next_pair;  // the first pair not yet taken
   unsigned long long pickup;     // nonzero once a block of the second launch has started
