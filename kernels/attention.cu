@@ -10,9 +10,10 @@
 //   2. depth part (S > 0), per (token, KV head): scores of the S slots for each of the G query
 //      heads, then lse = logaddexp(lse_seq, lse_depth) and
 //      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j. At head size 64 it runs inside
-//      the tensor-core forward's steps (G <= 2) or after it in a warp-per-pair tensor-core kernel
-//      (depth_forward_tail, 3 <= G <= 8; at head size 128 4 <= G <= 8); otherwise in a streaming
-//      or warp kernel after it.
+//      the tensor-core forward's steps (G <= 2) or, 3 <= G <= 8, in a warp-per-pair tensor-core
+//      kernel beside it that takes the sequence kernel's tiles as they are published
+//      (depth_forward_beside); at head size 128 (4 <= G <= 8) that kernel runs after it
+//      (depth_forward_tail); otherwise a streaming or warp kernel after it.
 // Backward (dq overwritten; dk, dv accumulated)
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
 //      in the workspace), dq = the depth slots' contribution, and each slot's probability and
@@ -1083,12 +1084,49 @@ __device__ __forceinline__ void add_depth_slot(float (&o)[D / 8][4], float (&m)[
   }
 }
 
-template <int D, bool kDepth, int kHeads>
-__global__ void __launch_bounds__(kForwardThreads, kDepth ? 2 : 0)
-    seq_forward_wgmma(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
-                      const bf16* __restrict__ v, const bf16* __restrict__ depth_k,
-                      const bf16* __restrict__ depth_v, bf16* __restrict__ out,
-                      float* __restrict__ o_seq, float* __restrict__ lse, bool work_order) {
+// The forward's tiles as the per-token depth kernel beside the sequence kernel takes them
+// (DepthForwardPlacement::beside): the block of the last head of a (b, tile, KV head) to finish
+// publishes it, the depth kernel's warps take runs of its tokens in the order published. In the
+// workspace after the sequence part's rows and lse (moda::attention_forward_workspace), zeroed
+// before each forward.
+static_assert(kForwardRows == moda::kForwardTileTokens, "the workspace's tiles are the blocks'");
+struct ForwardQueue {
+  unsigned long long next_run;  // the first run of kFollowRunTokens tokens not yet taken
+  unsigned long long pickup;    // nonzero once a block of the launch after the sequence kernel ran
+  unsigned int published;       // tiles published
+  unsigned int unused[3];
+  // Then per tile (b, tile, KV head) its heads done, then the tiles in published order (tile + 1;
+  // 0 while not yet published).
+  __device__ int* arrived() { return reinterpret_cast<int*>(this + 1); }
+  __device__ int* order(int64_t tiles) { return arrived() + tiles; }
+};
+static_assert(sizeof(ForwardQueue) == 8 * sizeof(float), "attention_forward_workspace's room");
+
+// After a block's rows of head h are stored: the last of the G heads of its (b, tile, KV head)
+// publishes the tile. The block's stores, after its barrier, are fenced before the count, the
+// count before the tile's place in the order (as cooperative groups' grid barrier orders them).
+__device__ __forceinline__ void publish_forward_tile(const Dims& s, int b, int qt, int h, int n_qt,
+                                                     ForwardQueue* queue) {
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  __threadfence();
+  const int64_t tiles = int64_t{s.B} * n_qt * s.Hk;
+  const int tile = (b * n_qt + qt) * s.Hk + h / s.G;
+  if (atomicAdd(queue->arrived() + tile, 1) == s.G - 1) {
+    __threadfence();
+    const unsigned int at = atomicAdd(&queue->published, 1u);
+    atomicExch(queue->order(tiles) + at, tile + 1);
+  }
+}
+
+// kPublish: no slots here; the rows (o_seq, lse: the depth kernel beside combines them) are
+// published per tile (publish_forward_tile).
+template <int D, bool kDepth, int kHeads, bool kPublish>
+__device__ __forceinline__ void seq_forward_body(
+    Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+    const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v, bf16* __restrict__ out,
+    float* __restrict__ o_seq, float* __restrict__ lse, ForwardQueue* queue, bool work_order) {
+  static_assert(!(kDepth && kPublish), "slots are added here or beside, not both");
   static_assert(kHeads == 1 || (kHeads == 2 && D == 64), "two heads stack two [64][64] Q tiles");
   constexpr int kTokens = kForwardRows / kHeads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -1247,6 +1285,29 @@ __global__ void __launch_bounds__(kForwardThreads, kDepth ? 2 : 0)
     l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
   }
   store_forward_rows<D>(s, b, head, row_lo, o, m, l, out, o_seq, lse);
+  if constexpr (kPublish) publish_forward_tile(s, b, qt, head, n_qt, queue);
+}
+
+template <int D, bool kDepth, int kHeads>
+__global__ void __launch_bounds__(kForwardThreads, kDepth ? 2 : 0)
+    seq_forward_wgmma(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                      const bf16* __restrict__ v, const bf16* __restrict__ depth_k,
+                      const bf16* __restrict__ depth_v, bf16* __restrict__ out,
+                      float* __restrict__ o_seq, float* __restrict__ lse, bool work_order) {
+  seq_forward_body<D, kDepth, kHeads, false>(s, q, k, v, depth_k, depth_v, out, o_seq, lse, nullptr,
+                                             work_order);
+}
+
+// The sequence part beside depth_forward_beside (DepthForwardPlacement::beside), its registers
+// bounded so that two of its blocks and the depth kernel's block of kFwdBesideWarps warps at
+// kFwdBesideRegisters fit on an SM: 2 x 256 x 104 + 128 x 96 = 65,536 (116 unbounded).
+constexpr int kSeqBesideRegisters = 104;
+__global__ void __maxnreg__(kSeqBesideRegisters)
+    seq_forward_publish(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                        const bf16* __restrict__ v, float* __restrict__ o_seq,
+                        float* __restrict__ seq_lse, ForwardQueue* queue, bool work_order) {
+  seq_forward_body<64, false, 1, true>(s, q, k, v, nullptr, nullptr, nullptr, o_seq, seq_lse, queue,
+                                       work_order);
 }
 
 // Epilogue of the backward kernel: adds the block's dK, dV (C-fragment layout, the thread's keys
@@ -1414,7 +1475,7 @@ __device__ __forceinline__ void mma_1688(float (&c)[4], const uint32_t (&a)[2], 
       : "r"(a[0]), "r"(a[1]), "r"(b));
 }
 
-// ---- the forward's depth part per token, after the sequence kernel ----
+// ---- the forward's depth part per token, after or beside the sequence kernel ----
 // DepthForwardPlacement::after (head sizes 64 and 128, G <= 8): a warp takes (token, KV head)
 // pairs in turn, 16 slots of a pair at a time, with the group's G heads as the MMA's N, the
 // backward tail's form: scores^T = K_slots q^T, an online softmax per head, o^T += V_slots^T P.
@@ -1424,25 +1485,37 @@ __device__ __forceinline__ void mma_1688(float (&c)[4], const uint32_t (&a)[2], 
 // does. A warp keeps the loads of kFwdTailStages - 1 items ahead in flight across pairs; an item
 // that ends a pair also brings the pair's o_seq rows and lse. Stages per warp: 3 of 7.2 KB at
 // head size 64, 2 of 14.4 KB at 128 (6 warps an SM rather than 4).
+// DepthForwardPlacement::beside (head size 64): the same warps in a block of kFwdBesideWarps on
+// every SM beside seq_forward_publish's two blocks, taking runs of kFollowRunTokens tokens of the
+// tiles that kernel has published (ForwardQueue), so that the slot rows stream under the sequence
+// math; a second launch after the sequence kernel takes the runs left on every warp the SMs hold.
 template <int D>
 constexpr int kFwdTailStages = D == 64 ? 3 : 2;
 constexpr int kFwdTailWarps = 2;  // small blocks: the SM takes as many as its shared memory holds
+// Beside: 4 warps at 96 registers, one per scheduler, next to two sequence blocks at 104
+// (registers_fit); 2 warps beside blocks at 106-112 or 1 beside 118 left room for one sequence
+// block on the schedulers that held them, and the forward was slower than after the kernel.
+constexpr int kFwdBesideWarps = 4;
+constexpr int kFwdBesideRegisters = 96;
+constexpr int kFollowRunTokens = 16;
 template <int D>
 struct FwdTailStage {
   // Byte offsets in a stage: the item's K and V slot rows ([16][D], swizzled), with a pair's
   // first item its q rows ([8][D], rows < G loaded), with its last the sequence part's rows
-  // (fp32 [8][D]) and lse (fp32 [8]). The K rows, once used, hold the depth part's fp32 rows.
+  // (fp32 [8][D]) and lse (fp32: beside, the 16-byte pieces that hold the pair's G), and the
+  // item's pair. The K rows, once used, hold the depth part's fp32 rows.
   static constexpr int k = 0;
   static constexpr int v = k + kTailSlots * D * 2;
   static constexpr int q = v + kTailSlots * D * 2;
   static constexpr int o_seq = q + kTailHeads * D * 2;
   static constexpr int lse = o_seq + kTailHeads * D * 4;
-  static constexpr int bytes = lse + kTailHeads * 4;
+  static constexpr int pair = lse + 3 * 16;
+  static constexpr int bytes = (pair + 8 + 15) / 16 * 16;
   static_assert(kTailHeads * D * 4 <= kTailSlots * D * 2, "the depth rows fit in K's place");
 };
-template <int D>
+template <int D, int kWarps>
 constexpr size_t depth_forward_tail_smem() {
-  return size_t{kFwdTailWarps} * kFwdTailStages<D> * FwdTailStage<D>::bytes;
+  return size_t{kWarps} * kFwdTailStages<D> * FwdTailStage<D>::bytes;
 }
 
 // Byte offset of 16-byte chunk c of row r in a [rows][D] bf16 tile: each 128-byte half of a row
@@ -1452,28 +1525,81 @@ __device__ __forceinline__ uint32_t row_offset(int r, int c) {
   return static_cast<uint32_t>(r * D * 2 + (c / 8) * 128 + (((c % 8) ^ (r % 8)) * 16));
 }
 
-template <int D>
-__global__ void __launch_bounds__(kFwdTailWarps * 32)
-    depth_forward_tail(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ depth_k,
-                       const bf16* __restrict__ depth_v, const float* __restrict__ o_seq,
-                       bf16* __restrict__ out, float* __restrict__ lse) {
-  constexpr int kWarps = kFwdTailWarps, kStages = kFwdTailStages<D>, kChunks = D / 8;
+// A warp's pairs. After the sequence kernel: the block's pairs [lo, hi) in turn of its warps.
+// Beside it (kFollow): runs of kFollowRunTokens tokens of one KV head taken from the queue, each
+// once its tile is published; lane 0 takes and waits, the warp shares the result. The blocks of
+// the launch beside the sequence kernel stop taking once the launch after it has started, whose
+// blocks then fill those SMs too. next() is -1 once no pairs are left.
+template <bool kFollow>
+struct ForwardPairs {
+  int64_t pair = 0, hi = 0;  // the next pair, and (beside) the end of its run
+  int step = 0;              // between a warp's pairs: kWarps, or (beside) Hk
+  ForwardQueue* queue = nullptr;
+  bool pickup = false;
+  __device__ int64_t next(const Dims& s, int lane) {
+    if constexpr (kFollow) {
+      while (pair >= hi) {
+        const int n_qt = (s.T + kForwardRows - 1) / kForwardRows;
+        const int64_t tiles = int64_t{s.B} * n_qt * s.Hk;
+        constexpr int kRuns = kForwardRows / kFollowRunTokens;  // runs per tile
+        long long run = tiles * kRuns;
+        int tile = 0;
+        if (lane == 0) {
+          const bool leave =
+              !pickup && *reinterpret_cast<volatile unsigned long long*>(&queue->pickup) != 0;
+          if (!leave) run = static_cast<long long>(atomicAdd(&queue->next_run, 1ull));
+          if (run < tiles * kRuns) {
+            const volatile int* published = queue->order(tiles) + run / kRuns;
+            for (unsigned int ns = 64; (tile = *published) == 0; ns = min(2 * ns, 8192u)) {
+              __nanosleep(ns);
+            }
+            __threadfence();  // the tile's rows are read after its place in the order
+          }
+        }
+        __syncwarp();
+        run = __shfl_sync(0xffffffffu, run, 0);
+        tile = __shfl_sync(0xffffffffu, tile, 0) - 1;
+        if (run >= tiles * kRuns) {
+          pair = hi = 0;
+          return -1;
+        }
+        const int kvh = tile % s.Hk, qt = tile / s.Hk % n_qt, b = tile / s.Hk / n_qt;
+        const int t0 = qt * kForwardRows + static_cast<int>(run % kRuns) * kFollowRunTokens;
+        const int t1 = min(t0 + kFollowRunTokens, s.T);
+        pair = (int64_t{b} * s.T + t0) * s.Hk + kvh;
+        hi = (int64_t{b} * s.T + t1) * s.Hk + kvh;
+      }
+    } else {
+      if (pair >= hi) return -1;
+    }
+    const int64_t p = pair;
+    pair += step;
+    return p;
+  }
+};
+
+// One warp's pairs, from `pairs` (ForwardPairs), through its stages in shared memory. The
+// sequence part's lse is read from seq_lse and the result's written to lse (the same array
+// after the sequence kernel).
+template <int D, bool kFollow>
+__device__ __forceinline__ void depth_forward_pairs(
+    const Dims& s, ForwardPairs<kFollow>& pairs, unsigned char* stages, const bf16* __restrict__ q,
+    const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
+    const float* __restrict__ o_seq, const float* __restrict__ seq_lse, bf16* __restrict__ out,
+    float* __restrict__ lse) {
+  constexpr int kStages = kFwdTailStages<D>, kChunks = D / 8;
   using L = FwdTailStage<D>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  unsigned char* stages = smem_raw + warp * kStages * L::bytes;
-  // The block's pairs [lo, hi), pair p = row Hk + kvh, taken by its warps in turn: the slot rows
-  // of pair p start at p D, its query heads' rows at p G.
-  const int64_t total = int64_t{s.B} * s.T * s.Hk;
-  const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
-  const int64_t first = lo + warp;
-  const int n_pairs = first < hi ? static_cast<int>((hi - first + kWarps - 1) / kWarps) : 0;
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const int n_chunks = (s.S + kTailSlots - 1) / kTailSlots;
-  const int n_items = n_pairs * n_chunks;
   const int G = s.G;
-  int64_t issue_pair = first, pair = first;
+  int64_t issue_pair = -1;
   int issue_chunk = 0, chunk = 0;
+  // Issues item `item` (the next of the warp's pairs' items) and says whether there was one.
   const auto issue = [&](int item) {
+    if (issue_chunk == 0) {
+      issue_pair = pairs.next(s, lane);
+      if (issue_pair < 0) return false;
+    }
     unsigned char* st = stages + (item % kStages) * L::bytes;
     const int64_t row = issue_pair * D;
 #pragma unroll
@@ -1496,16 +1622,24 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
       for (int piece = lane; piece < G * D / 4; piece += 32) {
         cp_async16(st + L::o_seq + piece * 16, o_seq + head_row * D + piece * 4, true);
       }
-      if (lane < G) cp_async4(st + L::lse + lane * 4, lse + head_row + lane);
+      if constexpr (kFollow) {
+        // 16-byte pieces through L2 (cp.async.cg): other warps' tiles share these lines, and the
+        // SM's L1 may hold them from before they were written.
+        const int64_t first = head_row / 4, last = (head_row + G - 1) / 4;
+        if (lane <= last - first)
+          cp_async16(st + L::lse + lane * 16, seq_lse + (first + lane) * 4, true);
+      } else {
+        if (lane < G) cp_async4(st + L::lse + lane * 4, seq_lse + head_row + lane);
+      }
     }
-    if (++issue_chunk == n_chunks) {
-      issue_chunk = 0;
-      issue_pair += kWarps;
-    }
+    if (lane == 0) *reinterpret_cast<int64_t*>(st + L::pair) = issue_pair;
+    if (++issue_chunk == n_chunks) issue_chunk = 0;
+    return true;
   };
+  int issued = 0;
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
-    if (i < n_items) issue(i);
+    if (issued == i && issue(i)) ++issued;
     cp_async_commit();
   }
   const float sl2 = s.scale * kLog2e;
@@ -1516,9 +1650,9 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
   // (+ 8), columns the heads 2 t4 (+ 1), the sum of 2^(score - mx) v.
   float ot[D / 16][4] = {};
   float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  for (int i = 0; i < n_items; ++i) {
+  for (int i = 0; i < issued; ++i) {
     __syncwarp();
-    if (i + kStages - 1 < n_items) issue(i + kStages - 1);
+    if (issued == i + kStages - 1 && issue(i + kStages - 1)) ++issued;
     cp_async_commit();
     cp_async_wait<kStages - 1>();
     __syncwarp();
@@ -1582,7 +1716,9 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
     // The pair is done: with the sequence part's lse (natural log) as seq2 (log2), the combined
     // lse is M + log2(2^(seq2 - M) + l 2^(mx - M)), M = max(seq2, mx), and each part's rows are
     // weighted by their share of it.
-    const float* seq_lse = reinterpret_cast<const float*>(st + L::lse);
+    const int64_t pair = *reinterpret_cast<const int64_t*>(st + L::pair);
+    const float* pair_lse =
+        reinterpret_cast<const float*>(st + L::lse) + (kFollow ? pair * G % 4 : 0);
     float keep_seq[2], keep_depth[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
@@ -1591,7 +1727,7 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
       lt += __shfl_xor_sync(0xffffffffu, lt, 8);
       lt += __shfl_xor_sync(0xffffffffu, lt, 16);
       const int head = min(2 * t4 + e, G - 1);
-      const float seq2 = seq_lse[head] * kLog2e;
+      const float seq2 = pair_lse[head] * kLog2e;
       const float top = fmaxf(seq2, mx[e]);
       const float a_seq = exp2f(seq2 - top), a_depth = exp2f(mx[e] - top);
       const float total_sum = a_seq + lt * a_depth;
@@ -1630,9 +1766,45 @@ __global__ void __launch_bounds__(kFwdTailWarps * 32)
     mx[0] = mx[1] = -INFINITY;
     l[0] = l[1] = 0.0f;
     chunk = 0;
-    pair += kWarps;
   }
   cp_async_wait<0>();
+}
+
+template <int D>
+__global__ void __launch_bounds__(kFwdTailWarps * 32)
+    depth_forward_tail(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ depth_k,
+                       const bf16* __restrict__ depth_v, const float* __restrict__ o_seq,
+                       bf16* __restrict__ out, float* __restrict__ lse) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int warp = threadIdx.x / 32;
+  // The block's pairs [lo, hi), pair p = row Hk + kvh, taken by its warps in turn: the slot rows
+  // of pair p start at p D, its query heads' rows at p G.
+  const int64_t total = int64_t{s.B} * s.T * s.Hk;
+  ForwardPairs<false> pairs;
+  pairs.pair = total * blockIdx.x / gridDim.x + warp;
+  pairs.hi = total * (blockIdx.x + 1) / gridDim.x;
+  pairs.step = kFwdTailWarps;
+  depth_forward_pairs<D, false>(s, pairs,
+                                smem_raw + warp * kFwdTailStages<D> * FwdTailStage<D>::bytes, q,
+                                depth_k, depth_v, o_seq, lse, out, lse);
+}
+
+// DepthForwardPlacement::beside; `pickup` for the launch after the sequence kernel.
+__global__ void __maxnreg__(kFwdBesideRegisters)
+    depth_forward_beside(Dims s, const bf16* __restrict__ q, const bf16* __restrict__ depth_k,
+                         const bf16* __restrict__ depth_v, const float* __restrict__ o_seq,
+                         const float* __restrict__ seq_lse, bf16* __restrict__ out,
+                         float* __restrict__ lse, ForwardQueue* queue, bool pickup) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  if (pickup && threadIdx.x == 0) atomicExch(&queue->pickup, 1ull);
+  const int warp = threadIdx.x / 32;
+  ForwardPairs<true> pairs;
+  pairs.step = s.Hk;
+  pairs.queue = queue;
+  pairs.pickup = pickup;
+  depth_forward_pairs<64, true>(s, pairs,
+                                smem_raw + warp * kFwdTailStages<64> * FwdTailStage<64>::bytes, q,
+                                depth_k, depth_v, o_seq, seq_lse, out, lse);
 }
 
 // The depth part of (token, KV head) pairs [pair_lo, pair_hi) of batch row b (pair t Hk + kvh),
@@ -2307,14 +2479,80 @@ std::invoke_result_t<F> once_per_device(F&& compute) {
 template <int D>
 int depth_forward_tail_blocks_per_sm() {
   return once_per_device([] {
-    allow_smem(depth_forward_tail<D>, depth_forward_tail_smem<D>());
+    allow_smem(depth_forward_tail<D>, depth_forward_tail_smem<D, kFwdTailWarps>());
     MODA_CUDA_CHECK(cudaFuncSetAttribute(depth_forward_tail<D>,
                                          cudaFuncAttributePreferredSharedMemoryCarveout,
                                          cudaSharedmemCarveoutMaxShared));
     int blocks = 0;
     MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &blocks, depth_forward_tail<D>, kFwdTailWarps * 32, depth_forward_tail_smem<D>()));
+        &blocks, depth_forward_tail<D>, kFwdTailWarps * 32,
+        depth_forward_tail_smem<D, kFwdTailWarps>()));
     return std::max(blocks, 1);
+  });
+}
+
+// Whether blocks of two kernels fit on an SM together by their registers: `blocks` blocks of
+// warps_a warps at regs_a registers a thread and one block of warps_b at regs_b. An SM's register
+// file is split over its 4 schedulers, a block's warps dealt out to them in turn, and a warp's
+// registers are given in units of 256. Two depth warps beside two 8-warp sequence blocks at 106
+// registers fit the SM's total (63,488) but not the two schedulers that hold them (17,408 of
+// 16,384): the forward took 8.7 instead of 6.3 ms at (1, 16384, 64, 8) S 64, as if the sequence
+// kernel had one block per SM.
+bool registers_fit(const cudaDeviceProp& props, int blocks, int warps_a, int regs_a, int warps_b,
+                   int regs_b) {
+  constexpr int kSchedulers = 4;
+  const auto warp_registers = [](int per_thread) { return (per_thread * 32 + 255) / 256 * 256; };
+  const auto per_scheduler = [](int warps) { return (warps + kSchedulers - 1) / kSchedulers; };
+  return blocks * per_scheduler(warps_a) * warp_registers(regs_a) +
+             per_scheduler(warps_b) * warp_registers(regs_b) <=
+         props.regsPerMultiprocessor / kSchedulers;
+}
+
+// The forward's beside layout on the current device, once per device (as beside_layout for the
+// backward): the depth block's shared memory, padded past half of the SM's so that two never share
+// an SM, whether two sequence blocks fit beside it (by registers, shared memory and threads), and
+// the blocks per SM of the launch after the sequence kernel. Where they do not fit, the forward
+// takes `after`: the depth blocks wait for the sequence kernel's tiles, so they must never keep its
+// blocks off every SM.
+struct ForwardBesideLayout {
+  size_t smem = 0;
+  bool fits = false;
+  int pickup_blocks = 0;
+};
+constexpr size_t kFwdBesideSmem = depth_forward_tail_smem<64, kFwdBesideWarps>();
+ForwardBesideLayout forward_beside_layout() {
+  return once_per_device([] {
+    int device = 0;
+    MODA_CUDA_CHECK(cudaGetDevice(&device));
+    cudaFuncAttributes seq{}, depth{};
+    MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_forward_publish));
+    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_forward_beside));
+    cudaDeviceProp props{};
+    MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
+    constexpr int kSeqBlocks = 2;
+    const size_t reserved = props.reservedSharedMemPerBlock;
+    const size_t seq_smem = forward_wgmma_smem<64>(false, 1);
+    ForwardBesideLayout layout;
+    layout.smem = std::max(kFwdBesideSmem, props.sharedMemPerMultiprocessor / 2 - reserved -
+                                               depth.sharedSizeBytes + 16);
+    const size_t smem = kSeqBlocks * (seq_smem + seq.sharedSizeBytes + reserved) + layout.smem +
+                        depth.sharedSizeBytes + reserved;
+    layout.fits =
+        registers_fit(props, kSeqBlocks, kForwardThreads / 32, seq.numRegs, kFwdBesideWarps,
+                      depth.numRegs) &&
+        smem <= props.sharedMemPerMultiprocessor &&
+        kSeqBlocks * kForwardThreads + kFwdBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
+    allow_smem(depth_forward_beside, layout.smem);
+    allow_smem(seq_forward_publish, seq_smem);
+    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &layout.pickup_blocks, depth_forward_beside, kFwdBesideWarps * 32, kFwdBesideSmem));
+    layout.pickup_blocks = std::max(layout.pickup_blocks, 1);
+    for (const void* kernel : {reinterpret_cast<const void*>(depth_forward_beside),
+                               reinterpret_cast<const void*>(seq_forward_publish)}) {
+      MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           cudaSharedmemCarveoutMaxShared));
+    }
+    return layout;
   });
 }
 
@@ -2351,6 +2589,31 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
       return;
     }
     float* o_seq = s.S > 0 ? workspace : nullptr;
+    if (after && attention_depth_forward_beside(shape, depth.forward) &&
+        forward_beside_layout().fits) {
+      // The depth part beside the sequence kernel, following its tiles (depth_forward_beside).
+      const ForwardBesideLayout layout = forward_beside_layout();
+      float* seq_lse = o_seq + rows * s.Hq * s.d;
+      auto* queue = reinterpret_cast<ForwardQueue*>(seq_lse + (rows * s.Hq + 3) / 4 * 4 + 4);
+      MODA_CUDA_CHECK(cudaMemsetAsync(
+          queue, 0, sizeof(ForwardQueue) + sizeof(int) * 2 * moda::attention_forward_tiles(shape),
+          stream));
+      const cudaStream_t priority_stream = depth.priority.fork(stream);
+      depth_forward_beside<<<static_cast<unsigned>(depth.sm_count), kFwdBesideWarps * 32,
+                             layout.smem, priority_stream>>>(s, q, depth_k, depth_v, o_seq, seq_lse,
+                                                             out, lse, queue, false);
+      MODA_LAUNCH_CHECK();
+      const auto grid = static_cast<unsigned>(ceil_div(s.T, kForwardRows) * int64_t{s.Hq} * s.B);
+      seq_forward_publish<<<grid, kForwardThreads, forward_wgmma_smem<64>(false, 1), stream>>>(
+          s, q, k, v, o_seq, seq_lse, queue, work_order);
+      MODA_LAUNCH_CHECK();
+      depth_forward_beside<<<static_cast<unsigned>(depth.sm_count * layout.pickup_blocks),
+                             kFwdBesideWarps * 32, kFwdBesideSmem, stream>>>(
+          s, q, depth_k, depth_v, o_seq, seq_lse, out, lse, queue, true);
+      MODA_LAUNCH_CHECK();
+      depth.priority.join(stream);
+      return;
+    }
     if (s.d == 64) {
       launch(seq_forward_wgmma<64, false, 1>, 1, forward_wgmma_smem<64>(false, 1), o_seq);
     } else {
@@ -2361,8 +2624,9 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
         constexpr int D = decltype(dd)::value;
         const auto grid = static_cast<unsigned>(std::min<int64_t>(
             int64_t{depth.sm_count} * depth_forward_tail_blocks_per_sm<D>(), rows * s.Hk));
-        depth_forward_tail<D><<<grid, kFwdTailWarps * 32, depth_forward_tail_smem<D>(), stream>>>(
-            s, q, depth_k, depth_v, o_seq, out, lse);
+        depth_forward_tail<D>
+            <<<grid, kFwdTailWarps * 32, depth_forward_tail_smem<D, kFwdTailWarps>(), stream>>>(
+                s, q, depth_k, depth_v, o_seq, out, lse);
       };
       if (s.d == 64) {
         launch_after(std::integral_constant<int, 64>{});
@@ -2427,9 +2691,6 @@ BesideLayout beside_layout() {
     MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_kernel));
     cudaDeviceProp props{};
     MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
-    const auto warp_registers = [](int per_thread) { return (per_thread * 32 + 255) / 256 * 256; };
-    const int registers = kBackwardThreads / 32 * warp_registers(seq.numRegs) +
-                          kBesideWarps * warp_registers(depth.numRegs);
     const size_t reserved = props.reservedSharedMemPerBlock;
     BesideLayout layout;
     const size_t half_sm = props.sharedMemPerMultiprocessor / 2;
@@ -2437,9 +2698,10 @@ BesideLayout beside_layout() {
                            half_sm - reserved - depth.sharedSizeBytes + 16);
     const size_t smem = backward_wgmma_smem<64>() + seq.sharedSizeBytes + layout.smem +
                         depth.sharedSizeBytes + 2 * reserved;
-    layout.fits = registers <= props.regsPerMultiprocessor &&
-                  smem <= props.sharedMemPerMultiprocessor &&
-                  kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
+    layout.fits =
+        registers_fit(props, 1, kBackwardThreads / 32, seq.numRegs, kBesideWarps, depth.numRegs) &&
+        smem <= props.sharedMemPerMultiprocessor &&
+        kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
     allow_smem(depth_kernel, layout.smem);
     MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &layout.pickup_blocks, depth_kernel, kBesideWarps * 32,
@@ -2674,5 +2936,7 @@ bool cuda_depth_backward_beside_fits() {
   return cuda::beside_layout<false>().fits && cuda::beside_layout<true>().fits &&
          cuda::beside_layout<true, true>().fits;
 }
+
+bool cuda_depth_forward_beside_fits() { return cuda::forward_beside_layout().fits; }
 
 }  // namespace moda

@@ -551,6 +551,8 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
                 DepthForwardPlacement::after);
             run(d, group, slots, T, 1.0, DepthBackwardPlacement::tail,
                 DepthForwardPlacement::inside);
+            run(d, group, slots, T, 1.0, DepthBackwardPlacement::automatic,
+                DepthForwardPlacement::beside);
           }
           if (d == 128 && slots > 0) {
             run(d, group, slots, T, 1.0, DepthBackwardPlacement::automatic,
@@ -565,10 +567,12 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
     for (int64_t d : {64, 128}) {
       run(d, group, 37, 33, 1.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
     }
+    run(64, group, 37, 33, 1.0, DepthBackwardPlacement::automatic, DepthForwardPlacement::beside);
   }
   for (int64_t group : {1, 2, 8}) {
     run(64, group, 37, 130, 6.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
     run(64, group, 37, 130, 6.0, DepthBackwardPlacement::tail, DepthForwardPlacement::inside);
+    run(64, group, 37, 130, 6.0, DepthBackwardPlacement::automatic, DepthForwardPlacement::beside);
     run(128, group, 37, 130, 6.0);  // the streaming forward's online maximum moves
     run(128, group, 37, 130, 6.0, DepthBackwardPlacement::automatic, DepthForwardPlacement::after);
   }
@@ -576,6 +580,7 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   // scores in shared memory); now every path takes any S.
   for (int64_t d : {64, 128}) run(d, 8, 1300, 33, 1.0);
   run(64, 8, 1300, 33, 1.0, DepthBackwardPlacement::beside, DepthForwardPlacement::after);
+  run(64, 8, 1300, 33, 1.0, DepthBackwardPlacement::automatic, DepthForwardPlacement::beside);
 }
 
 // T = 65,535 (the issue's 64K, and ragged: no tile divides it) is beyond the float64 CPU backend
@@ -862,18 +867,31 @@ TEST_CASE("cuda backend: the depth backward's block fits beside the sequence ker
   CHECK(cuda_depth_backward_beside_fits());
 }
 
+// The forward's depth blocks beside wait for the sequence kernel's tiles: where they do not fit
+// beside its blocks the forward must take `after`, and on the H200 they fit.
+TEST_CASE("cuda backend: the depth forward's block fits beside the sequence kernel's", "[gpu]") {
+  MODA_REQUIRE_GPU();
+  CHECK(cuda_depth_forward_beside_fits());
+}
+
 // Race check by repetition: at G <= 2 everything but dq is written without atomics, so three runs
 // on the same inputs must agree bit for bit; dq (fp32 atomics over query tiles) up to summation
 // order. (Groups of more than two heads add dK, dV from one block per head, with atomics.)
 TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
   MODA_REQUIRE_GPU();
-  // Head size 64 in both placements of the depth parts.
-  for (auto [d, placement] : {std::pair{64, DepthBackwardPlacement::tail},
-                              {64, DepthBackwardPlacement::beside},
-                              {128, DepthBackwardPlacement::automatic}}) {
-    Harness h(cuda_backend_placing(placement, placement == DepthBackwardPlacement::beside
-                                                  ? DepthForwardPlacement::after
-                                                  : DepthForwardPlacement::inside));
+  // Head size 64 in every placement of the depth parts: the forward's beside the sequence kernel
+  // combines each (token, KV head) in one warp, whichever order the tiles finish in.
+  struct Placing {
+    int64_t d;
+    DepthBackwardPlacement placement;
+    DepthForwardPlacement forward;
+  };
+  for (auto [d, placement, forward] :
+       {Placing{64, DepthBackwardPlacement::tail, DepthForwardPlacement::inside},
+        Placing{64, DepthBackwardPlacement::beside, DepthForwardPlacement::after},
+        Placing{64, DepthBackwardPlacement::beside, DepthForwardPlacement::beside},
+        Placing{128, DepthBackwardPlacement::automatic, DepthForwardPlacement::inside}}) {
+    Harness h(cuda_backend_placing(placement, forward));
     Backend& g = h.gpu();
     const int64_t B = 2, T = 197, Hk = 2, Hq = 4, S = 37, R = B * T;
     const int64_t qn = R * Hq * d, kn = R * Hk * d;
@@ -904,13 +922,15 @@ TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
         continue;
       }
       for (size_t i = 0; i + 1 < now.size(); ++i) {
-        INFO("d=" << d << " placement " << static_cast<int>(placement) << " run " << run
-                  << " output " << i << " differs from run 0");
+        INFO("d=" << d << " placement " << static_cast<int>(placement) << " forward "
+                  << static_cast<int>(forward) << " run " << run << " output " << i
+                  << " differs from run 0");
         CHECK(now[i] == first[i]);
       }
       const double err = test::rel_error(now.back(), first.back());
-      INFO("d=" << d << " placement " << static_cast<int>(placement) << " run " << run
-                << " dq relative difference " << err);
+      INFO("d=" << d << " placement " << static_cast<int>(placement) << " forward "
+                << static_cast<int>(forward) << " run " << run << " dq relative difference "
+                << err);
       CHECK(err <= 1e-6);
     }
   }

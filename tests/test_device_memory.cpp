@@ -64,9 +64,11 @@ TEST_CASE("the CUDA memory prediction counts each allocation of a 700M run", "[m
 TEST_CASE("the prediction follows MoDA's depth slots, ZeRO-1 shards and pre-norm", "[memory]") {
   Config c = test::tiny_variant_config({NormPlacement::pre, true, true, false, 2}, 64);
   const CudaMemoryPrediction base = predict_cuda_memory(c, 2, 16, 1);
-  // With depth slots the attention forward keeps an fp32 partial output: R Hq d floats, more
-  // than the LM head's chunk at this vocabulary (24 padded: 2 x 16 x 24 x 6 bytes).
-  CHECK(base.op_workspace == 2 * 16 * 4 * 64 * 4);
+  // With depth slots the attention forward keeps an fp32 partial output (R Hq d floats), the
+  // sequence part's lse (R Hq, padded by 4) and the tiles' queue (8 words, then 2 ints per tile
+  // of 128 tokens and KV head: 2 x 1 x 2 tiles), more than the LM head's chunk at this
+  // vocabulary (24 padded: 2 x 16 x 24 x 6 bytes).
+  CHECK(base.op_workspace == (2 * 16 * 4 * 64 + 2 * 16 * 4 + 4 + 8 + 2 * 4) * 4);
   // Pre-norm never accumulates an input gradient, so the largest saved output is a weight
   // gradient: attn.qkv's, (256 + 2 x 128) x 256 fp32.
   CHECK(base.gemm_tuning == (256 + 2 * 128) * 256 * 4);

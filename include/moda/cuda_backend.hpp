@@ -39,18 +39,23 @@ inline constexpr NamedPlacement<DepthBackwardPlacement> kDepthBackwardPlacements
     {"beside", DepthBackwardPlacement::beside}};
 
 // Where attention's forward adds the depth slots (docs/kernels/moda_attention.md, "The forward's
-// depth part per token after the sequence kernel"): inside (at head size 64 in the sequence
-// kernel's steps, a block's rows 64 tokens of two heads, or 128 of one head at odd G, so that each
-// slot row is read once per two heads of a group; at 128, where the sequence kernel has no room
-// for them, in a streaming pass after it), or after the sequence kernel in a kernel that takes a
-// (token, KV head) and 16 of its slots at a time with the group's G <= 8 heads as the MMA's N,
-// reading each slot row once. Automatic takes `after` where it measured faster
-// (attention_depth_forward_after).
-enum class DepthForwardPlacement { automatic, inside, after };
+// depth part per token after the sequence kernel" and "... beside the sequence kernel, following
+// its tiles"): inside (at head size 64 in the sequence kernel's steps, a block's rows 64 tokens of
+// two heads, or 128 of one head at odd G, so that each slot row is read once per two heads of a
+// group; at 128, where the sequence kernel has no room for them, in a streaming pass after it), or
+// per token in a kernel that takes a (token, KV head) and 16 of its slots at a time with the
+// group's G <= 8 heads as the MMA's N, reading each slot row once: after the sequence kernel, or
+// (head size 64) beside it, a block of 4 warps on every SM taking the tokens of the sequence
+// kernel's tiles as they are done and, after it, the tokens left on every warp the SMs hold.
+// Automatic takes the per-token kernel where it measured faster (attention_depth_forward_after)
+// and beside where that did (attention_depth_forward_beside) and the blocks fit on an SM
+// together.
+enum class DepthForwardPlacement { automatic, inside, after, beside };
 inline constexpr NamedPlacement<DepthForwardPlacement> kDepthForwardPlacements[] = {
     {"automatic", DepthForwardPlacement::automatic},
     {"inside", DepthForwardPlacement::inside},
-    {"after", DepthForwardPlacement::after}};
+    {"after", DepthForwardPlacement::after},
+    {"beside", DepthForwardPlacement::beside}};
 
 struct CudaBackendOptions {
   // Upper bound of the LM head's scratch (fp32 logits + bf16 logit gradients of one chunk of
@@ -85,11 +90,20 @@ inline size_t segment_sum_squares_workspace(size_t segments) {
   return sizeof(int64_t) * (3 * segments + 1) + sizeof(double) * segments;
 }
 
-// fp32 scratch elements of MoDA attention: the forward keeps the sequence part's normalized
-// output when there are depth slots; the backward keeps delta = rowsum(dout * out) per query head
+// fp32 scratch elements of MoDA attention. The forward, when there are depth slots, keeps the
+// sequence part's normalized output [R, Hq d] and, for the depth part beside the sequence kernel,
+// the sequence part's lse [R, Hq] (padded to whole 16-byte pieces) and the tiles' queue: four
+// 64-bit words, then per tile of kForwardTileTokens tokens and KV head the count of its heads done
+// and the published order (ints). The backward keeps delta = rowsum(dout * out) per query head
 // and, after it at an 8-byte boundary, the depth kernels' queue (two 64-bit words).
+inline constexpr int64_t kForwardTileTokens = 128;
+inline int64_t attention_forward_tiles(const AttentionShape& s) {
+  return s.batch * ((s.seq_len + kForwardTileTokens - 1) / kForwardTileTokens) * s.kv_heads;
+}
 inline int64_t attention_forward_workspace(const AttentionShape& s) {
-  return s.slots > 0 ? s.batch * s.seq_len * s.q_heads * s.head_dim : 0;
+  if (s.slots == 0) return 0;
+  const int64_t lse = (s.batch * s.seq_len * s.q_heads + 3) / 4 * 4 + 4;
+  return s.batch * s.seq_len * s.q_heads * s.head_dim + lse + 8 + 2 * attention_forward_tiles(s);
 }
 inline int64_t attention_backward_workspace(const AttentionShape& s) {
   return (s.batch * s.seq_len * s.q_heads + 1) / 2 * 2 + 4;
@@ -138,7 +152,18 @@ inline bool attention_depth_forward_after(const AttentionShape& s,
     return false;
   }
   const int64_t min_group = s.head_dim == 64 ? kMinAfterForwardGroup64 : kMinAfterForwardGroup128;
-  return placement == DepthForwardPlacement::after || group >= min_group;
+  return placement == DepthForwardPlacement::after || placement == DepthForwardPlacement::beside ||
+         group >= min_group;
+}
+
+// Whether the per-token forward (attention_depth_forward_after) runs beside the sequence kernel
+// rather than after it: head size 64 only, where the sequence kernel's blocks leave room on the
+// SM (cuda_depth_forward_beside_fits).
+inline bool attention_depth_forward_beside(const AttentionShape& s,
+                                           DepthForwardPlacement placement) {
+  if (!attention_depth_forward_after(s, placement) || s.head_dim != 64) return false;
+  return placement == DepthForwardPlacement::beside ||
+         placement == DepthForwardPlacement::automatic;
 }
 
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
@@ -187,5 +212,9 @@ double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, 
 // fit on one SM of the current device together, by their registers, shared memory and threads.
 // Where they do not, automatic placement takes the tail and `beside` is slower, not wrong.
 bool cuda_depth_backward_beside_fits();
+// The same for the forward's per-token depth kernel beside two blocks of the sequence kernel
+// (DepthForwardPlacement::beside). Where they do not fit, the forward takes `after`: the depth
+// blocks wait for the sequence kernel's tiles and must not keep its blocks off the SMs.
+bool cuda_depth_forward_beside_fits();
 
 }  // namespace moda

@@ -153,7 +153,8 @@ void register_bench(CLI::App& app) {
           "where the forward adds the depth slots: automatic (default), inside (at head size 64 "
           "in the sequence kernel's steps, at 128 a streaming pass after it) or after (head sizes "
           "64 and 128: a kernel of its own after the sequence kernel, per token with the group's "
-          "heads as the MMA's N, G <= 8); docs/kernels/moda_attention.md")
+          "heads as the MMA's N, G <= 8) or beside (head size 64: that kernel beside the sequence "
+          "kernel, following its tiles); docs/kernels/moda_attention.md")
       ->transform(CLI::CheckedTransformer(kForwardPlacements, CLI::ignore_case));
   attn->add_option(
           "--slot-gradients", opts->slot_gradients,

@@ -3,7 +3,8 @@
 // rounds; a shape with a seventh number R times instead depth_slot_backward forming two slots'
 // gradients from R readers of S slots each (cuda_time_depth_slot_gradients). A shape may end in
 // ":tail" or ":beside" to place the backward's depth part so (DepthBackwardPlacement; automatic
-// otherwise), in ":fwd-inside" or ":fwd-after" for the forward's (DepthForwardPlacement), and in
+// otherwise), in ":fwd-inside", ":fwd-after" or ":fwd-beside" for the forward's
+// (DepthForwardPlacement), and in
 // ":pulled" to form the slot gradients after the backward (SlotGradientTiming; in it otherwise),
 // e.g. 1,4096,64,8,64,64:beside:fwd-after:pulled. Small enough (1 MB) that several variants travel
 // to the GPU machine in one call.
@@ -62,7 +63,7 @@ int main(int argc, char** argv) {
       } else {
         std::fprintf(stderr,
                      "attention_variant: '%s': ':%s' is none of :automatic :tail :beside "
-                     ":fwd-automatic :fwd-inside :fwd-after :sole-reader :pulled\n",
+                     ":fwd-automatic :fwd-inside :fwd-after :fwd-beside :sole-reader :pulled\n",
                      argv[i], name.c_str());
         return 2;
       }
