@@ -1579,14 +1579,13 @@ struct ForwardPairs {
 };
 
 // One warp's pairs, from `pairs` (ForwardPairs), through its stages in shared memory. The
-// sequence part's lse is read from seq_lse and the result's written to lse (the same array
-// after the sequence kernel).
+// sequence part's lse is read from seq_lse and the result's written to lse: after the sequence
+// kernel the same array, so neither is __restrict__.
 template <int D, bool kFollow>
 __device__ __forceinline__ void depth_forward_pairs(
     const Dims& s, ForwardPairs<kFollow>& pairs, unsigned char* stages, const bf16* __restrict__ q,
     const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
-    const float* __restrict__ o_seq, const float* __restrict__ seq_lse, bf16* __restrict__ out,
-    float* __restrict__ lse) {
+    const float* __restrict__ o_seq, const float* seq_lse, bf16* __restrict__ out, float* lse) {
   constexpr int kStages = kFwdTailStages<D>, kChunks = D / 8;
   using L = FwdTailStage<D>;
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
