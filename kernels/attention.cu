@@ -11,9 +11,9 @@
 //      heads, then lse = logaddexp(lse_seq, lse_depth) and
 //      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j. At head size 64 it runs inside
 //      the tensor-core forward's steps (G <= 2) or, 3 <= G <= 8, in a warp-per-pair tensor-core
-//      kernel beside it that takes the sequence kernel's tiles as they are published
-//      (depth_forward_beside); at head size 128 (4 <= G <= 8) that kernel runs after it
-//      (depth_forward_tail); otherwise a streaming or warp kernel after it.
+//      kernel, beside it from T = 4096 on, taking the sequence kernel's tiles as they are
+//      published (depth_forward_beside), else after it (depth_forward_tail, also at head size 128,
+//      4 <= G <= 8); otherwise a streaming or warp kernel after it.
 // Backward (dq overwritten; dk, dv accumulated)
 //   1. depth part, one warp per (token, KV head): delta = rowsum(dout * out) per query head (kept
 //      in the workspace), dq = the depth slots' contribution, and each slot's probability and

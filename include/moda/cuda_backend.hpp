@@ -158,12 +158,19 @@ inline bool attention_depth_forward_after(const AttentionShape& s,
 
 // Whether the per-token forward (attention_depth_forward_after) runs beside the sequence kernel
 // rather than after it: head size 64 only, where the sequence kernel's blocks leave room on the
-// SM (cuda_depth_forward_beside_fits).
+// SM (cuda_depth_forward_beside_fits). Automatic placement takes beside from
+// kMinBesideForwardTokens on, where the sequence kernel is long enough to hide the slots under it
+// and to pay for its own bound registers. Measured on the H200 (fwd ms, after / beside): (1, 4096,
+// 64, 8) S 64 0.556 / 0.518, 8K 1.834 / 1.700, 16K 6.302-6.442 / 6.347-6.461, (1, 16384, 32, 8)
+// S 64 3.513 / 3.421; at Table 6's T = 1024, (64, 1024, 6, 2) S 47 0.673 / 0.650 and S 94 1.070 /
+// 1.062 alone, but in the MoDA + FFN KV model (S 0 to 94) the attention forward took 33.0-33.2
+// instead of 32.6 ms a step, 0.688x of OLMo2 against 0.692x (docs/kernels/moda_attention.md).
+inline constexpr int64_t kMinBesideForwardTokens = 4096;
 inline bool attention_depth_forward_beside(const AttentionShape& s,
                                            DepthForwardPlacement placement) {
   if (!attention_depth_forward_after(s, placement) || s.head_dim != 64) return false;
   return placement == DepthForwardPlacement::beside ||
-         placement == DepthForwardPlacement::automatic;
+         (placement == DepthForwardPlacement::automatic && s.seq_len >= kMinBesideForwardTokens);
 }
 
 // A backend on the current CUDA device with its own stream. Throws when no GPU is usable.
