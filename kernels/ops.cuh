@@ -56,12 +56,12 @@ void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int64_t rows, 
                      int64_t ld, cudaStream_t stream);
 
 // attention.cu. Workspace (fp32 elements): moda::attention_{forward,backward}_workspace.
-// Where the depth parts run: the forward's inside the sequence kernel (head size 64) or after it
-// (`forward`); the backward's beside `stream`, which waits for them: the streaming kernel (head
-// size 128 and the unaligned cases) on `streaming`; at head size 64 the tail of the sequence
-// kernel's blocks or, beside them, a kernel with a block on every SM on `priority` (a stream of
-// the greatest priority, so that its blocks take their place on the SMs before the sequence
-// kernel's).
+// Where the depth parts run: the forward's inside the sequence kernel (head size 64), after it,
+// or beside it with a block on every SM on `priority` (`forward`); the backward's beside
+// `stream`, which waits for them: the streaming kernel (head size 128 and the unaligned cases) on
+// `streaming`; at head size 64 the tail of the sequence kernel's blocks or, beside them, a kernel
+// with a block on every SM on `priority` (a stream of the greatest priority, so that its blocks
+// take their place on the SMs before the sequence kernel's).
 struct DepthStreams {
   const SideStream& streaming;
   const SideStream& priority;

@@ -4,10 +4,9 @@
 // gradients from R readers of S slots each (cuda_time_depth_slot_gradients). A shape may end in
 // ":tail" or ":beside" to place the backward's depth part so (DepthBackwardPlacement; automatic
 // otherwise), in ":fwd-inside", ":fwd-after" or ":fwd-beside" for the forward's
-// (DepthForwardPlacement), and in
-// ":pulled" to form the slot gradients after the backward (SlotGradientTiming; in it otherwise),
-// e.g. 1,4096,64,8,64,64:beside:fwd-after:pulled. Small enough (1 MB) that several variants travel
-// to the GPU machine in one call.
+// (DepthForwardPlacement), and in ":pulled" to form the slot gradients after the backward
+// (SlotGradientTiming; in it otherwise), e.g. 1,4096,64,8,64,64:beside:fwd-after:pulled. Small
+// enough (1 MB) that several variants travel to the GPU machine in one call.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
