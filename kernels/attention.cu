@@ -2507,51 +2507,70 @@ bool registers_fit(const cudaDeviceProp& props, int blocks, int warps_a, int reg
          props.regsPerMultiprocessor / kSchedulers;
 }
 
-// The forward's beside layout on the current device, once per device (as beside_layout for the
-// backward): the depth block's shared memory, padded past half of the SM's so that two never share
-// an SM, whether two sequence blocks fit beside it (by registers, shared memory and threads), and
-// the blocks per SM of the launch after the sequence kernel. Where they do not fit, the forward
-// takes `after`: the depth blocks wait for the sequence kernel's tiles, so they must never keep its
-// blocks off every SM.
-struct ForwardBesideLayout {
+// A depth kernel's block beside the sequence kernel's blocks on every SM (the backward's beside
+// placement: one sequence block; the forward's: two), on the current device: the depth block's
+// shared memory, padded to more than half of the SM's, so that two of its blocks never share an SM
+// (the block scheduler may put two on one SM, which then has no room for a sequence block, and
+// none on another); whether the sequence blocks fit on the SM with it (registers_fit, shared
+// memory, threads); and the depth blocks per SM of the launch after the sequence kernel
+// (unpadded). Unpadded (74 KB) the backward's measured the same in the variant timers, but in the
+// model the attention backward took 57.5 ms a MoDA-700M step against 55.5 with the depth part on
+// SMs of its own; padded, 51.5. It also sets both kernels' launch attributes: their shared memory,
+// and the SM's largest shared-memory configuration, so that whichever block reaches an SM first
+// leaves room for the other.
+struct BesideKernels {
+  const void* seq;
+  int seq_blocks, seq_threads;
+  size_t seq_smem;
+  const void* depth;
+  int depth_threads;
+  size_t depth_smem;
+};
+struct BesideLayout {
   size_t smem = 0;
   bool fits = false;
-  int pickup_blocks = 0;
+  int pickup_blocks = 0;  // per SM, of the launch after the sequence kernel (unpadded)
 };
+BesideLayout layout_beside(const BesideKernels& kernels) {
+  int device = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&device));
+  cudaFuncAttributes seq{}, depth{};
+  MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, kernels.seq));
+  MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, kernels.depth));
+  cudaDeviceProp props{};
+  MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
+  const size_t reserved = props.reservedSharedMemPerBlock;
+  BesideLayout layout;
+  layout.smem = std::max(kernels.depth_smem, props.sharedMemPerMultiprocessor / 2 - reserved -
+                                                 depth.sharedSizeBytes + 16);
+  const size_t smem = kernels.seq_blocks * (kernels.seq_smem + seq.sharedSizeBytes + reserved) +
+                      layout.smem + depth.sharedSizeBytes + reserved;
+  layout.fits = registers_fit(props, kernels.seq_blocks, kernels.seq_threads / 32, seq.numRegs,
+                              kernels.depth_threads / 32, depth.numRegs) &&
+                smem <= props.sharedMemPerMultiprocessor &&
+                kernels.seq_blocks * kernels.seq_threads + kernels.depth_threads <=
+                    props.maxThreadsPerMultiProcessor;
+  allow_smem(kernels.depth, layout.smem);
+  allow_smem(kernels.seq, kernels.seq_smem);
+  MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &layout.pickup_blocks, kernels.depth, kernels.depth_threads, kernels.depth_smem));
+  layout.pickup_blocks = std::max(layout.pickup_blocks, 1);
+  for (const void* kernel : {kernels.depth, kernels.seq}) {
+    MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         cudaSharedmemCarveoutMaxShared));
+  }
+  return layout;
+}
+
+// The forward's, once per device. Where they do not fit, the forward takes `after`: the depth
+// blocks wait for the sequence kernel's tiles, so they must never keep its blocks off every SM.
 constexpr size_t kFwdBesideSmem = depth_forward_tail_smem<64, kFwdBesideWarps>();
-ForwardBesideLayout forward_beside_layout() {
+BesideLayout forward_beside_layout() {
   return once_per_device([] {
-    int device = 0;
-    MODA_CUDA_CHECK(cudaGetDevice(&device));
-    cudaFuncAttributes seq{}, depth{};
-    MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_forward_publish));
-    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_forward_beside));
-    cudaDeviceProp props{};
-    MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
-    constexpr int kSeqBlocks = 2;
-    const size_t reserved = props.reservedSharedMemPerBlock;
-    const size_t seq_smem = forward_wgmma_smem<64>(false, 1);
-    ForwardBesideLayout layout;
-    layout.smem = std::max(kFwdBesideSmem, props.sharedMemPerMultiprocessor / 2 - reserved -
-                                               depth.sharedSizeBytes + 16);
-    const size_t smem = kSeqBlocks * (seq_smem + seq.sharedSizeBytes + reserved) + layout.smem +
-                        depth.sharedSizeBytes + reserved;
-    layout.fits =
-        registers_fit(props, kSeqBlocks, kForwardThreads / 32, seq.numRegs, kFwdBesideWarps,
-                      depth.numRegs) &&
-        smem <= props.sharedMemPerMultiprocessor &&
-        kSeqBlocks * kForwardThreads + kFwdBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
-    allow_smem(depth_forward_beside, layout.smem);
-    allow_smem(seq_forward_publish, seq_smem);
-    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &layout.pickup_blocks, depth_forward_beside, kFwdBesideWarps * 32, kFwdBesideSmem));
-    layout.pickup_blocks = std::max(layout.pickup_blocks, 1);
-    for (const void* kernel : {reinterpret_cast<const void*>(depth_forward_beside),
-                               reinterpret_cast<const void*>(seq_forward_publish)}) {
-      MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                           cudaSharedmemCarveoutMaxShared));
-    }
-    return layout;
+    return layout_beside({reinterpret_cast<const void*>(seq_forward_publish), 2, kForwardThreads,
+                          forward_wgmma_smem<64>(false, 1),
+                          reinterpret_cast<const void*>(depth_forward_beside), kFwdBesideWarps * 32,
+                          kFwdBesideSmem});
   });
 }
 
@@ -2588,10 +2607,10 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
       return;
     }
     float* o_seq = s.S > 0 ? workspace : nullptr;
-    if (after && attention_depth_forward_beside(shape, depth.forward) &&
-        forward_beside_layout().fits) {
+    const bool beside_asked = after && attention_depth_forward_beside(shape, depth.forward);
+    const BesideLayout layout = beside_asked ? forward_beside_layout() : BesideLayout{};
+    if (layout.fits) {
       // The depth part beside the sequence kernel, following its tiles (depth_forward_beside).
-      const ForwardBesideLayout layout = forward_beside_layout();
       float* seq_lse = o_seq + rows * s.Hq * s.d;
       auto* queue = reinterpret_cast<ForwardQueue*>(seq_lse + (rows * s.Hq + 3) / 4 * 4 + 4);
       MODA_CUDA_CHECK(cudaMemsetAsync(
@@ -2665,53 +2684,15 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   MODA_LAUNCH_CHECK();
 }
 
-// The beside kernel's block on the current device, once per device: its shared memory, padded to
-// more than half of the SM's, so that two of its blocks never share an SM (the block scheduler
-// may put two on one SM, which then has no room for a sequence block, and none on another), and
-// whether a sequence block fits on the SM with it (registers are given to a warp in units of 256).
-// Unpadded (74 KB) the variant timers measured the same, but in the model the attention backward
-// took 57.5 ms a MoDA-700M step against 55.5 with the depth part on SMs of its own; padded, 51.5.
-// The first call also sets both kernels' launch attributes: the depth kernel's shared memory, and
-// for both the SM's largest shared-memory configuration, so that whichever block reaches an SM
-// first leaves room for the other.
-struct BesideLayout {
-  size_t smem = 0;
-  bool fits = false;
-  int pickup_blocks = 0;  // per SM, of the launch after the sequence kernel (unpadded)
-};
+// The backward's, once per device (one layout per depth kernel).
 template <bool kSlotGrads, bool kEvictFirstLoads = false>
 BesideLayout beside_layout() {
   return once_per_device([] {
-    int device = 0;
-    MODA_CUDA_CHECK(cudaGetDevice(&device));
-    cudaFuncAttributes seq{}, depth{};
-    MODA_CUDA_CHECK(cudaFuncGetAttributes(&seq, seq_backward_wgmma<64, false>));
-    constexpr auto depth_kernel = depth_backward_beside<64, kSlotGrads, kEvictFirstLoads>;
-    MODA_CUDA_CHECK(cudaFuncGetAttributes(&depth, depth_kernel));
-    cudaDeviceProp props{};
-    MODA_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
-    const size_t reserved = props.reservedSharedMemPerBlock;
-    BesideLayout layout;
-    const size_t half_sm = props.sharedMemPerMultiprocessor / 2;
-    layout.smem = std::max(depth_beside_smem<64, kSlotGrads>(),
-                           half_sm - reserved - depth.sharedSizeBytes + 16);
-    const size_t smem = backward_wgmma_smem<64>() + seq.sharedSizeBytes + layout.smem +
-                        depth.sharedSizeBytes + 2 * reserved;
-    layout.fits =
-        registers_fit(props, 1, kBackwardThreads / 32, seq.numRegs, kBesideWarps, depth.numRegs) &&
-        smem <= props.sharedMemPerMultiprocessor &&
-        kBackwardThreads + kBesideWarps * 32 <= props.maxThreadsPerMultiProcessor;
-    allow_smem(depth_kernel, layout.smem);
-    MODA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &layout.pickup_blocks, depth_kernel, kBesideWarps * 32,
-        depth_beside_smem<64, kSlotGrads>()));
-    layout.pickup_blocks = std::max(layout.pickup_blocks, 1);
-    for (const void* kernel : {reinterpret_cast<const void*>(depth_kernel),
-                               reinterpret_cast<const void*>(seq_backward_wgmma<64, false>)}) {
-      MODA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                           cudaSharedmemCarveoutMaxShared));
-    }
-    return layout;
+    return layout_beside(
+        {reinterpret_cast<const void*>(seq_backward_wgmma<64, false>), 1, kBackwardThreads,
+         backward_wgmma_smem<64>(),
+         reinterpret_cast<const void*>(depth_backward_beside<64, kSlotGrads, kEvictFirstLoads>),
+         kBesideWarps * 32, depth_beside_smem<64, kSlotGrads>()});
   });
 }
 
