@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Summary of scripts/gpu_train_ab.sh: per build and run, the median tokens/s of steps 4.. in each
 round and the median over rounds; per build, round and model size, MoDA's tokens/s over OLMo2's
-(olmo2_X / moda_X, t6_olmo2_post / t6_moda_ffn_kv), and the median of those ratios.
+(olmo2_X / moda_X, t6_olmo2_post / t6_moda_ffn_kv; MoDA-700M also over the 38-layer OLMo2 of
+Table 3 row 2, the paper's 700M baseline in Tables 4 and 5), and the median of those ratios.
 
 Usage: train_ab_summary.py OUT_DIR ROUNDS "RUNS" DIST...  (OUT_DIR/<dist>_<round>/<run>/metrics.jsonl)
 """
@@ -11,7 +12,8 @@ import sys
 
 from train_metrics import median_tokens_per_s, read_rows
 
-PAIRS = [("olmo2_700m", "moda_700m"), ("olmo2_1p5b", "moda_1p5b"),
+PAIRS = [("olmo2_700m", "moda_700m"), ("olmo2_700m_38l", "moda_700m"),
+         ("olmo2_1p5b", "moda_1p5b"),
          ("t6_olmo2_post", "t6_moda_ffn_kv"), ("t6_olmo2_post", "t6_moda_post"),
          ("t6_olmo2_pre", "t6_moda_post")]
 
