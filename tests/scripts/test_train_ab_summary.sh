@@ -7,7 +7,9 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # Build "main", rounds 1-3: OLMo2 at 100, 110, 90 (+ slow first steps), MoDA at 90, 100, 81;
-# build "new": MoDA's round 2 failed (no metrics), OLMo2's round 3 logged no step.
+# build "new": MoDA's round 2 failed (no metrics), OLMo2's round 3 logged no step; build "main"
+# also the 700M runs, OLMo2 at 200, 220, 180 (36 layers) and 190, 210, 170 (38), MoDA at 160,
+# 180, 142.
 python3 - "$work" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -29,6 +31,10 @@ for rnd, (o, m) in enumerate([(100, 90), (110, 100), (90, 81)], start=1):
         open(os.path.join(out, f"new_{rnd}", "olmo2_1p5b", "metrics.jsonl"), "w").close()
     if rnd != 2:
         write("new", rnd, "moda_1p5b", m)
+    # 700M: MoDA against both OLMo2 baselines (36 and 38 layers).
+    write("main", rnd, "olmo2_700m", 2 * o)
+    write("main", rnd, "olmo2_700m_38l", 2 * o - 10)
+    write("main", rnd, "moda_700m", 2 * m - 20)
 PY
 got="$(python3 "$repo/scripts/train_ab_summary.py" "$work" 3 "olmo2_1p5b moda_1p5b" \
   /some/where/main "$work/new/")"
@@ -41,6 +47,11 @@ expect "main             moda_1p5b / olmo2_1p5b: 0.900x, 0.909x, 0.900x; median 
 expect "new              olmo2_1p5b       100, 110, failed; median 105"
 expect "new              moda_1p5b        90, failed, 81; median 86"
 expect "new              moda_1p5b / olmo2_1p5b: 0.900x; median 0.900x"
+got="$(python3 "$repo/scripts/train_ab_summary.py" "$work" 3 "olmo2_700m olmo2_700m_38l moda_700m" \
+  /some/where/main)"
+expect "main             moda_700m        160, 180, 142; median 160"
+expect "main             moda_700m / olmo2_700m: 0.800x, 0.818x, 0.789x; median 0.800x"
+expect "main             moda_700m / olmo2_700m_38l: 0.842x, 0.857x, 0.835x; median 0.842x"
 line="$(python3 "$repo/scripts/train_metrics.py" "$work/main_2/olmo2_1p5b/metrics.jsonl")"
 [[ "$line" == "   steps 8, loss 10.000 -> 1.250, median 110 tok/s, MFU 11.0%" ]] || {
   echo "FAIL: train_metrics.py printed: $line"; exit 1; }
