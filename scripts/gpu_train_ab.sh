@@ -9,6 +9,11 @@
 # Usage: [ROUNDS=N] [STEPS=N] [T6_MICRO=N] [AB_OUT=DIR] scripts/gpu_train_ab.sh "RUNS" DIST...
 #   RUNS: gpu_train_bench.sh's run names, e.g. "olmo2_1p5b moda_1p5b"
 #   AB_OUT: an empty or new folder for the runs' logs (default: a new folder under /tmp)
+#   ACCUM: micro-batches per optimizer step (gpu_train_bench.sh; default 1). With 1 every step
+#   also pays AdamW and the gradient norm, a constant that both models of a pair pay alike and
+#   that raises MoDA's ratio (MoDA-1.5B 0.913x at 1 against 0.891x-0.905x at 8, twenty-sixth
+#   session in docs/benchmarks.md); training at the configs' global batch pays it once per 256 or
+#   512 micro-batches, so ratios are quoted at ACCUM=8.
 set -euo pipefail
 runs="${1:?usage: gpu_train_ab.sh \"RUNS\" DIST...}"
 shift
@@ -27,4 +32,5 @@ for round in $(seq 1 "$rounds"); do
       "$here/gpu_train_bench.sh" "$dist" "${STEPS:-16}" "${names[@]}"
   done
 done
+echo "==== micro-batches per optimizer step: ${ACCUM:-1}"
 python3 "$here/train_ab_summary.py" "$out" "$rounds" "$runs" "$@"
