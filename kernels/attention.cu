@@ -2729,7 +2729,9 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     if (s.S > 0 && !fused) {
       // The depth part beside the sequence part: the backward (slot gradients of all S included)
       // took 2.73 to 2.78 instead of 2.85 ms at (4, 4096, 16, 8), S = 36, and 2.34 instead of
-      // 2.56 at d 128, (2, 4096, 16, 8), S = 32 (docs/kernels/moda_attention.md).
+      // 2.56 at d 128, (2, 4096, 16, 8), S = 32 (docs/kernels/moda_attention.md). At d 128 the
+      // sequence kernel's blocks take an SM's whole register file (254 a thread), so the pass
+      // runs in that kernel's last wave and after it, whichever kernel is launched first.
       const cudaStream_t depth_stream = depth.streaming.fork(stream);
       with_depth_stream(s, [&](auto dd, auto gg) {
         depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
