@@ -6,14 +6,16 @@
 # medians by round and their median, and MoDA over OLMo2 of the same size and round (the ratio of
 # issue 5's end-to-end bars; a ratio of runs from one round, a median over rounds, since single
 # runs of the 1.5B configs move by 2-3%).
-# Usage: [ROUNDS=N] [STEPS=N] [T6_MICRO=N] [AB_OUT=DIR] scripts/gpu_train_ab.sh "RUNS" DIST...
+# Usage: [ROUNDS=N] [STEPS=N] [ACCUM=N] [T6_MICRO=N] [AB_OUT=DIR]
+#          scripts/gpu_train_ab.sh "RUNS" DIST...
 #   RUNS: gpu_train_bench.sh's run names, e.g. "olmo2_1p5b moda_1p5b"
+#   STEPS: optimizer steps a run (default 8). ACCUM: micro-batches per optimizer step of the 700M
+#   and 1.5B runs (default 8; gpu_train_bench.sh's own default is 1). With 1 every step also pays
+#   AdamW and the gradient norm, a constant that both models of a pair pay alike and that raises
+#   MoDA's ratio (MoDA-1.5B 0.913x at 1 against 0.891x-0.905x at 8, twenty-sixth session in
+#   docs/benchmarks.md); training at the configs' global batch pays it once per 256 or 512
+#   micro-batches. The profile printed is then one of 8 micro-batches.
 #   AB_OUT: an empty or new folder for the runs' logs (default: a new folder under /tmp)
-#   ACCUM: micro-batches per optimizer step (gpu_train_bench.sh; default 1). With 1 every step
-#   also pays AdamW and the gradient norm, a constant that both models of a pair pay alike and
-#   that raises MoDA's ratio (MoDA-1.5B 0.913x at 1 against 0.891x-0.905x at 8, twenty-sixth
-#   session in docs/benchmarks.md); training at the configs' global batch pays it once per 256 or
-#   512 micro-batches, so ratios are quoted at ACCUM=8.
 set -euo pipefail
 runs="${1:?usage: gpu_train_ab.sh \"RUNS\" DIST...}"
 shift
@@ -21,6 +23,7 @@ shift
 here="$(cd "$(dirname "$0")" && pwd)"
 read -r -a names <<< "$runs"
 rounds="${ROUNDS:-2}"
+export ACCUM="${ACCUM:-8}"
 out="${AB_OUT:-$(mktemp -d /tmp/moda_train_ab.XXXXXX)}"
 mkdir -p "$out"
 # Results of an earlier invocation would pass for runs of this one that failed.
@@ -29,8 +32,8 @@ for round in $(seq 1 "$rounds"); do
   for dist in "$@"; do
     echo "==== $dist, round $round"
     OUT="$out/$(basename "$dist")_$round" \
-      "$here/gpu_train_bench.sh" "$dist" "${STEPS:-16}" "${names[@]}"
+      "$here/gpu_train_bench.sh" "$dist" "${STEPS:-8}" "${names[@]}"
   done
 done
-echo "==== micro-batches per optimizer step: ${ACCUM:-1}"
+echo "==== micro-batches per optimizer step: $ACCUM"
 python3 "$here/train_ab_summary.py" "$out" "$rounds" "$runs" "$@"
