@@ -7,39 +7,17 @@
 # Usage: scripts/nsys_kernel_trace.sh TIMER SHAPE [LAST]   (on the GPU machine; needs nsys)
 #   DROP (env): a regex of kernel names left out (default: the slot-gradient launches, 18 a round
 #   at S 72, which would crowd out the attention kernels)
-#   NSYS_LIBS (env): a folder of libraries the trace importer needs (below)
+#   NSYS_LIBS (env): a folder of libraries the trace importer needs (scripts/nsys_trace.sh)
 #   e.g. NSYS_LIBS=.bench/nsyslib scripts/nsys_kernel_trace.sh .bench/v-main 4,4096,16,8,64,72:beside
 set -euo pipefail
 timer="${1:?usage: nsys_kernel_trace.sh TIMER SHAPE [LAST]}"
 shape="${2:?usage: nsys_kernel_trace.sh TIMER SHAPE [LAST]}"
 last="${3:-12}"
-# The first of the paths given that is an executable file.
-first_executable() {
-  for f in "$@"; do
-    [[ -x "$f" ]] && { echo "$f"; return; }
-  done
-  return 0
-}
-nsys_bin="$(command -v nsys || first_executable /usr/local/cuda/bin/nsys \
-  /opt/nvidia/nsight-systems/*/bin/nsys /opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys)"
-[[ -n "$nsys_bin" ]] || { echo "nsys_kernel_trace: no nsys on this machine" >&2; exit 2; }
+source "$(dirname "$0")/nsys_trace.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$nsys_bin" profile --trace cuda --force-overwrite true -o "$work/trace" "$timer" "$shape" > "$work/run.log" 2>&1 \
-  || { tail -5 "$work/run.log"; exit 1; }
-# The nsys that comes with Nsight Compute (the GPU machine's) writes only the raw .qdstrm: its
-# importer is in the host folder beside it and needs libdw.so.1, which that machine lacks
-# (NSYS_LIBS: a folder holding it and its libelf, liblzma, libbz2, e.g. copied from a Debian
-# machine's /usr/lib/x86_64-linux-gnu).
-if [[ ! -f "$work/trace.nsys-rep" && -f "$work/trace.qdstrm" ]]; then
-  importer="$(first_executable "$(dirname "$nsys_bin")"/../linux-desktop-*/QdstrmImporter)"
-  [[ -n "$importer" ]] || { echo "nsys_kernel_trace: no QdstrmImporter beside $nsys_bin" >&2; exit 2; }
-  LD_LIBRARY_PATH="${NSYS_LIBS:+$NSYS_LIBS:}${LD_LIBRARY_PATH:-}" "$importer" -i "$work/trace.qdstrm" \
-    > "$work/import.log" 2>&1 || { tail -3 "$work/import.log"; exit 1; }
-fi
+nsys_trace nsys_kernel_trace "$work" "$timer" "$shape"
 grep -E "fwd|bwd" "$work/run.log" || true
-"$nsys_bin" export --type sqlite --force-overwrite true --output "$work/trace.sqlite" \
-  "$work/trace.nsys-rep" > "$work/export.log" 2>&1 || { tail -5 "$work/export.log"; exit 1; }
 DROP="${DROP-depth_slot_backward}" python3 - "$work/trace.sqlite" "$last" <<'PY'
 import os, re, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])

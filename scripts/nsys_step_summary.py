@@ -56,9 +56,9 @@ def summary(kernels, step, top, list_regex=None):
         by_name[name][0] += 1
         by_name[name][1] += end - start
     total = sum(v[1] for v in by_name.values())
-    lines = [f"step {step}: span {(t1 - t0) / 1e6:.2f} ms, some kernel running {busy / 1e6:.2f} ms, "
-             f"none {(t1 - t0 - busy) / 1e6:.2f} ms; {len(mine)} launches, kernel time "
-             f"{total / 1e6:.2f} ms",
+    lines = [f"step {step}: span {(t1 - t0) / 1e6:.2f} ms, some kernel running "
+             f"{busy / 1e6:.2f} ms, none {(t1 - t0 - busy) / 1e6:.2f} ms; {len(mine)} launches, "
+             f"kernel time {total / 1e6:.2f} ms",
              f"{'kernel':60s} {'calls':>6s} {'ms':>8s} {'us/call':>8s}"]
     for name, (calls, ns) in sorted(by_name.items(), key=lambda kv: (-kv[1][1], kv[0]))[:top]:
         lines.append(f"{name[:60]:60s} {calls:6d} {ns / 1e6:8.2f} {ns / calls / 1e3:8.1f}")

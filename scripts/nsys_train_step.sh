@@ -8,7 +8,7 @@
 # Usage: scripts/nsys_train_step.sh DIST RUN [STEP] [TOP]   (on the GPU machine; needs nsys)
 #   RUN: a gpu_train_bench.sh run name, e.g. moda_700m; STEP (default 5) of STEP + 1 steps run;
 #   TOP: the kernel names listed (default 40)
-#   NSYS_LIBS (env): a folder of libraries the trace importer needs (scripts/nsys_kernel_trace.sh)
+#   NSYS_LIBS (env): a folder of libraries the trace importer needs (scripts/nsys_trace.sh)
 #   LIST (env): a regex of kernel names whose every launch in the step is listed in order (e.g.
 #   seq_forward to see the attention forward's time layer by layer)
 set -euo pipefail
@@ -17,27 +17,10 @@ run_name="${2:?usage: nsys_train_step.sh DIST RUN [STEP] [TOP]}"
 step="${3:-5}"
 top="${4:-40}"
 here="$(cd "$(dirname "$0")" && pwd)"
-first_executable() {
-  for f in "$@"; do
-    [[ -x "$f" ]] && { echo "$f"; return; }
-  done
-  return 0
-}
-nsys_bin="$(command -v nsys || first_executable /usr/local/cuda/bin/nsys \
-  /opt/nvidia/nsight-systems/*/bin/nsys /opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys)"
-[[ -n "$nsys_bin" ]] || { echo "nsys_train_step: no nsys on this machine" >&2; exit 2; }
+source "$here/nsys_trace.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-OUT="$work/bench" "$nsys_bin" profile --trace cuda --force-overwrite true -o "$work/trace" \
-  "$here/gpu_train_bench.sh" "$dist" "$((step + 1))" "$run_name" > "$work/run.log" 2>&1 \
-  || { tail -5 "$work/run.log"; exit 1; }
-if [[ ! -f "$work/trace.nsys-rep" && -f "$work/trace.qdstrm" ]]; then
-  importer="$(first_executable "$(dirname "$nsys_bin")"/../linux-desktop-*/QdstrmImporter)"
-  [[ -n "$importer" ]] || { echo "nsys_train_step: no QdstrmImporter beside $nsys_bin" >&2; exit 2; }
-  LD_LIBRARY_PATH="${NSYS_LIBS:+$NSYS_LIBS:}${LD_LIBRARY_PATH:-}" "$importer" -i "$work/trace.qdstrm" \
-    > "$work/import.log" 2>&1 || { tail -3 "$work/import.log"; exit 1; }
-fi
+nsys_trace nsys_train_step "$work" env OUT="$work/bench" \
+  "$here/gpu_train_bench.sh" "$dist" "$((step + 1))" "$run_name"
 grep -E "tokens/s|median" "$work/run.log" | tail -3 || true
-"$nsys_bin" export --type sqlite --force-overwrite true --output "$work/trace.sqlite" \
-  "$work/trace.nsys-rep" > "$work/export.log" 2>&1 || { tail -5 "$work/export.log"; exit 1; }
 python3 "$here/nsys_step_summary.py" "$work/trace.sqlite" "$step" --top "$top" --list "${LIST:-}"
