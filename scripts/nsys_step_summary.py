@@ -34,14 +34,12 @@ def step_kernels(kernels, step):
 
 
 def busy_ns(kernels):
-    """Time in which at least one of the kernels ran (they may overlap on several streams)."""
-    busy, until = 0, None
-    for start, end, _ in sorted(kernels):
-        if until is None or start >= until:
-            busy += end - start
-            until = end
-        elif end > until:
-            busy += end - until
+    """Time in which at least one of the kernels (in order of start) ran: they may overlap on
+    several streams, so each adds only what reaches past the latest end before it."""
+    busy, until = 0, 0
+    for start, end, _ in kernels:
+        if end > until:
+            busy += end - max(start, until)
             until = end
     return busy
 
