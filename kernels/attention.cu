@@ -596,16 +596,19 @@ __global__ void __launch_bounds__(256)
   p[1] = make_float4(0, 0, 0, 0);
 }
 
-// Backward depth part, after backward_prepare: dq += the slots' contribution (atomics, since the
-// sequence part may add at the same time), and each slot's probability and score gradient per
-// query head, stored by the first lane of the slot's row.
-template <int D, int G>
+// Backward depth part: each slot's probability and score gradient per query head, stored by the
+// first lane of the slot's row, and the slots' part of dq. After backward_prepare (kPrepare
+// false) it adds into dq with atomics, since the sequence part may add at the same time. With
+// kPrepare it is backward_prepare too, and runs before the sequence kernel: it forms delta from
+// dout and out itself and stores dq, so dq is neither zeroed first nor read back by atomics, and
+// dout is read once for both.
+template <int D, int G, bool kPrepare>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     depth_backward_stream(Dims s, const bf16* __restrict__ dout, const bf16* __restrict__ q,
-                          const float* __restrict__ lse, const float* __restrict__ delta,
-                          const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v,
-                          float* __restrict__ dq, float* __restrict__ probs,
-                          float* __restrict__ dscores) {
+                          const bf16* __restrict__ out, const float* __restrict__ lse,
+                          float* __restrict__ delta, const bf16* __restrict__ depth_k,
+                          const bf16* __restrict__ depth_v, float* __restrict__ dq,
+                          float* __restrict__ probs, float* __restrict__ dscores) {
   constexpr int L = D / 8;
   constexpr int kRows = 32 / L;
   constexpr int U = kDepthBackwardUnroll<G>;
@@ -623,13 +626,36 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   // free of spills.
   uint4 q_raw[G], go_raw[G];
   float lse2[G], dlt[G];
+  if constexpr (kPrepare) {
+    uint4 out_raw[G];
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const int64_t at = (qh0 + g) * D + piece * 8;
-    q_raw[g] = *reinterpret_cast<const uint4*>(q + at);
-    go_raw[g] = *reinterpret_cast<const uint4*>(dout + at);
-    dlt[g] = delta[qh0 + g];
-    lse2[g] = lse[qh0 + g] * kLog2e;
+    for (int g = 0; g < G; ++g) {
+      const int64_t at = (qh0 + g) * D + piece * 8;
+      q_raw[g] = *reinterpret_cast<const uint4*>(q + at);
+      go_raw[g] = *reinterpret_cast<const uint4*>(dout + at);
+      out_raw[g] = *reinterpret_cast<const uint4*>(out + at);
+      lse2[g] = lse[qh0 + g] * kLog2e;
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float go[8], ov[8];
+      unpack8(go_raw[g], go);
+      unpack8(out_raw[g], ov);
+      dlt[g] = row_sum<L>(dot8(go, ov));
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) delta[qh0 + g] = dlt[g];
+    }
+  } else {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int64_t at = (qh0 + g) * D + piece * 8;
+      q_raw[g] = *reinterpret_cast<const uint4*>(q + at);
+      go_raw[g] = *reinterpret_cast<const uint4*>(dout + at);
+      dlt[g] = delta[qh0 + g];
+      lse2[g] = lse[qh0 + g] * kLog2e;
+    }
   }
   const int64_t units = int64_t{s.B} * s.T * s.Hk;
   float dqa[G][8] = {};
@@ -680,12 +706,21 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
     for (int e = 0; e < 8; ++e) dqa[g][e] = group_sum<L>(dqa[g][e]);
   }
-  if (group == 0) {
+  // The stores of head g's dq by the lanes of row group g % kRows; the atomics all by group 0:
+  // split over the groups they measured slower at G = 4, (2, 4096, 32, 8, 128) S 32 3.46 ms
+  // against 3.36-3.42.
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
+  for (int g = 0; g < G; ++g) {
+    if (kPrepare ? g % kRows == group : group == 0) {
       float* p = dq + (qh0 + g) * D + piece * 8;
-      atomic_add4(p, dqa[g][0], dqa[g][1], dqa[g][2], dqa[g][3]);
-      atomic_add4(p + 4, dqa[g][4], dqa[g][5], dqa[g][6], dqa[g][7]);
+      if constexpr (kPrepare) {
+        float4* p4 = reinterpret_cast<float4*>(p);
+        p4[0] = make_float4(dqa[g][0], dqa[g][1], dqa[g][2], dqa[g][3]);
+        p4[1] = make_float4(dqa[g][4], dqa[g][5], dqa[g][6], dqa[g][7]);
+      } else {
+        atomic_add4(p, dqa[g][0], dqa[g][1], dqa[g][2], dqa[g][3]);
+        atomic_add4(p + 4, dqa[g][4], dqa[g][5], dqa[g][6], dqa[g][7]);
+      }
     }
   }
 }
@@ -2717,7 +2752,21 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
   const bool fused =
       streaming && mma && s.d == 64 && s.S > 0 &&
       (!slot_grads || (aligned16(slot_out.d_depth_k) && aligned16(slot_out.d_depth_v)));
-  if (streaming) {
+  // At head size 128 the sequence kernel's blocks take an SM's whole register file (254 a
+  // thread), so a depth pass beside it runs mostly in its last wave and after it. At G <= 2 the
+  // depth pass is then backward_prepare too and runs before it, which saves dq's zeroing and
+  // atomics: bwd ms, (2, 4096, 16, 8, 128) S 2 1.074 -> 1.053, S 30 2.165 -> 2.139; G = 1 S 2
+  // 1.253 -> 1.239, S 16 unchanged. At G = 4 and 8 with many slots the pass beside it is
+  // faster: (2, 4096, 32, 8, 128) S 32 3.42 against 3.62, (1, 4096, 64, 8, 128) S 64 4.28
+  // against 4.80 (docs/kernels/moda_attention.md, twenty-seventh session).
+  const bool depth_prepares = streaming && mma && s.d == 128 && s.S > 0 && s.G <= 2;
+  if (depth_prepares) {
+    with_depth_stream(s, [&](auto dd, auto gg) {
+      depth_backward_stream<decltype(dd)::value, decltype(gg)::value, true>
+          <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, stream>>>(
+              s, dout, q, out, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
+    });
+  } else if (streaming) {
     const int64_t head_rows = rows * s.Hq;
     const auto blocks = static_cast<unsigned>(ceil_div(head_rows * (s.d / 8), 256));
     if (s.d == 64) {
@@ -2728,15 +2777,13 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     MODA_LAUNCH_CHECK();
     if (s.S > 0 && !fused) {
       // The depth part beside the sequence part: the backward (slot gradients of all S included)
-      // took 2.73 to 2.78 instead of 2.85 ms at (4, 4096, 16, 8), S = 36, and 2.34 instead of
-      // 2.56 at d 128, (2, 4096, 16, 8), S = 32 (docs/kernels/moda_attention.md). At d 128 the
-      // sequence kernel's blocks take an SM's whole register file (254 a thread), so the pass
-      // runs in that kernel's last wave and after it, whichever kernel is launched first.
+      // took 2.73 to 2.78 instead of 2.85 ms at (4, 4096, 16, 8), S = 36
+      // (docs/kernels/moda_attention.md).
       const cudaStream_t depth_stream = depth.streaming.fork(stream);
       with_depth_stream(s, [&](auto dd, auto gg) {
-        depth_backward_stream<decltype(dd)::value, decltype(gg)::value>
+        depth_backward_stream<decltype(dd)::value, decltype(gg)::value, false>
             <<<warp_blocks(rows * s.Hk), kWarpsPerBlock * 32, 0, depth_stream>>>(
-                s, dout, q, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
+                s, dout, q, nullptr, lse, delta, depth_k, depth_v, dq, depth_probs, depth_dscores);
       });
     }
   } else {
@@ -2835,7 +2882,7 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     });
   }
   MODA_LAUNCH_CHECK();
-  if (streaming && s.S > 0 && !fused) depth.streaming.join(stream);
+  if (streaming && s.S > 0 && !fused && !depth_prepares) depth.streaming.join(stream);
   if (slot_grads && !fused) {
     // The other depth kernels leave the probabilities and score gradients; the slots' gradients
     // follow from them with this layer as the only reader.
