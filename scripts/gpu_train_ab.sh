@@ -15,7 +15,11 @@
 #   MoDA's ratio (MoDA-1.5B 0.913x at 1 against 0.891x-0.905x at 8, twenty-sixth session in
 #   docs/benchmarks.md); training at the configs' global batch pays it once per 256 or 512
 #   micro-batches. The profile printed is then one of 8 micro-batches.
-#   AB_OUT: an empty or new folder for the runs' logs (default: a new folder under /tmp)
+#   AB_OUT: an empty or new folder for the runs' logs (default: $OUT/train_ab where OUT is set, as
+#   on the device tool, so that a call cut off by its time limit still brings back the logs of
+#   the runs it finished; otherwise a new folder under /tmp). After each round but the last the
+#   summary of the rounds so far is printed too. Device time: a 1.5B run of 8 steps of 8
+#   micro-batches takes about 70 s (twenty-seventh session: 6 runs in about 430 s).
 set -euo pipefail
 runs="${1:?usage: gpu_train_ab.sh \"RUNS\" DIST...}"
 shift
@@ -24,7 +28,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 read -r -a names <<< "$runs"
 rounds="${ROUNDS:-2}"
 export ACCUM="${ACCUM:-8}"
-out="${AB_OUT:-$(mktemp -d /tmp/moda_train_ab.XXXXXX)}"
+out="${AB_OUT:-${OUT:+$OUT/train_ab}}"
+out="${out:-$(mktemp -d /tmp/moda_train_ab.XXXXXX)}"
 mkdir -p "$out"
 # Results of an earlier invocation would pass for runs of this one that failed.
 [[ -z "$(ls -A "$out")" ]] || { echo "gpu_train_ab.sh: $out is not empty" >&2; exit 2; }
@@ -34,6 +39,10 @@ for round in $(seq 1 "$rounds"); do
     OUT="$out/$(basename "$dist")_$round" \
       "$here/gpu_train_bench.sh" "$dist" "${STEPS:-8}" "${names[@]}"
   done
+  if [[ "$round" -lt "$rounds" ]]; then
+    echo "==== after round $round of $rounds"
+    python3 "$here/train_ab_summary.py" "$out" "$round" "$runs" "$@"
+  fi
 done
 echo "==== micro-batches per optimizer step: $ACCUM"
 python3 "$here/train_ab_summary.py" "$out" "$rounds" "$runs" "$@"
