@@ -2816,7 +2816,8 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // no clear gain, so the work order stays there.
     // Automatic placement takes the tail where the two kernels' blocks would not share an SM.
     const bool beside_asked =
-        fused && attention_depth_backward_beside(shape, depth.backward, slot_grads);
+        fused && attention_depth_backward_beside(shape, depth.backward, slot_grads,
+                                                 beside_bounds(peak_memory_tb_per_s()));
     // The sole reader's beside kernel copies the slot rows evict-first from G = 8 on
     // (cp_async16_pair_evict_first), where q and dout are largest against the slots: bwd ms,
     // plain / evict-first, (1, T, 64, 8) S 64: T 4K 1.357 / 1.312, 8K 4.453 / 4.158, 16K 16.215 /

@@ -125,6 +125,19 @@ inline int sm_count() {
   return count;
 }
 
+// Peak memory bandwidth of the current device in TB/s, from its memory clock and bus width (two
+// transfers a clock): 3.35 on the H100 SXM, 4.8 on the H200.
+inline double peak_memory_tb_per_s() {
+  static const double tb_per_s = [] {
+    int device = 0, clock_khz = 0, bus_bits = 0;
+    MODA_CUDA_CHECK(cudaGetDevice(&device));
+    MODA_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
+    MODA_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
+    return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e12;
+  }();
+  return tb_per_s;
+}
+
 // The most dynamic shared memory one block may opt into on the current device, in bytes.
 inline size_t smem_per_block_limit() {
   static const size_t limit = [] {

@@ -112,28 +112,47 @@ inline int64_t attention_backward_workspace(const AttentionShape& s) {
 // Whether attention's backward at head size 64 forms the depth part beside the sequence kernel
 // (a kernel of its own, one block per SM) rather than in the tail of the sequence kernel's blocks,
 // given that the two kernels' blocks fit on an SM together (cuda_depth_backward_beside_fits).
-// Automatic placement takes beside while the depth part is at most kMaxBesideDepthRatio of the
-// sequence part, counted as slots x KV heads against query heads x T x d. Measured on the H200
-// (bwd ms with the slot gradients pulled after it, tail / beside, ratio): (4, 4096, 16, 8) S 1
-// 1.271 / 1.174, S 8 1.486 / 1.383, S 36 2.540 / 2.332, S 72 3.816 / 3.636 (1.4e-4); (1, 4096,
-// 64, 8) S 64 1.940 / 1.916 (3.1e-5); Table 6's (64, 1024, 6, 2) S 4 0.833 / 0.733, S 47 2.263 /
-// 2.264 (2.4e-4), S 94 3.958 / 4.125 (4.8e-4): where the sequence part is short, the depth
-// kernel's 4 warps per SM run on after it. A layer that is its slots' only reader
-// (slot_gradients: the depth part also writes the slots' gradients) has more depth work per slot,
-// and the bound is kMaxBesideSoleReaderRatio: bwd ms, beside / tail, Table 6 S 16 0.901 / 0.908
-// (8.1e-5), S 24 1.151 / 1.106 (1.2e-4), S 36 1.475 / 1.381 (1.8e-4), S 47 1.770 / 1.609;
-// (4, 4096, 16, 8) S 36 1.820 / 1.905, S 72 2.767 / 2.778 (1.37e-4, every 700M layer at most);
-// (1, 16384, 64, 8) S 64 16.19 / 16.59.
-inline constexpr double kMaxBesideDepthRatio = 2.4e-4;
-inline constexpr double kMaxBesideSoleReaderRatio = 1.4e-4;
+// Automatic placement takes beside while the depth part is at most a bound of the sequence part,
+// counted as slots x KV heads against query heads x T x d. The depth part moves bytes and the
+// sequence part does math, so the bound depends on the device's memory bandwidth: beside costs
+// the sequence kernel the SM it shares, and the slower the depth part's bytes, the sooner the
+// tail can win. A layer that is its slots' only reader (slot_gradients: the depth part also writes
+// the slots' gradients) has more depth work per slot and a bound of its own. Measured, bwd ms
+// beside / tail (docs/kernels/moda_attention.md, "The backward's depth placement on the H100"):
+// - H200 (4.8 TB/s): with the slot gradients pulled after it, (4, 4096, 16, 8) S 1 1.174 / 1.271,
+//   S 8 1.383 / 1.486, S 36 2.332 / 2.540, S 72 3.636 / 3.816 (1.4e-4); (1, 4096, 64, 8) S 64
+//   1.916 / 1.940 (3.1e-5); Table 6's (64, 1024, 6, 2) S 4 0.733 / 0.833, S 47 2.264 / 2.263
+//   (2.4e-4), S 94 4.125 / 3.958 (4.8e-4). Sole reader: Table 6 S 16 0.901 / 0.908 (8.1e-5),
+//   S 24 1.151 / 1.106 (1.2e-4), S 36 1.475 / 1.381 (1.8e-4), S 47 1.770 / 1.609; (4, 4096, 16, 8)
+//   S 36 1.820 / 1.905, S 72 2.767 / 2.778 (1.37e-4); (1, 16384, 64, 8) S 64 16.19 / 16.59.
+// - H100 (3.35 TB/s): sole reader, (4, 4096, 16, 8) S 8 1.329 / 1.477 (1.5e-5), S 16 1.745 /
+//   1.747, S 24 2.049 / 2.058 (4.6e-5), S 36 2.465 / 2.148 (6.9e-5), S 72 3.819 / 3.390;
+//   (1, 4096, 32, 8) S 64 1.066 / 1.008 (6.1e-5); (1, 4096, 64, 8) S 64 1.346 / 1.404 (3.1e-5);
+//   Table 6 S 4 0.745 / 0.814, S 8 0.860 / 0.856 (4.1e-5), S 16 1.158 / 1.095. The model's form
+//   keeps the H200's bound: in the variant timer the tail was faster from (4, 4096, 16, 8) S 44
+//   (pulled, S 36 2.659 / 2.782, S 44 3.233 / 3.078, S 72 4.495 / 4.340), but MoDA-700M with the
+//   bound at 7.5e-5 ran 0.75% slower end to end (attention bwd 470 against 446 ms a profiled
+//   step), so the model's measurement decides.
+struct BesideBounds {
+  double depth;        // the depth part without the slot gradients
+  double sole_reader;  // the depth part with the slot gradients
+};
+inline constexpr BesideBounds kBesideBoundsH200{2.4e-4, 1.4e-4};
+inline constexpr BesideBounds kBesideBoundsH100{2.4e-4, 5.0e-5};
+// The bounds of the measured device nearer in peak memory bandwidth (TB/s; the split at 4.0, about
+// the geometric mean of the H100's 3.35 and the H200's 4.8).
+inline BesideBounds beside_bounds(double peak_memory_tb_per_s) {
+  return peak_memory_tb_per_s < 4.0 ? kBesideBoundsH100 : kBesideBoundsH200;
+}
 inline bool attention_depth_backward_beside(const AttentionShape& s,
-                                            DepthBackwardPlacement placement, bool slot_gradients) {
+                                            DepthBackwardPlacement placement, bool slot_gradients,
+                                            const BesideBounds& bounds) {
   if (s.slots == 0 || placement == DepthBackwardPlacement::tail) return false;
   if (placement == DepthBackwardPlacement::beside) return true;
   const double ratio =
       static_cast<double>(s.slots * s.kv_heads) /
       (static_cast<double>(s.q_heads * s.seq_len) * static_cast<double>(s.head_dim));
-  return ratio <= (slot_gradients ? kMaxBesideSoleReaderRatio : kMaxBesideDepthRatio);
+  return ratio <= (slot_gradients ? bounds.sole_reader : bounds.depth);
 }
 
 // Whether attention's forward adds the depth slots after the sequence kernel
