@@ -93,9 +93,11 @@ class CudaBackend final : public Backend {
     cudaStreamDestroy(stream_);
   }
 
+  // The peak bandwidth is named because it picks attention's depth placements (beside_bounds).
   std::string name() const override {
     return cuda::concat("cuda (", props_.name, ", ", props_.multiProcessorCount, " SMs, ",
-                        props_.totalGlobalMem >> 30, " GiB)");
+                        props_.totalGlobalMem >> 30, " GiB, ",
+                        std::round(cuda::peak_memory_tb_per_s() * 100) / 100, " TB/s)");
   }
 
   DType dtype_of(Role role) const override {

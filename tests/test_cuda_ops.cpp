@@ -155,6 +155,16 @@ class Harness {
 TEST_CASE("cuda backend: memory, transfers and dtype conversion", "[gpu]") {
   MODA_REQUIRE_GPU();
   auto gpu = make_backend("cuda", 0);
+  // The name ends with the peak memory bandwidth, which picks attention's depth placements:
+  // 3.35 TB/s on the H100 SXM, 4.8 on the H200; Hopper cards lie between 2 and 5.
+  const std::string name = gpu->name();
+  INFO(name);
+  const size_t comma = name.rfind(", ");
+  REQUIRE(comma != std::string::npos);
+  REQUIRE(name.ends_with(" TB/s)"));
+  const double tb_per_s = std::stod(name.substr(comma + 2));
+  CHECK(tb_per_s > 2.0);
+  CHECK(tb_per_s < 5.0);
   CHECK(gpu->dtype_of(Role::weight) == DType::bf16);
   CHECK(gpu->dtype_of(Role::activation) == DType::bf16);
   CHECK(gpu->dtype_of(Role::master) == DType::f32);
