@@ -2821,7 +2821,8 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
     // The sole reader's beside kernel copies the slot rows evict-first from G = 8 on
     // (cp_async16_pair_evict_first), where q and dout are largest against the slots: bwd ms,
     // plain / evict-first, (1, T, 64, 8) S 64: T 4K 1.357 / 1.312, 8K 4.453 / 4.158, 16K 16.215 /
-    // 16.035; at G = 2 slower, (4, 4096, 16, 8) S 36 1.833 / 2.139, S 72 2.749 / 3.311.
+    // 16.035; at G = 2 slower, (4, 4096, 16, 8) S 36 1.833 / 2.139, S 72 2.749 / 3.311. On the
+    // H100 (G = 8) by more: 4K 1.619 / 1.346, 16K 16.767 / 15.738.
     const bool evict_first_loads = slot_grads && s.G >= kMinEvictFirstLoadGroup;
     const BesideLayout layout = !beside_asked       ? BesideLayout{}
                                 : evict_first_loads ? beside_layout<true, true>()

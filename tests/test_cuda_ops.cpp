@@ -156,7 +156,7 @@ TEST_CASE("cuda backend: memory, transfers and dtype conversion", "[gpu]") {
   MODA_REQUIRE_GPU();
   auto gpu = make_backend("cuda", 0);
   // The name ends with the peak memory bandwidth, which picks attention's depth placements:
-  // 3.35 TB/s on the H100 SXM, 4.8 on the H200; Hopper cards lie between 2 and 5.
+  // Hopper cards have 2.04 TB/s (H100 PCIe) to 4.8 (H200), 3.35 on the H100 SXM.
   const std::string name = gpu->name();
   INFO(name);
   const size_t comma = name.rfind(", ");
