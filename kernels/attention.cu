@@ -426,8 +426,17 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // form: Table 6's (64, 1024, 6, 2), S = 47, took 0.78 instead of 0.89 ms, the 700M shape at
 // S = 36 0.84 instead of 0.86; G = 8 was slower. In one pass at head size 128 and G = 2, 8 steps
 // were slower than 4 (96 -> 127 registers): (2, 4096, 16, 8), S = 32, 0.657 -> 0.784 ms.
+//
+// At head size 128 and G = 2 (MoDA-1.5B) the forward issues 2 steps, the first with the pair's head
+// rows, before anything waits on those (with few slots one round trip to memory a pair instead of
+// two): 80 registers and 6 blocks of 4 warps an SM against 96 and 5. fwd ms at (2, 4096, 16, 8,
+// 128) on the H100: S 2 0.434 -> 0.414, S 8 0.488 -> 0.473, S 16 0.577 -> 0.567, S 30 0.742 ->
+// 0.726. The early first step raised the registers of every other instantiation (G = 8 spilled),
+// which were not timed with it, so it is taken only there.
 template <int D, int G>
-constexpr int kDepthForwardUnroll = D == 64 && G <= 3 ? 2 : 4;
+constexpr int kDepthForwardUnroll = (D == 64 && G <= 3) || (D == 128 && G == 2) ? 2 : 4;
+template <int D, int G>
+constexpr bool kDepthForwardEarlyStep = D == 128 && G == 2;
 template <int G>
 constexpr int kDepthBackwardUnroll = G <= 3 ? 4 : (G == 4 ? 2 : 1);
 
@@ -454,6 +463,26 @@ __device__ __forceinline__ float group_sum(float x) {
   return x;
 }
 
+// The lane's pieces of the K and V rows of slots j0 + u kRows + group (u < U), zero past the last
+// slot: one warp step of the streaming kernels.
+template <int U, int kRows>
+__device__ __forceinline__ void load_slot_rows(const Dims& s, int j0, int group, int64_t slot0,
+                                               const bf16* __restrict__ depth_k,
+                                               const bf16* __restrict__ depth_v, uint4 (&k_raw)[U],
+                                               uint4 (&v_raw)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int j = j0 + u * kRows + group;
+    if (j < s.S) {
+      const int64_t at = j * s.slot_stride + slot0;
+      k_raw[u] = *reinterpret_cast<const uint4*>(depth_k + at);
+      v_raw[u] = *reinterpret_cast<const uint4*>(depth_v + at);
+    } else {
+      k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
 // Forward depth part, one pass over the slots with an online softmax that starts from the
 // sequence part's (o_seq, lse): each warp step issues the K and V loads of its rows together, so a
 // unit takes one memory round trip per step instead of one per step of a K pass and again of a V
@@ -476,6 +505,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t slot0 = w * D + piece * 8;
   const int64_t qh0 = row * s.Hq + int64_t{kvh} * G;
   const float to_log2 = s.scale * kLog2e;
+  uint4 k_raw[U], v_raw[U];
+  if constexpr (kDepthForwardEarlyStep<D, G>) {
+    load_slot_rows<U, kRows>(s, 0, group, slot0, depth_k, depth_v, k_raw, v_raw);
+  }
   // Per head, in log2 units: the running maximum m (the sequence part's lse to start with), the
   // sum l of 2^(score - m) with the sequence part's 2^(lse - m), and the lane's piece of the sum
   // of 2^(score - m) v over its rows. Every lane of the warp holds the same m and l.
@@ -490,17 +523,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     l[g] = 1.0f;
   }
   for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
-    uint4 k_raw[U], v_raw[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + u * kRows + group;
-      if (j < s.S) {
-        const int64_t at = j * s.slot_stride + slot0;
-        k_raw[u] = *reinterpret_cast<const uint4*>(depth_k + at);
-        v_raw[u] = *reinterpret_cast<const uint4*>(depth_v + at);
-      } else {
-        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
-      }
+    if (!kDepthForwardEarlyStep<D, G> || j0 > 0) {
+      load_slot_rows<U, kRows>(s, j0, group, slot0, depth_k, depth_v, k_raw, v_raw);
     }
     float sc[G][U];
 #pragma unroll
@@ -661,17 +685,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float dqa[G][8] = {};
   for (int j0 = 0; j0 < s.S; j0 += kRows * U) {
     uint4 k_raw[U], v_raw[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = j0 + u * kRows + group;
-      if (j < s.S) {
-        const int64_t at = j * s.slot_stride + slot0;
-        k_raw[u] = *reinterpret_cast<const uint4*>(depth_k + at);
-        v_raw[u] = *reinterpret_cast<const uint4*>(depth_v + at);
-      } else {
-        k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
-      }
-    }
+    load_slot_rows<U, kRows>(s, j0, group, slot0, depth_k, depth_v, k_raw, v_raw);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = j0 + u * kRows + group;
