@@ -769,7 +769,8 @@ struct PullReaders {
 template <int V, int C, int GT>
 __global__ void __launch_bounds__(kPullThreads)
     depth_slot_backward_kernel(Dims s, bool accumulate, const __grid_constant__ PullReaders readers,
-                               float* __restrict__ d_depth_k, float* __restrict__ d_depth_v) {
+                               float* __restrict__ d_depth_k, float* __restrict__ d_depth_v,
+                               bf16* __restrict__ last_dv, int64_t last_dv_ld) {
   const int G = GT > 0 ? GT : s.G;
   const int lanes = s.d / V;
   const int64_t thread = blockIdx.x * int64_t{kPullThreads} + threadIdx.x;
@@ -843,7 +844,11 @@ __global__ void __launch_bounds__(kPullThreads)
     }
     // Whole 16-byte stores: scalar ones would cost the L2 one partial-sector write per value.
     store_vec<V>(d_depth_k + at, gk[c]);
-    store_vec<V>(d_depth_v + at, gv[c]);
+    if (c == C - 1 && last_dv != nullptr) {
+      store_vec<V>(last_dv + unit / s.Hk * last_dv_ld + unit % s.Hk * s.d + piece * V, gv[c]);
+    } else {
+      store_vec<V>(d_depth_v + at, gv[c]);
+    }
   }
 }
 
@@ -2910,12 +2915,14 @@ void attention_backward(const AttentionShape& shape, const bf16* dout, const bf1
 
 void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                          std::span<const DepthReaderPtrs> readers, float* d_depth_k,
-                         float* d_depth_v, bool accumulate, cudaStream_t stream) {
+                         float* d_depth_v, bool accumulate, cudaStream_t stream, bf16* last_dv,
+                         int64_t last_dv_ld) {
   check_shape(shape);
   const Dims s = dims_of(shape);
   const int64_t units = int64_t{s.B} * s.T * s.Hk;
   if (units == 0 || count == 0) return;
   bool vec = s.d % 8 == 0 && s.slot_stride % 8 == 0 && aligned16(d_depth_k) && aligned16(d_depth_v);
+  if (last_dv != nullptr) vec = vec && aligned16(last_dv) && last_dv_ld % 8 == 0;
   for (const DepthReaderPtrs& r : readers) {
     vec = vec && aligned16(r.q) && aligned16(r.dout) && aligned16(r.probs) && aligned16(r.dscores);
   }
@@ -2940,13 +2947,16 @@ void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t cou
         ++table.count;
       }
       const bool add = accumulate || next > static_cast<size_t>(table.count);
+      // The last slot's value gradient is final only in the launch of its last readers.
+      const bool final_dv = slot + slots == first + count && next == readers.size();
       const auto launch = [&](auto v, auto c, auto g) {
         auto kernel =
             depth_slot_backward_kernel<decltype(v)::value, decltype(c)::value, decltype(g)::value>;
         const int64_t threads = units * (s.d / decltype(v)::value);
         const int64_t out = (slot - first) * s.slot_stride;
         kernel<<<static_cast<unsigned>(ceil_div(threads, kPullThreads)), kPullThreads, 0, stream>>>(
-            s, add, table, d_depth_k + out, d_depth_v + out);
+            s, add, table, d_depth_k + out, d_depth_v + out, final_dv ? last_dv : nullptr,
+            last_dv_ld);
       };
       const auto with_slots = [&](auto v, auto g) {
         switch (slots) {

@@ -422,7 +422,7 @@ class CudaBackend final : public Backend {
     expect(k_weight, DType::bf16, op, "k_weight", kw);
     expect(k_rstd, DType::f32, op, "k_rstd", l.rows);
     expect(dk, DType::f32, op, "dk", l.rows * kw);
-    expect(dv, DType::f32, op, "dv", l.rows * kw);
+    if (!dv.empty()) expect(dv, DType::f32, op, "dv", l.rows * kw);
     expect(dk_weight, DType::f32, op, "dk_weight", kw);
     if (qw > 0) {
       expect(q_weight, DType::bf16, op, "q_weight", qw);
@@ -531,7 +531,8 @@ class CudaBackend final : public Backend {
 
   void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
                            std::span<const DepthReader> readers, const Tensor& d_depth_k,
-                           const Tensor& d_depth_v, bool accumulate) override {
+                           const Tensor& d_depth_v, bool accumulate,
+                           const SlotValueGradient& last_dv) override {
     const char* op = "depth_slot_backward";
     const int64_t rows = s.batch * s.seq_len;
     const int64_t qn = rows * s.q_heads * s.head_dim, kn = rows * s.kv_heads * s.head_dim;
@@ -553,8 +554,16 @@ class CudaBackend final : public Backend {
       ptrs.push_back(
           {r.q.as<bf16>(), r.dout.as<bf16>(), r.probs.as<float>(), r.dscores.as<float>(), r.slots});
     }
+    const int64_t width = s.kv_heads * s.head_dim;
+    if (!last_dv.rows.empty()) {
+      if (last_dv.ld < width) {
+        throw std::logic_error(cuda::concat("cuda backend: ", op, ": last_dv.ld ", last_dv.ld,
+                                            " is below a row's ", width, " values"));
+      }
+      expect(last_dv.rows, DType::bf16, op, "last_dv", (rows - 1) * last_dv.ld + width);
+    }
     cuda::depth_slot_backward(s, first, count, ptrs, d_depth_k.as<float>(), d_depth_v.as<float>(),
-                              accumulate, stream_);
+                              accumulate, stream_, last_dv.rows.as<bf16>(), last_dv.ld);
   }
 
   void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,

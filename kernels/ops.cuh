@@ -97,9 +97,12 @@ struct DepthReaderPtrs {
   const float* dscores;
   int64_t slots;
 };
+// With last_dv, the last slot's value gradient goes there as bf16 rows of Hk d at last_dv_ld
+// (Backend::SlotValueGradient) instead of to d_depth_v.
 void depth_slot_backward(const AttentionShape& s, int64_t first, int64_t count,
                          std::span<const DepthReaderPtrs> readers, float* d_depth_k,
-                         float* d_depth_v, bool accumulate, cudaStream_t stream);
+                         float* d_depth_v, bool accumulate, cudaStream_t stream,
+                         bf16* last_dv = nullptr, int64_t last_dv_ld = 0);
 
 // cross_entropy.cu. `workspace` holds lm_head_workspace_bytes(chunk_rows, vocab) bytes
 // (moda/cuda_backend.hpp).

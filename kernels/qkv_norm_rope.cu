@@ -203,11 +203,13 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
     }
     norm_rope_part_backward<V, L>(src + q_width, kw, k_rstd[row], dk + row * kv_width,
                                   dst + q_width, mine + q_width, kv_width, d, cs, sn);
-    const float* dvr = dv + row * kv_width;
-    for (int c = lane * V; c < kv_width; c += L * V) {
-      float v[V];
-      load_vec<V>(dvr + c, v);
-      store_vec<V>(dst + width + c, v);
+    if (dv != nullptr) {
+      const float* dvr = dv + row * kv_width;
+      for (int c = lane * V; c < kv_width; c += L * V) {
+        float v[V];
+        load_vec<V>(dvr + c, v);
+        store_vec<V>(dst + width + c, v);
+      }
     }
   }
   __syncthreads();

@@ -413,6 +413,24 @@ TEST_CASE("cuda backend: QK-norm + RoPE", "[gpu]") {
     h.check(draw, kBf16Tol, "qkv backward draw " + tag);
     if (c.nq > 0) h.check(dqw, 1e-4, "qkv backward dq_weight " + tag, dqw_base);
     h.check(dkw, 1e-4, "qkv backward dk_weight " + tag, dkw_base);
+    // Without dv the v columns keep what they hold (written there by depth_slot_backward).
+    Twin draw_kept = h.random(Role::activation, rows * ld, 15);
+    const std::vector<double> kept_before = h.cpu_values(draw_kept);
+    for (bool g : {true, false}) {
+      Backend& be = g ? h.gpu() : h.cpu();
+      be.qkv_norm_rope_backward(l, T_(raw, g), Q(qwt, g), T_(kwt, g), Q(qr, g), T_(kr, g), Q(dq, g),
+                                T_(dk, g), Tensor{}, T_(draw_kept, g), Q(dqw, g), T_(dkw, g));
+    }
+    h.check(draw_kept, kBf16Tol, "qkv backward draw without dv " + tag, kept_before);
+    const std::vector<double> kept = h.gpu_values(draw_kept);
+    int64_t v_changed = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = c.col0 + qw + kw; i < c.col0 + qw + 2 * kw; ++i) {
+        const auto at = static_cast<size_t>(r * ld + i);
+        v_changed += kept[at] != kept_before[at];
+      }
+    }
+    CHECK(v_changed == 0);
   }
 }
 
@@ -520,7 +538,7 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
             {P(q), P(dout), P(probs), P(dscores), slots},
             {P(q2), P(dout2), P(probs2), P(dscores2), slots}};
         (g ? h.gpu() : h.cpu())
-            .depth_slot_backward(shape, 0, slots, readers, P(ddk), P(ddv), false);
+            .depth_slot_backward(shape, 0, slots, readers, P(ddk), P(ddv), false, {});
       }
       h.check(ddk, kAttnTol, "depth slot gradients d_depth_k " + tag);
       h.check(ddv, kAttnTol, "depth slot gradients d_depth_v " + tag);
@@ -810,58 +828,95 @@ TEST_CASE("cuda backend: depth slot gradients over many readers", "[gpu]") {
   // 40 readers take two launches of the reader table (32 each), the second adding to the first;
   // slots 1..5 of 7 are one launch of four slots and one of a single slot. d = 8 takes the scalar
   // path. With accumulate the gradients are added to the slots' values (the model's second
-  // producing layer of a pair adds its one remaining reader so).
+  // producing layer of a pair adds its one remaining reader so). With rows, the last slot's value
+  // gradient goes to bf16 rows of a wider matrix (the model's FFN KV slot into the MLP
+  // projection's output gradient), from the last launch only.
   for (int64_t d : {64, 8}) {
     for (int64_t readers_n : {0, 1, 40}) {
       for (bool accumulate : {false, true}) {
-        Harness h;
-        const int64_t B = 2, T = 19, Hk = 2, Hq = 6, S = 7, first = 1, count = 5, R = B * T;
-        const int64_t qn = R * Hq * d, kn = R * Hk * d, stride = kn + 64;
-        const AttentionShape shape{B, T, Hq, Hk, d, S, stride};
-        const std::string tag =
-            fmt::format("d={} readers={} accumulate={}", d, readers_n, accumulate);
-        std::vector<std::array<Twin, 4>> twins;
-        for (int64_t i = 0; i < readers_n; ++i) {
-          const auto seed = static_cast<uint64_t>(4 * i);
-          twins.push_back({h.random(Role::activation, qn, seed),
-                           h.random(Role::activation, qn, seed + 1),
-                           h.random(Role::accum, S * R * Hq, seed + 2),
-                           h.random(Role::accum, S * R * Hq, seed + 3)});
-        }
-        Twin ddk = h.random(Role::accum, S * stride, 1000),
-             ddv = h.random(Role::accum, S * stride, 1001);
-        const std::vector<double> before = h.cpu_values(ddk);
-        for (bool g : {true, false}) {
-          const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
-          std::vector<Backend::DepthReader> readers;
-          for (const auto& t : twins) readers.push_back({P(t[0]), P(t[1]), P(t[2]), P(t[3]), S});
-          (g ? h.gpu() : h.cpu())
-              .depth_slot_backward(shape, first, count, readers, P(ddk), P(ddv), accumulate);
-        }
-        h.check(ddk, kF32Tol, "depth slot gradients d_depth_k " + tag);
-        h.check(ddv, kF32Tol, "depth slot gradients d_depth_v " + tag);
-        // Slots first .. first + count - 1 land at 0 .. count - 1. Without readers they are zero,
-        // or keep their values when added to; the other slots and the gaps keep theirs.
-        const std::vector<double> got = h.gpu_values(ddk);
-        int64_t wrong = 0;
-        for (int64_t j = 0; j < S; ++j) {
-          for (int64_t i = 0; i < stride; ++i) {
-            const auto at = static_cast<size_t>(j * stride + i);
-            if (j < count && i < kn) {
-              if (readers_n == 0) wrong += got[at] != (accumulate ? before[at] : 0.0);
-            } else {
-              wrong += got[at] != before[at];
+        for (bool rows : {false, true}) {
+          Harness h;
+          const int64_t B = 2, T = 19, Hk = 2, Hq = 6, S = 7, first = 1, count = 5, R = B * T;
+          const int64_t qn = R * Hq * d, kn = R * Hk * d, stride = kn + 64;
+          // The rows: Hk d values at column 16 of rows of ld.
+          const int64_t width = Hk * d, col0 = 16, ld = width + 24;
+          const AttentionShape shape{B, T, Hq, Hk, d, S, stride};
+          const std::string tag =
+              fmt::format("d={} readers={} accumulate={} rows={}", d, readers_n, accumulate, rows);
+          std::vector<std::array<Twin, 4>> twins;
+          for (int64_t i = 0; i < readers_n; ++i) {
+            const auto seed = static_cast<uint64_t>(4 * i);
+            twins.push_back({h.random(Role::activation, qn, seed),
+                             h.random(Role::activation, qn, seed + 1),
+                             h.random(Role::accum, S * R * Hq, seed + 2),
+                             h.random(Role::accum, S * R * Hq, seed + 3)});
+          }
+          Twin ddk = h.random(Role::accum, S * stride, 1000),
+               ddv = h.random(Role::accum, S * stride, 1001),
+               dv_rows = h.random(Role::activation, R * ld, 1002);
+          const std::vector<double> before = h.cpu_values(ddk), rows_before = h.cpu_values(dv_rows);
+          for (bool g : {true, false}) {
+            const auto P = [g](const Twin& t) { return g ? t.gpu : t.cpu; };
+            std::vector<Backend::DepthReader> readers;
+            for (const auto& t : twins) readers.push_back({P(t[0]), P(t[1]), P(t[2]), P(t[3]), S});
+            Backend::SlotValueGradient last_dv;
+            if (rows) last_dv = {P(dv_rows).slice(col0, (R - 1) * ld + width), ld};
+            (g ? h.gpu() : h.cpu())
+                .depth_slot_backward(shape, first, count, readers, P(ddk), P(ddv), accumulate,
+                                     last_dv);
+          }
+          h.check(ddk, kF32Tol, "depth slot gradients d_depth_k " + tag);
+          if (rows) {
+            // The last slot of d_depth_v is scratch; the rows hold its gradient in bf16.
+            const int64_t kept = (count - 1) * stride;
+            h.check({ddv.gpu.slice(0, kept), ddv.cpu.slice(0, kept)}, kF32Tol,
+                    "depth slot gradients d_depth_v " + tag);
+            h.check(dv_rows, kBf16Tol, "depth slot gradients, last slot's d_depth_v " + tag);
+            const std::vector<double> got = h.gpu_values(dv_rows);
+            int64_t outside = 0;
+            for (int64_t r = 0; r < R; ++r) {
+              for (int64_t c = 0; c < ld; ++c) {
+                const auto at = static_cast<size_t>(r * ld + c);
+                if (c < col0 || c >= col0 + width) outside += got[at] != rows_before[at];
+              }
+            }
+            CHECK(outside == 0);
+          } else {
+            h.check(ddv, kF32Tol, "depth slot gradients d_depth_v " + tag);
+          }
+          // Slots first .. first + count - 1 land at 0 .. count - 1. Without readers they are
+          // zero, or keep their values when added to; the other slots and the gaps keep theirs.
+          const std::vector<double> got = h.gpu_values(ddk);
+          int64_t wrong = 0;
+          for (int64_t j = 0; j < S; ++j) {
+            for (int64_t i = 0; i < stride; ++i) {
+              const auto at = static_cast<size_t>(j * stride + i);
+              if (j < count && i < kn) {
+                if (readers_n == 0) wrong += got[at] != (accumulate ? before[at] : 0.0);
+              } else {
+                wrong += got[at] != before[at];
+              }
             }
           }
-        }
-        CHECK(wrong == 0);
-        // A reader that reads fewer slots than asked for is refused.
-        if (readers_n > 0) {
-          std::vector<Backend::DepthReader> short_reader{
-              {twins[0][0].gpu, twins[0][1].gpu, twins[0][2].gpu, twins[0][3].gpu, 5}};
-          CHECK_THROWS_WITH(h.gpu().depth_slot_backward(shape, first, count, short_reader, ddk.gpu,
-                                                        ddv.gpu, accumulate),
-                            Catch::Contains("reads fewer slots"));
+          CHECK(wrong == 0);
+          // A reader that reads fewer slots than asked for is refused, and rows too narrow.
+          if (readers_n > 0) {
+            std::vector<Backend::DepthReader> short_reader{
+                {twins[0][0].gpu, twins[0][1].gpu, twins[0][2].gpu, twins[0][3].gpu, 5}};
+            CHECK_THROWS_WITH(h.gpu().depth_slot_backward(shape, first, count, short_reader,
+                                                          ddk.gpu, ddv.gpu, accumulate, {}),
+                              Catch::Contains("reads fewer slots"));
+          }
+          if (rows) {
+            for (bool g : {true, false}) {
+              Backend& be = g ? h.gpu() : h.cpu();
+              const Tensor& t = g ? dv_rows.gpu : dv_rows.cpu;
+              CHECK_THROWS_WITH(
+                  be.depth_slot_backward(shape, first, count, {}, g ? ddk.gpu : ddk.cpu,
+                                         g ? ddv.gpu : ddv.cpu, accumulate, {t, width - 1}),
+                  Catch::Contains("last_dv"));
+            }
+          }
         }
       }
     }
@@ -922,7 +977,7 @@ TEST_CASE("cuda backend: MoDA attention repeats bit for bit", "[gpu]") {
       g.attention_backward(shape, dout.gpu, q.gpu, k.gpu, v.gpu, sk.gpu, sv.gpu, out.gpu, lse.gpu,
                            dq.gpu, dk.gpu, dv.gpu, probs.gpu, dscores.gpu);
       const Backend::DepthReader reader{q.gpu, dout.gpu, probs.gpu, dscores.gpu, S};
-      g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk.gpu, dsv.gpu, false);
+      g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk.gpu, dsv.gpu, false, {});
       std::vector<std::vector<double>> now;
       for (Twin* t : {&out, &lse, &dk, &dv, &probs, &dscores, &dsk, &dsv, &dq}) {
         now.push_back(h.gpu_values(*t));
@@ -1363,7 +1418,7 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
         g,
         [&] {
           g.attention_backward(shape, dout, q, k, v, sk, sv, out, lse, dq, dk, dv, probs, dscores);
-          g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk, dsv, false);
+          g.depth_slot_backward(shape, 0, S, {&reader, 1}, dsk, dsv, false, {});
         },
         5);
     fmt::print(
@@ -1390,13 +1445,14 @@ TEST_CASE("cuda backend: timings at the 700M shape", "[.][gpu_bench]") {
     const AttentionShape shape{B, T, Hq, Hk, d, S, kn};
     report_bandwidth(
         "depth slot gradients, 2 slots from 18 readers",
-        time_ms(g, [&] { g.depth_slot_backward(shape, 0, 2, readers, dsk, dsv, false); }),
+        time_ms(g, [&] { g.depth_slot_backward(shape, 0, 2, readers, dsk, dsv, false, {}); }),
         readers_n * (2 * qn * bf + 2 * 2 * R * Hq * f32) + 2 * 2 * kn * f32);
     bench.release();
   }
 }
 
-TEST_CASE("cuda backend: row kernel timings at the 700M and Table 6 shapes", "[.][gpu_bench]") {
+TEST_CASE("cuda backend: row kernel timings at the 700M, 1.5B and Table 6 shapes",
+          "[.][gpu_bench]") {
   MODA_REQUIRE_GPU();
   const int64_t R = 4 * 4096, T = 4096, Hq = 16, Hk = 8, d = 64;
   const double bf = 2, f32 = 4;
@@ -1425,18 +1481,23 @@ TEST_CASE("cuda backend: row kernel timings at the 700M and Table 6 shapes", "[.
         4 * rows * cols * bf);
     bench.release();
   }
-  // QK-norm + RoPE at the 700M and Table 6 shapes: attention rows [q | k | v] and the FFN KV
-  // slots' rows [k | v] (no q), each row read whole from a projection of its own width.
+  // QK-norm + RoPE at the 700M, 1.5B and Table 6 shapes: attention rows [q | k | v] and the FFN
+  // KV slots' rows [k | v] (no q), each row read whole from a projection of its own width. The
+  // FFN KV rows' backward also without dv, as the model runs it (depth_slot_backward writes the
+  // v columns).
   struct QkvShape {
     const char* name;
-    int64_t rows, seq, q_heads, kv_heads;
+    int64_t rows, seq, q_heads, kv_heads, head_dim;
   };
   for (const QkvShape& s :
-       {QkvShape{"700M attention", R, T, Hq, Hk}, QkvShape{"700M FFN KV", R, T, 0, Hk},
-        QkvShape{"Table 6 attention", 64 * 1024, 1024, 6, 2},
-        QkvShape{"Table 6 FFN KV", 64 * 1024, 1024, 0, 2}}) {
-    const int64_t qw = s.q_heads * d, kw = s.kv_heads * d, qkv = qw + 2 * kw, rows = s.rows;
-    g.init_rope(s.seq, d, 500000.0);
+       {QkvShape{"700M attention", R, T, Hq, Hk, d}, QkvShape{"700M FFN KV", R, T, 0, Hk, d},
+        QkvShape{"1.5B attention", 2 * T, T, 16, 8, 128},
+        QkvShape{"1.5B FFN KV", 2 * T, T, 0, 8, 128},
+        QkvShape{"Table 6 attention", 64 * 1024, 1024, 6, 2, d},
+        QkvShape{"Table 6 FFN KV", 64 * 1024, 1024, 0, 2, d}}) {
+    const int64_t hd = s.head_dim, qw = s.q_heads * hd, kw = s.kv_heads * hd;
+    const int64_t qkv = qw + 2 * kw, rows = s.rows;
+    g.init_rope(s.seq, hd, 500000.0);
     const auto maybe = [&](Role role, int64_t n) { return n > 0 ? alloc(role, n) : Tensor{}; };
     Tensor raw = alloc(Role::activation, rows * qkv), draw = alloc(Role::activation, rows * qkv);
     Tensor qn = maybe(Role::weight, qw), kn = alloc(Role::weight, kw);
@@ -1446,7 +1507,7 @@ TEST_CASE("cuda backend: row kernel timings at the 700M and Table 6 shapes", "[.
     Tensor dq = maybe(Role::accum, rows * qw), dk = alloc(Role::accum, rows * kw);
     Tensor dv = alloc(Role::accum, rows * kw);
     Tensor dqn = maybe(Role::master, qw), dkn = alloc(Role::master, kw);
-    const Backend::QkvLayout l{rows, s.seq, qkv, 0, s.q_heads, s.kv_heads, d, 1e-6};
+    const Backend::QkvLayout l{rows, s.seq, qkv, 0, s.q_heads, s.kv_heads, hd, 1e-6};
     report_bandwidth(fmt::format("qkv norm + rope forward, {}", s.name),
                      time_ms(g, [&] { g.qkv_norm_rope_forward(l, raw, qn, kn, q, k, v, qr, kr); }),
                      2 * rows * qkv * bf);
@@ -1456,6 +1517,15 @@ TEST_CASE("cuda backend: row kernel timings at the 700M and Table 6 shapes", "[.
             g,
             [&] { g.qkv_norm_rope_backward(l, raw, qn, kn, qr, kr, dq, dk, dv, draw, dqn, dkn); }),
         rows * qkv * (2 * bf + f32));
+    if (s.q_heads == 0) {
+      report_bandwidth(fmt::format("qkv norm + rope backward without dv, {}", s.name),
+                       time_ms(g,
+                               [&] {
+                                 g.qkv_norm_rope_backward(l, raw, qn, kn, qr, kr, dq, dk, Tensor{},
+                                                          draw, dqn, dkn);
+                               }),
+                       rows * kw * (2 * bf + f32));
+    }
     bench.release();
   }
 }

@@ -252,11 +252,12 @@ TEST_CASE("MoDA attention gradients (sequence + depth, GQA)", "[grad][ops][atten
           // The shared slots as the model forms them for a pair of producing layers: the later
           // reader first, then the earlier one added.
           hs.be->depth_slot_backward(first, 0, slots, std::span(readers).subspan(1), dsk, dsv,
-                                     false);
-          hs.be->depth_slot_backward(first, 0, slots, std::span(readers).first(1), dsk, dsv, true);
+                                     false, {});
+          hs.be->depth_slot_backward(first, 0, slots, std::span(readers).first(1), dsk, dsv, true,
+                                     {});
           hs.be->depth_slot_backward(first, slots, 1, std::span(readers).subspan(1),
                                      dsk.slice(slots * first.slot_stride, kn),
-                                     dsv.slice(slots * first.slot_stride, kn), false);
+                                     dsv.slice(slots * first.slot_stride, kn), false, {});
           return Inputs{hs.get(dq[0]), hs.get(dq[1]), hs.get(dk),
                         hs.get(dv),    hs.get(dsk),   hs.get(dsv)};
         };

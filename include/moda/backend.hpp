@@ -179,6 +179,8 @@ class Backend {
                                      const Tensor& q_out, const Tensor& k_out, const Tensor& v_out,
                                      const Tensor& q_rstd, const Tensor& k_rstd) = 0;
   // dq, dk, dv (accum dtype) -> draw[r, col0 : ...] (overwritten), dq_weight, dk_weight (+=).
+  // dv may be empty: the v columns of draw then hold their gradient already and are left as they
+  // are (depth_slot_backward's last_dv).
   virtual void qkv_norm_rope_backward(const QkvLayout& layout, const Tensor& raw,
                                       const Tensor& q_weight, const Tensor& k_weight,
                                       const Tensor& q_rstd, const Tensor& k_rstd, const Tensor& dq,
@@ -230,9 +232,20 @@ class Backend {
   //   d_depth_v[j - first, r, h] = the same with probs and dout.
   // Every reader must read these slots (slots >= first + count); with no readers they are zero.
   // shape.slots is not used.
+  // With last_dv.rows, the value gradient of the last slot (first + count - 1), formed as above,
+  // goes instead to last_dv (activation dtype; row r's Hk d values at r last_dv.ld), and that
+  // slot of d_depth_v is scratch: partial sums or its old values. This is for a slot whose
+  // gradient is final after this op and is next read as activation-dtype columns of a
+  // projection's output gradient (the model's FFN KV slot): written there directly, it skips an
+  // fp32 write and read of the slot (qkv_norm_rope_backward then takes no dv).
+  struct SlotValueGradient {
+    Tensor rows;
+    int64_t ld = 0;
+  };
   virtual void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                                    std::span<const DepthReader> readers, const Tensor& d_depth_k,
-                                   const Tensor& d_depth_v, bool accumulate) = 0;
+                                   const Tensor& d_depth_v, bool accumulate,
+                                   const SlotValueGradient& last_dv) = 0;
 
   // out[r, :] = silu(in[r, 0:F]) * in[r, F:2F], row stride ld of `in`.
   virtual void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,

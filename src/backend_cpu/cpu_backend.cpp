@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -327,7 +328,7 @@ void CpuBackend<T>::qkv_norm_rope_backward(const QkvLayout& l, const Tensor& raw
     const T* row = in + r * l.ld + l.col0;
     if (qw > 0) norm_row_backward(dn, row, ptr(q_weight), ptr(q_rstd)[r], drow, qw, false);
     norm_row_backward(dn + qw, row + qw, ptr(k_weight), ptr(k_rstd)[r], drow + qw, kw, false);
-    std::memcpy(drow + qw + kw, ptr(dv) + r * kw, sizeof(T) * kw);
+    if (!dv.empty()) std::memcpy(drow + qw + kw, ptr(dv) + r * kw, sizeof(T) * kw);
   }
   // Weight gradients: dw[c] += sum_r dnormed[r, c] * raw[r, c] * rstd[r].
   auto weight_grad = [&](int64_t col, int64_t width, const T* rstd, T* dw) {
@@ -457,7 +458,7 @@ template <class T>
 void CpuBackend<T>::depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                                         std::span<const DepthReader> readers,
                                         const Tensor& d_depth_k, const Tensor& d_depth_v,
-                                        bool accumulate) {
+                                        bool accumulate, const SlotValueGradient& last_dv) {
   std::vector<DepthReaderView<T>> views;
   for (const DepthReader& r : readers) {
     if (r.slots < first + count) {
@@ -465,8 +466,19 @@ void CpuBackend<T>::depth_slot_backward(const AttentionShape& shape, int64_t fir
     }
     views.push_back({ptr(r.q), ptr(r.dout), ptr(r.probs), ptr(r.dscores), r.slots});
   }
+  const int64_t rows = shape.batch * shape.seq_len, width = shape.kv_heads * shape.head_dim;
+  if (!last_dv.rows.empty() &&
+      (last_dv.ld < width || last_dv.rows.numel < (rows - 1) * last_dv.ld + width)) {
+    throw std::invalid_argument("depth_slot_backward: last_dv too small for its rows");
+  }
   depth_slot_backward_cpu<T>(shape, first, count, views, ptr(d_depth_k), ptr(d_depth_v),
                              accumulate);
+  if (last_dv.rows.empty() || count == 0) return;
+  const T* from = ptr(d_depth_v) + (count - 1) * shape.slot_stride;
+  T* to = ptr(last_dv.rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(from + r * width, width, to + r * last_dv.ld);
+  }
 }
 
 template <class T>

@@ -79,7 +79,8 @@ class CpuBackend final : public Backend {
                                       const Tensor& d_depth_v) override;
   void depth_slot_backward(const AttentionShape& shape, int64_t first, int64_t count,
                            std::span<const DepthReader> readers, const Tensor& d_depth_k,
-                           const Tensor& d_depth_v, bool accumulate) override;
+                           const Tensor& d_depth_v, bool accumulate,
+                           const SlotValueGradient& last_dv) override;
   void swiglu_forward(const Tensor& in, const Tensor& out, int64_t rows, int64_t hidden,
                       int64_t ld) override;
   void swiglu_backward(const Tensor& dout, const Tensor& in, const Tensor& din, int64_t rows,

@@ -223,24 +223,43 @@ Model::~Model() {
 }
 
 void Model::init_parameters(uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  std::vector<double> values(static_cast<size_t>(layout_.total()));
+  // Blocks of kInitBlock values of the flat parameter vector, each from its own generator seeded
+  // with (seed, block): the same values for any thread count, drawn in parallel and uploaded a
+  // span at a time. One generator over all of them took about a minute at 1.5B parameters and
+  // held them all in host memory as doubles (12 GB).
+  constexpr int64_t kInitBlock = int64_t{1} << 20;
+  constexpr int64_t kInitSpan = 64 * kInitBlock;
+  const int64_t total = layout_.total();
   const double std_dev = config_.model.init_std;
-  for (const ParamInfo& p : layout_.params()) {
-    const bool is_norm = p.shape.size() == 1;
-    for (int64_t i = 0; i < p.numel; ++i) {
-      double x = 1.0;
-      if (!is_norm) {
+  std::vector<double> values;
+  for (int64_t start = 0; start < total; start += kInitSpan) {
+    const int64_t n = std::min(kInitSpan, total - start);
+    values.resize(static_cast<size_t>(n));
+    const int64_t blocks = (n + kInitBlock - 1) / kInitBlock;
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const auto block = static_cast<uint64_t>(start / kInitBlock + b);
+      std::seed_seq seeds{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
+                          static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32)};
+      std::mt19937_64 rng(seeds);
+      std::normal_distribution<double> normal(0.0, 1.0);
+      const int64_t hi = std::min(n, (b + 1) * kInitBlock);
+      for (int64_t i = b * kInitBlock; i < hi; ++i) {
+        double x = 0;
         do {
           x = normal(rng);
         } while (std::abs(x) > 3.0);
-        x *= std_dev;
+        values[static_cast<size_t>(i)] = x * std_dev;
       }
-      values[static_cast<size_t>(p.offset + i)] = x;
     }
+    // Norm weights (the one-dimensional parameters) start at 1.
+    for (const ParamInfo& p : layout_.params()) {
+      if (p.shape.size() != 1) continue;
+      const int64_t lo = std::max(p.offset, start), hi = std::min(p.offset + p.numel, start + n);
+      for (int64_t i = lo; i < hi; ++i) values[static_cast<size_t>(i - start)] = 1.0;
+    }
+    set_parameters(values, start);
   }
-  set_parameters(values);
 }
 
 std::vector<double> Model::parameters() {
@@ -446,6 +465,9 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
     const Tensor d_layer_slot_k = layer_part(b.d_pair_slot_k);
     const Tensor d_layer_slot_v = layer_part(b.d_pair_slot_v);
     // ---- the gradients of this layer's depth slots ----
+    // Whether the op below wrote the FFN KV slot's value gradient into the v columns of
+    // d_mlp_raw, where the slot projection's backward would otherwise copy it from fp32.
+    bool ffn_dv_in_place = false;
     // Layers l+1.. read this layer's slots [attn_slot(l), slots_read(l+1)); the op's first slot's
     // gradient lands in d_pair_slot_* at that slot's layer's half. The upper layer of a pair
     // forms the slots of both layers from the readers above it, reading each reader's q and dout
@@ -461,9 +483,16 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
       }
       const int64_t count = s.slots_read(l + 1) - first;
       const int64_t at = ModelBuffers::layer_slot_offset(s, lowest, slot_elems);
+      // This layer's FFN KV slot is the op's last, and its gradient final after it.
+      Backend::SlotValueGradient ffn_dv;
+      if (s.has_ffn_slot(l) && s.ffn_slot(l) == first + count - 1) {
+        const int64_t kvw = s.kv_width();
+        ffn_dv = {b.d_mlp_raw.slice(2 * F + kvw, (R - 1) * mlp_rows + kvw), mlp_rows};
+        ffn_dv_in_place = true;
+      }
       backend_.depth_slot_backward(shape, first, count, readers,
                                    b.d_pair_slot_k.slice(at, count * slot_elems),
-                                   b.d_pair_slot_v.slice(at, count * slot_elems), !upper);
+                                   b.d_pair_slot_v.slice(at, count * slot_elems), !upper, ffn_dv);
     } else if (s.kv_in_slot()) {
       // The last layer's slot holds only its sequence K, V, whose gradients are added below.
       backend_.zero(b.slot(d_layer_slot_k, 0, slot_elems));
@@ -491,8 +520,9 @@ void Model::backward_pass(double loss_scale, const GradientsReady& ready) {
                                     0, s.kv_heads, s.head_dim, config_.model.norm_eps};
       backend_.qkv_norm_rope_backward(
           slot, a.mlp_raw, Tensor{}, w(p.ffn_slot_k_norm, s.kv_width()), Tensor{}, a.ffn_slot_rstd,
-          Tensor{}, b.slot(d_layer_slot_k, 1, slot_elems), b.slot(d_layer_slot_v, 1, slot_elems),
-          b.d_mlp_raw, Tensor{}, g(p.ffn_slot_k_norm, s.kv_width()));
+          Tensor{}, b.slot(d_layer_slot_k, 1, slot_elems),
+          ffn_dv_in_place ? Tensor{} : b.slot(d_layer_slot_v, 1, slot_elems), b.d_mlp_raw, Tensor{},
+          g(p.ffn_slot_k_norm, s.kv_width()));
     }
     if (pre) {
       backend_.matmul_backward(b.d_mlp_raw, a.mlp_in_norm, w(p.mlp_in, mlp_rows * D), b.d_normed,

@@ -215,9 +215,10 @@ void ProfilingBackend::attention_backward_sole_reader(
 void ProfilingBackend::depth_slot_backward(const AttentionShape& shape, int64_t first,
                                            int64_t count, std::span<const DepthReader> readers,
                                            const Tensor& d_depth_k, const Tensor& d_depth_v,
-                                           bool accumulate) {
+                                           bool accumulate, const SlotValueGradient& last_dv) {
   timed("depth_slot_backward", 0, 0, [&] {
-    inner_.depth_slot_backward(shape, first, count, readers, d_depth_k, d_depth_v, accumulate);
+    inner_.depth_slot_backward(shape, first, count, readers, d_depth_k, d_depth_v, accumulate,
+                               last_dv);
   });
 }
 
