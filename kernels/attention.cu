@@ -2513,20 +2513,6 @@ unsigned warp_blocks(int64_t warps) {
 
 }  // namespace
 
-// compute() on the current device the first time it is asked there, its result kept for the
-// process: launch attributes and layouts that depend only on the device. One cache per call site
-// (each lambda its own instantiation).
-template <class F>
-std::invoke_result_t<F> once_per_device(F&& compute) {
-  static std::mutex mutex;
-  static std::map<int, std::invoke_result_t<F>> by_device;
-  int device = 0;
-  MODA_CUDA_CHECK(cudaGetDevice(&device));
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = by_device.find(device); it != by_device.end()) return it->second;
-  return by_device.emplace(device, compute()).first->second;
-}
-
 // Blocks of depth_forward_tail<D> per SM of the current device; the first call there also gives
 // the kernel the SM's largest shared-memory configuration, which bounds its blocks.
 template <int D>

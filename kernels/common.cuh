@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -114,40 +116,49 @@ inline int elementwise_grid(int64_t work, int threads) {
       std::min<int64_t>(std::max<int64_t>(ceil_div(work, threads), 1), int64_t{1} << 16));
 }
 
-// Multiprocessors of the current device (one device per process).
+// compute() on the current device the first time it is asked there, its result kept for the
+// process: device attributes, and launch attributes and layouts that depend only on the device. A
+// process may drive cards of different kinds (a backend each), so the cache is per device. One
+// cache per call site (each lambda its own instantiation).
+template <class F>
+std::invoke_result_t<F> once_per_device(F&& compute) {
+  static std::mutex mutex;
+  static std::map<int, std::invoke_result_t<F>> by_device;
+  int device = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = by_device.find(device); it != by_device.end()) return it->second;
+  return by_device.emplace(device, compute()).first->second;
+}
+
+// An attribute of the current device.
+inline int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  MODA_CUDA_CHECK(cudaGetDevice(&device));
+  MODA_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+// Multiprocessors of the current device.
 inline int sm_count() {
-  static const int count = [] {
-    int device = 0, n = 0;
-    MODA_CUDA_CHECK(cudaGetDevice(&device));
-    MODA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    return n;
-  }();
-  return count;
+  return once_per_device([] { return device_attribute(cudaDevAttrMultiProcessorCount); });
 }
 
 // Peak memory bandwidth of the current device in TB/s, from its memory clock and bus width (two
 // transfers a clock): 3.35 on the H100 SXM, 4.8 on the H200.
 inline double peak_memory_tb_per_s() {
-  static const double tb_per_s = [] {
-    int device = 0, clock_khz = 0, bus_bits = 0;
-    MODA_CUDA_CHECK(cudaGetDevice(&device));
-    MODA_CUDA_CHECK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device));
-    MODA_CUDA_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device));
+  return once_per_device([] {
+    const double clock_khz = device_attribute(cudaDevAttrMemoryClockRate);
+    const double bus_bits = device_attribute(cudaDevAttrGlobalMemoryBusWidth);
     return 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e12;
-  }();
-  return tb_per_s;
+  });
 }
 
 // The most dynamic shared memory one block may opt into on the current device, in bytes.
 inline size_t smem_per_block_limit() {
-  static const size_t limit = [] {
-    int device = 0, bytes = 0;
-    MODA_CUDA_CHECK(cudaGetDevice(&device));
-    MODA_CUDA_CHECK(
-        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return static_cast<size_t>(bytes);
-  }();
-  return limit;
+  return once_per_device([] {
+    return static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  });
 }
 
 // Calls f(std::integral_constant<int, L>{}) with L = lanes, one of 8, 16 and 32: the row kernels'
