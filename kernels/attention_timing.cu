@@ -91,9 +91,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
   MODA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   // As the backend runs attention.
   const cuda::SideStream streaming, priority(true);
-  int device = 0, sm_count = 0;
-  MODA_CUDA_CHECK(cudaGetDevice(&device));
-  MODA_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  const int sm_count = cuda::sm_count();
   uint32_t seed = 1;
   for (const auto& [buf, n] : {std::pair{&q, qn},
                                {&k, kn},
