@@ -11,53 +11,19 @@
 
 #include "moda/cuda_backend.hpp"
 #include "ops.cuh"
+#include "random_operands.cuh"
 
 namespace moda {
 
 using cuda::bf16;
+using cuda::DeviceBuffer;
 
 namespace {
-
-// Values uniform in [-1, 1): scores of order one, as after QK-norm.
-__global__ void fill_hashed(bf16* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed ^ static_cast<uint32_t>(i >> 32);
-    h ^= h >> 16;
-    h *= 0x85EBCA6Bu;
-    h ^= h >> 13;
-    const float u = static_cast<float>(h & 0xFFFFFF) / 16777216.0f;  // [0, 1)
-    p[i] = __float2bfloat16(2.0f * u - 1.0f);
-  }
-}
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  explicit DeviceBuffer(size_t bytes) {
-    if (bytes > 0) {
-      MODA_CUDA_CHECK(cudaMalloc(&ptr, bytes));
-      MODA_CUDA_CHECK(cudaMemset(ptr, 0, bytes));
-    }
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-};
 
 double median(std::vector<float> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Every operand filled with hashed pseudo-random values of order one.
-void fill_random(const DeviceBuffer& buf, int64_t n, uint32_t seed, cudaStream_t stream) {
-  if (n > 0) fill_hashed<<<1024, 256, 0, stream>>>(buf.as<bf16>(), n, seed);
-  MODA_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -99,7 +65,7 @@ AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
                                {&dout, qn},
                                {&depth_k, depth_n},
                                {&depth_v, depth_n}}) {
-    fill_random(*buf, n, seed++, stream);
+    cuda::fill_random_bf16(buf->as<bf16>(), n, seed++, stream);
   }
   cudaEvent_t start = nullptr, mid = nullptr, slots = nullptr, stop = nullptr;
   for (cudaEvent_t* e : {&start, &mid, &slots, &stop}) MODA_CUDA_CHECK(cudaEventCreate(e));
@@ -160,8 +126,7 @@ double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, 
   uint32_t seed = 1;
   for (int i = 0; i < readers; ++i) {
     for (int64_t n : {qn * 2, qn * 2, pn * 4, pn * 4}) {
-      owned.push_back(std::make_unique<DeviceBuffer>(static_cast<size_t>(n)));
-      fill_random(*owned.back(), n / 2, seed++, stream);
+      owned.push_back(cuda::random_buffer(static_cast<size_t>(n), seed++, stream));
     }
     const size_t at = owned.size() - 4;
     table.push_back({owned[at]->as<bf16>(), owned[at + 1]->as<bf16>(), owned[at + 2]->as<float>(),

@@ -14,6 +14,7 @@
 
 #include "gemm.cuh"
 #include "moda/cuda_backend.hpp"
+#include "random_operands.cuh"
 
 namespace moda::cuda {
 
@@ -209,26 +210,6 @@ void Gemm::linear_dweight(float* dw, const bf16* dy, const bf16* x, int64_t m, i
 
 namespace {
 
-__global__ void fill_random_bf16(bf16* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    p[i] = __float2bfloat16(static_cast<float>(h & 0xffff) / 32768.0f - 1.0f);
-  }
-}
-
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(int64_t n) {
-    MODA_CUDA_CHECK(cudaMalloc(&ptr, static_cast<size_t>(n) * sizeof(T)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-};
-
 // Median of 15 timed runs of candidate `candidate` (-1: the tuned choice), after two warm-ups;
 // negative when the candidate refuses the problem.
 double time_candidate(Gemm& gemm, const Gemm::Call& call, int candidate, cudaStream_t stream) {
@@ -272,22 +253,21 @@ std::vector<GemmAlgoTiming> cuda_time_gemm_algorithms(int64_t m, int64_t n, int6
   {
     AllocationCounter counter;
     Gemm gemm(stream, counter);
-    DeviceBuffer<bf16> x(m * k), w(n * k), dy(m * n), y(m * n), dx(m * k);
-    DeviceBuffer<float> dw(n * k);
-    fill_random_bf16<<<1024, 256, 0, stream>>>(x.ptr, m * k, 1);
-    MODA_LAUNCH_CHECK();
-    fill_random_bf16<<<1024, 256, 0, stream>>>(w.ptr, n * k, 2);
-    MODA_LAUNCH_CHECK();
-    fill_random_bf16<<<1024, 256, 0, stream>>>(dy.ptr, m * n, 3);
-    MODA_LAUNCH_CHECK();
-    MODA_CUDA_CHECK(cudaMemsetAsync(dw.ptr, 0, static_cast<size_t>(n * k) * sizeof(float), stream));
+    const auto bf16_bytes = [](int64_t elems) { return static_cast<size_t>(elems) * sizeof(bf16); };
+    const auto x_buf = random_buffer(bf16_bytes(m * k), 1, stream),
+               w_buf = random_buffer(bf16_bytes(n * k), 2, stream),
+               dy_buf = random_buffer(bf16_bytes(m * n), 3, stream);
+    const DeviceBuffer y_buf(bf16_bytes(m * n)), dx_buf(bf16_bytes(m * k)),
+        dw_buf(static_cast<size_t>(n * k) * sizeof(float));
+    const bf16 *x = x_buf->as<bf16>(), *w = w_buf->as<bf16>(), *dy = dy_buf->as<bf16>();
     const std::pair<const char*, Gemm::Call> calls[] = {
         {"forward",
-         {CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, w.ptr, k, x.ptr, k, y.ptr, CUDA_R_16BF, n, false}},
+         {CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, w, k, x, k, y_buf.as<bf16>(), CUDA_R_16BF, n, false}},
         {"input grad",
-         {CUBLAS_OP_N, CUBLAS_OP_N, k, m, n, w.ptr, k, dy.ptr, n, dx.ptr, CUDA_R_16BF, k, false}},
+         {CUBLAS_OP_N, CUBLAS_OP_N, k, m, n, w, k, dy, n, dx_buf.as<bf16>(), CUDA_R_16BF, k,
+          false}},
         {"weight grad",
-         {CUBLAS_OP_N, CUBLAS_OP_T, k, n, m, x.ptr, k, dy.ptr, n, dw.ptr, CUDA_R_32F, k, true}},
+         {CUBLAS_OP_N, CUBLAS_OP_T, k, n, m, x, k, dy, n, dw_buf.as<float>(), CUDA_R_32F, k, true}},
     };
     for (const auto& [name, call] : calls) {
       GemmAlgoTiming t;
