@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "event_timing.cuh"
 #include "moda/cuda_backend.hpp"
 #include "ops.cuh"
 #include "random_operands.cuh"
@@ -18,15 +19,7 @@ namespace moda {
 using cuda::bf16;
 using cuda::DeviceBuffer;
 
-namespace {
-
-double median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-}  // namespace
+using cuda::median;
 
 AttentionTiming cuda_time_attention(const AttentionShape& shape, int reps,
                                     DepthBackwardPlacement placement, DepthForwardPlacement forward,
@@ -133,24 +126,14 @@ double cuda_time_depth_slot_gradients(const AttentionShape& shape, int readers, 
                      owned[at + 3]->as<float>(), shape.slots});
   }
   DeviceBuffer d_depth_k(2 * kn * 4), d_depth_v(2 * kn * 4);
-  cudaEvent_t start = nullptr, stop = nullptr;
-  MODA_CUDA_CHECK(cudaEventCreate(&start));
-  MODA_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> ms;
-  for (int i = 0; i <= reps; ++i) {  // the first round warms up and is not counted
-    MODA_CUDA_CHECK(cudaEventRecord(start, stream));
+  const auto pull = [&] {
     cuda::depth_slot_backward(s, 0, 2, table, d_depth_k.as<float>(), d_depth_v.as<float>(), false,
                               stream);
-    MODA_CUDA_CHECK(cudaEventRecord(stop, stream));
-    MODA_CUDA_CHECK(cudaEventSynchronize(stop));
-    float t = 0;
-    MODA_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-    if (i > 0) ms.push_back(t);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+  };
+  pull();  // warm-up, not counted
+  const double ms = cuda::median_event_ms(stream, reps, pull);
   cudaStreamDestroy(stream);
-  return median(ms);
+  return ms;
 }
 
 }  // namespace moda

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "event_timing.cuh"
 #include "gemm.cuh"
 #include "moda/cuda_backend.hpp"
 #include "random_operands.cuh"
@@ -222,21 +223,7 @@ double time_candidate(Gemm& gemm, const Gemm::Call& call, int candidate, cudaStr
     return gemm.run_candidate(call, candidate);
   };
   if (!once() || !once()) return -1.0;
-  cudaEvent_t start, stop;
-  MODA_CUDA_CHECK(cudaEventCreate(&start));
-  MODA_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> ms(kReps);
-  for (float& t : ms) {
-    MODA_CUDA_CHECK(cudaEventRecord(start, stream));
-    once();
-    MODA_CUDA_CHECK(cudaEventRecord(stop, stream));
-    MODA_CUDA_CHECK(cudaEventSynchronize(stop));
-    MODA_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[kReps / 2];
+  return median_event_ms(stream, kReps, once);
 }
 
 }  // namespace
