@@ -26,6 +26,9 @@ for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
   [[ -d "$dir" ]] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$dir"
 done
 logs="${OUT:-/tmp}"
+# This script runs where a GPU should be: a test that sees none fails instead of skipping
+# (a driver mismatch or a wrong CUDA_VISIBLE_DEVICES would otherwise pass as all-skipped).
+export MODA_EXPECT_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 status=0
 "$dist/moda_tests" "[gpu]" --durations yes "$@" 2>&1 | tee "$logs/gpu_test.log" || status=$?
@@ -36,5 +39,7 @@ fi
 echo "---- summary ----"
 grep -E "^moda gpu: model" "$logs/gpu_test.log" || true
 grep -E "^bench:" "$logs/gpu_bench.log" 2>/dev/null || true
+# Tests skipped for want of a second GPU or mpirun pass in Catch2's count: name them.
+grep -E "moda: SKIPPED:" "$logs/gpu_test.log" || true
 grep -E "^(All tests passed|test cases:)" "$logs/gpu_test.log" || true
 exit "$status"

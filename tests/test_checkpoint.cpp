@@ -1,6 +1,7 @@
 // Checkpoints: bitwise round trips, damage detection, staging leftovers, retention, re-sharding,
 // model state capture, config changes on resume, metrics.
 #include <fmt/format.h>
+#include <poll.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
@@ -10,7 +11,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "moda/checkpoint.hpp"
@@ -171,10 +174,23 @@ TEST_CASE("truncated and corrupted checkpoints are named in a warning and skippe
     CHECK(log.text().find("step-00000003") != std::string::npos);
     CHECK(log.text().find("step-00000002") != std::string::npos);
   }
-  SECTION("nothing intact") {
+  SECTION("nothing intact: --resume auto stops, naming each checkpoint and its problem") {
     for (const std::string& d : {d1, d2, d3}) flip_byte(shard_path(d), 70);
     LogCapture log;
     CHECK_FALSE(find_latest_checkpoint(root).has_value());
+    try {
+      resolve_resume("auto", root);
+      FAIL("resolve_resume(\"auto\") accepted three damaged checkpoints");
+    } catch (const CheckpointError& e) {
+      const std::string what = e.what();
+      for (const std::string& d : {d1, d2, d3}) {
+        CHECK(what.find(d + ": " + shard_path(d)) != std::string::npos);
+      }
+      CHECK(what.find("crc32") != std::string::npos);
+    }
+  }
+  SECTION("no step directory at all: --resume auto starts afresh") {
+    for (const std::string& d : {d1, d2, d3}) fs::remove_all(d);
     CHECK_FALSE(resolve_resume("auto", root).has_value());
   }
 }
@@ -188,7 +204,7 @@ TEST_CASE("a leftover staging directory is ignored and pruned", "[checkpoint]") 
   write_shard(staging, 0, 1, 100, s5.shard);
   CHECK(find_latest_checkpoint(root) == d1);
   CHECK(resolve_resume("auto", root) == d1);
-  const auto deleted = prune_checkpoints(root, 3, 0);
+  const auto deleted = prune_checkpoints(root, 3, 0, d1);
   REQUIRE(deleted.size() == 1);
   CHECK(deleted[0] == "step-00000005.tmp-424242");
   CHECK_FALSE(fs::exists(staging));
@@ -204,10 +220,108 @@ TEST_CASE("retention keeps the last N and every K-th step", "[checkpoint]") {
   std::sort(names.begin(), names.end());
   CHECK(names == std::vector<std::string>{"step-00000004", "step-00000008", "step-00000009",
                                           "step-00000010"});
-  // keep_last 0 keeps everything from here on.
+  // save_checkpoint with keep_last 0 prunes nothing; prune itself needs keep_last >= 1.
   save_checkpoint(root, make_state(11, 16, 11), 0, 0);
-  CHECK(prune_checkpoints(root, 0, 0).empty());
   CHECK(std::distance(fs::directory_iterator(root), fs::directory_iterator()) == 5);
+  CHECK_THROWS_AS(prune_checkpoints(root, 0, 0, root + "/step-00000011"), std::invalid_argument);
+}
+
+TEST_CASE("retention never deletes the checkpoint the save just wrote", "[checkpoint]") {
+  const std::string root = temp_root("just_saved");
+  std::mt19937 rng(std::random_device{}());
+  // Checkpoints of another run, all newer than the one this run is about to save.
+  const int64_t mine = std::uniform_int_distribution<int64_t>(1, 50)(rng);
+  std::set<int64_t> newer;
+  while (newer.size() < 3) newer.insert(std::uniform_int_distribution<int64_t>(51, 999)(rng));
+  for (const int64_t step : newer) save_checkpoint(root, make_state(step, 40, step), 3, 0);
+  const CheckpointState s = make_state(mine, 40, rng());
+  const std::string dir = save_checkpoint(root, s, 2, 0);
+  INFO("steps " << mine << " then " << *newer.begin() << ".." << *newer.rbegin());
+  REQUIRE(fs::exists(dir));
+  CHECK(bitwise_equal(load_checkpoint(dir, 0, 1).shard.master, s.shard.master));
+  // The two newest stay, the third newest (ranked before ours) goes.
+  CHECK_FALSE(fs::exists(fs::path(root) / checkpoint_name(*newer.begin())));
+  CHECK(list_checkpoints(root).size() == 3);
+}
+
+TEST_CASE("set-aside folders take newer checkpoints out of every scan", "[checkpoint]") {
+  const std::string root = temp_root("set_aside");
+  std::mt19937 rng(std::random_device{}());
+  std::set<int64_t> steps;
+  while (steps.size() < 6) steps.insert(std::uniform_int_distribution<int64_t>(1, 500)(rng));
+  std::map<int64_t, std::vector<float>> masters;
+  for (const int64_t step : steps) {
+    const CheckpointState st = make_state(step, 30, rng());
+    save_checkpoint(root, st, 10, 0);
+    masters[step] = st.shard.master;
+  }
+  const int64_t resume = *std::next(steps.begin(), 2);  // three older or equal, three newer
+  const SetAside aside = set_aside_checkpoints(root, resume);
+  INFO("steps " << fmt::format("{}", fmt::join(steps, " ")) << ", resume " << resume);
+  const std::string folder = fs::path(aside.folder).filename().string();
+  CHECK(folder.starts_with("set-aside-"));
+  CHECK(folder.ends_with(fmt::format("-{}", ::getpid())));
+  CHECK(folder.size() ==
+        std::string("set-aside-yyyymmddTHHMMSS-").size() + std::to_string(::getpid()).size());
+  REQUIRE(aside.moved.size() == 3);
+  for (const CheckpointDir& d : aside.moved) {
+    CHECK(d.step > resume);
+    CHECK(fs::path(d.path).parent_path() == fs::path(aside.folder));
+    CHECK_FALSE(verify_checkpoint(d.path).has_value());
+    CHECK(bitwise_equal(load_checkpoint(d.path, 0, 1).shard.master, masters[d.step]));
+  }
+  CHECK(aside.moved.front().step == *steps.rbegin());
+  const std::vector<CheckpointDir> left = list_checkpoints(root);
+  REQUIRE(left.size() == 3);
+  CHECK(left.front().step == resume);
+  CHECK(find_latest_checkpoint(root) == left.front().path);
+  // Neither retention nor the startup clean-up takes the folder for a checkpoint or a leftover.
+  prune_checkpoints(root, 1, 0, left.front().path);
+  CHECK(prepare_checkpoint_root(root).empty());
+  CHECK(fs::exists(aside.folder));
+  CHECK(list_checkpoints(root).size() == 1);
+  // A second set-aside within the same second gets a folder of its own.
+  const SetAside all = set_aside_checkpoints(root, -1);
+  REQUIRE(all.moved.size() == 1);
+  CHECK(all.folder != aside.folder);
+  CHECK(list_checkpoints(root).empty());
+  CHECK_FALSE(resolve_resume("auto", root).has_value());
+  CHECK(set_aside_checkpoints(root, -1).folder.empty());
+}
+
+TEST_CASE("startup: checkpoint.dir is created and probed, staging leftovers are removed",
+          "[checkpoint]") {
+  const std::string base = temp_root("prepare");
+  const std::string root = base + "/a/b/checkpoints";
+  CHECK(prepare_checkpoint_root(root).empty());
+  CHECK(fs::is_directory(root));
+  const std::string kept = save_checkpoint(root, make_state(7, 20, 7), 3, 0);
+  fs::create_directories(checkpoint_staging_dir(root, 8, "31337") + "/sub");
+  fs::create_directories(root + "/step-00000007.old-31337");
+  std::vector<std::string> removed = prepare_checkpoint_root(root);
+  std::sort(removed.begin(), removed.end());
+  CHECK(removed == std::vector<std::string>{"step-00000007.old-31337", "step-00000008.tmp-31337"});
+  CHECK_FALSE(verify_checkpoint(kept).has_value());
+  CHECK(std::distance(fs::directory_iterator(root), fs::directory_iterator()) == 1);
+  // A save replacing step 7 killed between its two renames: the aside copy is the only one, and
+  // startup puts it back.
+  fs::rename(kept, root + "/step-00000007.old-4242");
+  CHECK(prepare_checkpoint_root(root).empty());
+  CHECK_FALSE(verify_checkpoint(kept).has_value());
+  CHECK_FALSE(fs::exists(root + "/step-00000007.old-4242"));
+  // A prune or a replacing save killed while deleting: what is left does not verify and goes,
+  // even with its step's name free.
+  fs::create_directories(root + "/step-00000009.old-4242/partial");
+  fs::create_directories(root + "/step-00000010.del-4242/partial");
+  removed = prepare_checkpoint_root(root);
+  std::sort(removed.begin(), removed.end());
+  CHECK(removed == std::vector<std::string>{"step-00000009.old-4242", "step-00000010.del-4242"});
+  CHECK(list_checkpoints(root).size() == 1);
+  // A path through a regular file cannot be created: the error names it and the reason.
+  std::ofstream(base + "/file") << "x";
+  CHECK_THROWS_WITH(
+      prepare_checkpoint_root(base + "/file/checkpoints"),
+      Catch::Contains(base + "/file/checkpoints") && Catch::Contains("Not a directory"));
 }
 
 TEST_CASE("a checkpoint of 2 shards loads on 1 and 3 ranks, and 1 on 3", "[checkpoint]") {
@@ -317,6 +431,9 @@ TEST_CASE("model state capture and restore are exact", "[checkpoint]") {
   restore_model(b, load_checkpoint(dir, 0, 1).shard);
   CHECK(a.parameters() == b.parameters());
   std::vector<double> ma(static_cast<size_t>(total)), mb(ma.size());
+  backend->download(a.adam_m(), ma);
+  backend->download(b.adam_m(), mb);
+  CHECK(ma == mb);
   backend->download(a.adam_v(), ma);
   backend->download(b.adam_v(), mb);
   CHECK(ma == mb);
@@ -393,31 +510,50 @@ TEST_CASE("kill -9 during saves never leaves a damaged checkpoint under a final 
   const std::string root = temp_root("crash");
   const int64_t total = 200000;  // 2.4 MB per checkpoint: a save takes a few milliseconds
   save_checkpoint(root, make_state(0, total, 0), 2, 0);
+  const float step0 = make_state(0, total, 0).shard.master[0];
   std::mt19937 rng(5);
-  int killed_mid_save = 0;
+  int killed_mid_save = 0, saved_any = 0;
   CheckpointState s = make_state(1, total, 1);
   for (int round = 0; round < 6; ++round) {
+    int saved[2];
+    REQUIRE(::pipe(saved) == 0);
     const pid_t child = ::fork();
     REQUIRE(child >= 0);
     if (child == 0) {
-      // Saves forever (until killed), continuing from the newest step.
+      // Saves forever (until killed), continuing from the newest step; says when the first save
+      // is complete.
+      ::close(saved[0]);
       spdlog::set_level(spdlog::level::off);
       int64_t step = 1000 * (round + 1);
       for (;;) {
         s.meta.step = ++step;
         s.shard.master[0] = static_cast<float>(step);
         save_checkpoint(root, s, 2, 0);
+        if (saved[1] >= 0) {
+          const char one = 1;
+          if (::write(saved[1], &one, 1) != 1) ::_exit(3);
+          ::close(saved[1]);
+          saved[1] = -1;
+        }
       }
     }
-    ::usleep(std::uniform_int_distribution<useconds_t>(2000, 30000)(rng));
+    // Killed at a random moment after the first save: on a slow disk a fixed delay may never see
+    // a save complete, and then the checks below would compare nothing the child wrote.
+    ::close(saved[1]);
+    pollfd first{saved[0], POLLIN, 0};
+    ::poll(&first, 1, 60000);
+    ::close(saved[0]);
+    ::usleep(std::uniform_int_distribution<useconds_t>(0, 30000)(rng));
     ::kill(child, SIGKILL);
     int status = 0;
     ::waitpid(child, &status, 0);
     REQUIRE(WIFSIGNALED(status));
+    REQUIRE(WTERMSIG(status) == SIGKILL);  // not a crash of its own
     bool staging_left = false;
     for (const auto& e : fs::directory_iterator(root)) {
       const std::string name = e.path().filename().string();
-      if (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos) {
+      if (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos ||
+          name.find(".del-") != std::string::npos) {
         staging_left = true;
         continue;
       }
@@ -427,16 +563,18 @@ TEST_CASE("kill -9 during saves never leaves a damaged checkpoint under a final 
     const auto latest = find_latest_checkpoint(root);
     REQUIRE(latest.has_value());
     const CheckpointState l = load_checkpoint(*latest, 0, 1);
-    CHECK(l.shard.master[0] ==
-          static_cast<float>(l.meta.step == 0 ? l.shard.master[0] : l.meta.step));
+    CHECK(l.shard.master[0] == (l.meta.step == 0 ? step0 : static_cast<float>(l.meta.step)));
+    saved_any += l.meta.step > 0;
     killed_mid_save += staging_left;
   }
+  CHECK(saved_any > 0);  // else nothing above compared anything the children wrote
   // Leftover staging directories of killed saves are what prune removes.
-  prune_checkpoints(root, 2, 0);
+  prune_checkpoints(root, 2, 0, *find_latest_checkpoint(root));
   for (const auto& e : fs::directory_iterator(root)) {
     const std::string name = e.path().filename().string();
     CHECK(name.find(".tmp-") == std::string::npos);
     CHECK(name.find(".old-") == std::string::npos);
+    CHECK(name.find(".del-") == std::string::npos);
   }
   WARN(killed_mid_save << " of 6 rounds ended with a staging directory present");
 }

@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "moda/config.hpp"
+#include "moda/device_memory.hpp"
+#include "moda/model.hpp"
 
 namespace {
 
@@ -414,6 +416,7 @@ TEST_CASE("validation rejects out-of-range values and inconsistent shapes") {
     std::string message;
   };
   const double nan = std::numeric_limits<double>::quiet_NaN();
+  const int64_t max = std::numeric_limits<int64_t>::max();
   // Each case changes the valid default config in one way.
   const std::vector<Case> cases = {
       {[](Config& c) { c.model.d_model = 0; }, "model.d_model must be > 0, got 0"},
@@ -437,6 +440,17 @@ TEST_CASE("validation rejects out-of-range values and inconsistent shapes") {
       {[](Config& c) { c.model.rope_theta = 0; }, "model.rope_theta must be > 0, got 0"},
       {[](Config& c) { c.model.norm_eps = -1e-6; }, "model.norm_eps must be > 0, got -1e-06"},
       {[](Config& c) { c.model.init_std = 0; }, "model.init_std must be > 0, got 0"},
+      {[](Config& c) { c.model.d_model = 2097152; },
+       "model.d_model must be <= 1048576, got 2097152"},
+      {[](Config& c) { c.model.n_layers = 4097; }, "model.n_layers must be <= 4096, got 4097"},
+      {[max](Config& c) { c.model.mlp_hidden = max; },
+       "model.mlp_hidden must be <= 1048576, got 9223372036854775807"},
+      {[max](Config& c) { c.model.vocab_size = max; },
+       "model.vocab_size must be <= 2147483648, got 9223372036854775807"},
+      {[max](Config& c) { c.model.vocab_multiple = max; },
+       "model.vocab_multiple must be <= 2147483648, got 9223372036854775807"},
+      {[max](Config& c) { c.model.max_seq_len = max; },
+       "model.max_seq_len must be <= 16777216, got 9223372036854775807"},
       {[](Config& c) { c.moda.enabled = false; }, "moda.ffn_kv requires moda.enabled"},
       {[](Config& c) { c.moda = {.enabled = false, .ffn_kv = false, .attn_kv_proj = true}; },
        "moda.attn_kv_proj requires moda.enabled"},
@@ -450,6 +464,8 @@ TEST_CASE("validation rejects out-of-range values and inconsistent shapes") {
       {[](Config& c) { c.optimizer.grad_clip = -1; }, "optimizer.grad_clip must be >= 0, got -1"},
       {[](Config& c) { c.optimizer.z_loss = -1e-4; }, "optimizer.z_loss must be >= 0, got -0.0001"},
       {[](Config& c) { c.schedule.total_steps = 0; }, "schedule.total_steps must be > 0, got 0"},
+      {[](Config& c) { c.schedule.total_steps = (int64_t{1} << 30) + 1; },
+       "schedule.total_steps must be <= 1073741824, got 1073741825"},
       {[](Config& c) { c.schedule.warmup_steps = -1; },
        "schedule.warmup_steps must be >= 0, got -1"},
       {[](Config& c) { c.schedule.warmup_steps = 200; },
@@ -486,14 +502,29 @@ TEST_CASE("validation rejects out-of-range values and inconsistent shapes") {
        "batch.seq_len (512) exceeds model.max_seq_len (256), the length of the RoPE table"},
       {[](Config& c) { c.batch.global_batch = 12; },
        "batch.global_batch (12) is not a multiple of batch.micro_batch (8)"},
+      {[](Config& c) { c.batch.micro_batch = int64_t{1} << 62; },
+       "batch.micro_batch (4611686018427387904) x batch.seq_len (128) exceeds 16777216 tokens, "
+       "the maximum of a micro-batch"},
+      {[](Config& c) { c.batch.global_batch = int64_t{1} << 26; },
+       "batch.global_batch (67108864) x batch.seq_len (128) exceeds 4294967296 tokens, the "
+       "maximum of an optimizer step"},
+      {[](Config& c) {
+         c.model.d_model = c.model.mlp_hidden = 1 << 20;
+         c.model.n_layers = 4096;
+         c.model.max_seq_len = c.batch.seq_len = 1 << 17;
+       },
+       "batch.micro_batch x batch.seq_len x model.n_layers x (model.d_model + model.mlp_hidden) = "
+       "9007199254740992 exceeds 1125899906842624, the maximum of one micro-batch's activations"},
       {[](Config& c) { c.checkpoint.interval = -1; }, "checkpoint.interval must be >= 0, got -1"},
       {[](Config& c) { c.checkpoint.keep_last = 0; }, "checkpoint.keep_last must be >= 1, got 0"},
       {[](Config& c) { c.checkpoint.keep_every = -5; },
        "checkpoint.keep_every must be >= 0, got -5"},
+      {[](Config& c) { c.logging.dir = ""; }, "logging.dir is empty"},
       {[](Config& c) { c.logging.interval = 0; }, "logging.interval must be > 0, got 0"},
       {[](Config& c) { c.logging.val_interval = -1; }, "logging.val_interval must be >= 0, got -1"},
       {[](Config& c) { c.logging.val_batches = 0; }, "logging.val_batches must be > 0, got 0"},
       {[](Config& c) { c.runtime.threads = -2; }, "runtime.threads must be >= 0, got -2"},
+      {[](Config& c) { c.runtime.threads = 4097; }, "runtime.threads must be <= 4096, got 4097"},
       {[](Config& c) { c.runtime.max_skipped_steps = -1; },
        "runtime.max_skipped_steps must be >= 0, got -1"},
       {[](Config& c) { c.runtime.profile_step = -1; }, "runtime.profile_step must be >= 0, got -1"},
@@ -522,6 +553,81 @@ TEST_CASE("validation rejects out-of-range values and inconsistent shapes") {
     CHECK_THAT(error_of([&] { moda::validate(c); }),
                Contains("embedded default (configs/tiny.yaml): " + test.message));
   }
+}
+
+TEST_CASE("the largest accepted values overflow no count or byte size or FLOP estimate") {
+  struct Corner {
+    const char* name;
+    std::function<void(Config&)> change;
+  };
+  // Each corner takes some keys to their bounds; the activation bound limits the rest.
+  const auto widest = [](Config& c) {
+    c.model.d_model = c.model.mlp_hidden = 1 << 20;
+    c.model.n_heads = 2;
+    c.model.n_kv_heads = 1;
+    c.model.vocab_size = int64_t{1} << 31;
+    c.model.vocab_multiple = (int64_t{1} << 31) - 1;  // pads to the most rows: 2^32 - 2
+    c.moda = {.enabled = true, .ffn_kv = true, .attn_kv_proj = true};
+  };
+  const std::vector<Corner> corners = {{"deepest and widest",
+                                        [&](Config& c) {
+                                          widest(c);
+                                          c.model.n_layers = 4096;
+                                          c.model.max_seq_len = c.batch.seq_len = 1 << 17;
+                                          c.batch.micro_batch = 1;
+                                          c.batch.global_batch = 1 << 15;
+                                        }},
+                                       {"widest at 2^24 tokens per micro-batch",
+                                        [&](Config& c) {
+                                          widest(c);
+                                          c.model.n_layers = 32;
+                                          c.model.max_seq_len = c.batch.seq_len = 1 << 12;
+                                          c.batch.micro_batch = 1 << 12;
+                                          c.batch.global_batch = 1 << 20;
+                                        }},
+                                       {"longest sequence", [](Config& c) {
+                                          c.model.max_seq_len = c.batch.seq_len = 1 << 24;
+                                          c.batch.micro_batch = 1;
+                                          c.batch.global_batch = 256;
+                                          c.schedule.total_steps = int64_t{1} << 30;
+                                        }}};
+  for (const Corner& corner : corners) {
+    CAPTURE(corner.name);
+    Config c = moda::default_config();
+    corner.change(c);
+    REQUIRE_NOTHROW(moda::validate(c));
+    const moda::ModelShape s(c);
+    const moda::ParamCounts n = moda::count_params(s);
+    const int64_t B = c.batch.micro_batch, T = c.batch.seq_len;
+    // Lower bounds computed in double: a wrapped int64 would fall below them or go negative.
+    const double embedding = static_cast<double>(s.padded_vocab) * static_cast<double>(s.d_model);
+    const double mlp = 3.0 * static_cast<double>(s.d_model) * static_cast<double>(s.mlp_hidden) *
+                       static_cast<double>(s.n_layers);
+    CHECK(static_cast<double>(n.total) >= 2 * embedding + mlp);
+    CHECK(static_cast<double>(n.paper) >= mlp);
+    CHECK(n.non_embedding > 0);
+    const moda::MemoryPlan cpu =
+        moda::plan_memory(c, B, T, moda::DType::f32, moda::DType::f32, moda::DType::f32,
+                          moda::DType::f32, moda::DType::f32);
+    CHECK(cpu.activations > 0);
+    CHECK(static_cast<double>(cpu.total()) >= 20 * static_cast<double>(n.total));
+    for (const int64_t shards : {1, 8}) {
+      const moda::CudaMemoryPrediction gpu = moda::predict_cuda_memory(c, B, T, shards);
+      CHECK(gpu.activations > 0);
+      CHECK(static_cast<double>(gpu.total()) >= 6 * static_cast<double>(n.total));
+    }
+    const double flops = moda::flops_per_token(c, T);
+    CHECK((std::isfinite(flops) && flops >= 6 * mlp));
+  }
+}
+
+TEST_CASE("a config is one YAML document and an empty path names no file") {
+  CHECK_THAT(parse_error("model:\n  d_model: 128\n---\nmodel:\n  d_model: 64\n"),
+             Contains("configs/x.yaml:4: more than one YAML document"));
+  // A leading document marker and a trailing end marker still make one document.
+  CHECK(parse("---\nmodel:\n  d_model: 64\n...\n").model.d_model == 64);
+  CHECK_THAT(error_of([] { moda::load_config(""); }),
+             Contains("cannot read config file '': the path is empty"));
 }
 
 TEST_CASE("parse_config validates and names the file") {

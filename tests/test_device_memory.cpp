@@ -131,7 +131,7 @@ TEST_CASE("the memory line after step 1 compares prediction, counter and device"
 
 #ifdef MODA_HAVE_CUDA
 TEST_CASE("cuda backend: the allocation counter matches the memory prediction", "[gpu]") {
-  MODA_SKIP_UNLESS(cuda_device_count() > 0, "moda: no GPU visible, skipping");
+  MODA_SKIP_UNLESS_GPU(cuda_device_count() > 0);
   for (const bool moda : {false, true}) {
     const Config c =
         test::tiny_variant_config({NormPlacement::reordered, moda, moda, false, 2}, 64);

@@ -20,7 +20,7 @@ using moda::test::temp_dir;
 namespace {
 
 bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
-constexpr const char* kNoMpirun = "moda: mpirun not found (apt-get install openmpi-bin), skipping";
+constexpr const char* kNoMpirun = "mpirun not found (apt-get install openmpi-bin)";
 
 // A small model, 5 steps; every rank 1 OpenMP thread so 2 ranks fit 2 cores.
 std::string train_args(const std::string& dir, int micro_batch, int steps = 5) {

@@ -316,10 +316,8 @@ TEST_CASE("export of a MoDA checkpoint: model_type moda, depth tensors, modeling
 
 TEST_CASE("gpt2 tokenizer.json: merges derived from the tiktoken ranks", "[export]") {
   const std::string cache = default_tokenizer_cache();
-  if (!fs::exists(cache + "/gpt2.json")) {
-    WARN("no gpt2.json in " << cache << " (scripts/fetch_tokenizers.sh); skipped");
-    return;
-  }
+  MODA_SKIP_UNLESS(fs::exists(cache + "/gpt2.json"),
+                   "no gpt2.json in " << cache << " (scripts/fetch_tokenizers.sh)");
   const std::string out = temp_out("gpt2_tok");
   fs::create_directories(out);
   write_hf_tokenizer("gpt2", cache, 1024, out);
@@ -330,7 +328,6 @@ TEST_CASE("gpt2 tokenizer.json: merges derived from the tiktoken ranks", "[expor
   CHECK(merges.size() == 50000);
   CHECK(json::unescape_string(merges[0]) == "\xC4\xA0 t");
   CHECK(json::unescape_string(merges[1]) == "\xC4\xA0 a");
-  CHECK(json::array_elements(std::string("[") + "1" + "]").size() == 1);
   CHECK(json::find_member(*json::find_member(model, "vocab"), "\xC4\xA0the").value() == "262");
   fs::remove_all(out);
 }

@@ -1,7 +1,7 @@
 // Whole-model gradient checks on the float64 CPU backend: for every variant (norm placement x
-// MoDA off/on x ffn_kv x attn_kv_proj x G in {1, 2, 3}, MoDA at 3 and 4 layers) the backward pass
-// must agree with central finite differences of the forward loss, tensor by tensor, along random
-// directions.
+// MoDA off/on x ffn_kv x attn_kv_proj x G in {1, 2, 3}, MoDA at 3 and 4 layers, untied and tied
+// embeddings) the backward pass must agree with central finite differences of the forward loss,
+// tensor by tensor, along random directions.
 #include <fmt/format.h>
 
 #include <catch2/catch.hpp>
@@ -85,10 +85,15 @@ TEST_CASE("model gradients match finite differences in every variant", "[grad][m
         for (int64_t layers : {int64_t{3}, int64_t{4}}) {
           if (layers == 4 && !v.moda) continue;
           v.n_layers = layers;
-          SECTION(fmt::format("{} G={} moda={} ffn_kv={} attn_kv_proj={} layers={}",
-                              to_string(placement), group, v.moda, v.ffn_kv, v.attn_kv_proj,
-                              layers)) {
-            check_variant(v);
+          // Tied embeddings: the LM head's weight gradient and the embedding's scatter add into
+          // one buffer in the same backward.
+          for (bool tied : {false, true}) {
+            v.tied = tied;
+            SECTION(fmt::format("{} G={} moda={} ffn_kv={} attn_kv_proj={} layers={} tied={}",
+                                to_string(placement), group, v.moda, v.ffn_kv, v.attn_kv_proj,
+                                layers, tied)) {
+              check_variant(v);
+            }
           }
         }
       }

@@ -40,7 +40,7 @@ int gpus() {
 #endif
 }
 
-#define MODA_REQUIRE_GPU() MODA_SKIP_UNLESS(gpus() > 0, "moda: no GPU visible, skipping")
+#define MODA_REQUIRE_GPU() MODA_SKIP_UNLESS_GPU(gpus() > 0)
 
 // Open MPI's: the binary links Open MPI's libmpi, and the options below are Open MPI's.
 bool have_mpirun() { return std::system("mpirun --version 2>/dev/null | grep -q 'Open MPI'") == 0; }
@@ -124,7 +124,7 @@ TEST_CASE("NCCL with one rank started alone gives the losses of the plain run", 
 TEST_CASE("mpirun -np 1 with runtime.comm nccl gives the losses of the plain run", "[gpu]") {
   MODA_REQUIRE_GPU();
   MODA_SKIP_UNLESS(have_mpirun(),
-                   "moda: no Open MPI mpirun: the MPI bootstrap of the NCCL path is not tested");
+                   "no Open MPI mpirun: the MPI bootstrap of the NCCL path is not tested");
   const std::string plain = plain_run(8, 16);
   for (const char* zero1 : {"false", "true"}) {
     const std::string dir = temp_dir(fmt::format("np1_zero1_{}", zero1));
@@ -144,7 +144,7 @@ TEST_CASE("mpirun -np 2 on two GPUs gives the losses of one GPU with twice the m
   MODA_REQUIRE_GPU();
   MODA_SKIP_UNLESS(
       gpus() >= 2 && have_mpirun(),
-      "moda: fewer than 2 GPUs or no Open MPI mpirun: the 2-rank NCCL comparison is not run");
+      "fewer than 2 GPUs or no Open MPI mpirun: the 2-rank NCCL comparison is not run");
   const std::string plain = plain_run(8, 8);
   for (const char* zero1 : {"false", "true"}) {
     const std::string dir = temp_dir(fmt::format("np2_zero1_{}", zero1));
@@ -166,7 +166,7 @@ TEST_CASE("NCCL: one rank killed mid-run stops the job, and the run resumes on b
           "[gpu]") {
   MODA_REQUIRE_GPU();
   MODA_SKIP_UNLESS(gpus() >= 2 && have_mpirun(),
-                   "moda: fewer than 2 GPUs or no Open MPI mpirun: the rank-kill test is not run");
+                   "fewer than 2 GPUs or no Open MPI mpirun: the rank-kill test is not run");
   const std::string dir = temp_dir("nccl_kill_rank");
   const std::string launch = fmt::format(
       "{} -np 2 {} train --set runtime.device=cuda --set schedule.total_steps=600 "

@@ -1,6 +1,9 @@
 // Finite-difference gradient checks of every op of the CPU backend, run in float64: for a scalar
 // L = sum_outputs <output, cotangent> with random cotangents, the op's backward must give the
-// directional derivative of L along a random direction of each input.
+// directional derivative of L along a random direction of each input. Every output starts from
+// random values: an overwritten one must not keep them, and of an accumulating one (dweight,
+// dtable, dk, dv: +=) only what the op added is the gradient, so that an op that overwrites where
+// it should add fails the check (from zero the two give the same values).
 #include <fmt/format.h>
 
 #include <catch2/catch.hpp>
@@ -32,12 +35,40 @@ struct Harness {
     be->download(t, host);
     return host;
   }
+  // An output's random start; `seed` names it again for added().
+  Tensor start(int64_t n, uint64_t seed) {
+    return put(test::random_normal(static_cast<size_t>(n), seed));
+  }
+  // What an accumulating op added to `t`, which began as start(t.numel, seed).
+  std::vector<double> added(const Tensor& t, uint64_t seed) {
+    std::vector<double> v = get(t);
+    const auto base = test::random_normal(v.size(), seed);
+    for (size_t i = 0; i < v.size(); ++i) v[i] -= base[i];
+    return v;
+  }
 };
 
 double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
+}
+
+// Slot gradients read from `t`, which began as start(t.numel, seed) and holds `slots` slots of `kn`
+// values at `stride`: the gap after each slot and anything past the last are no slot's values, must
+// keep their start (an op that clears them would overwrite the padding of the model's slot
+// buffers), and are zero in the gradient returned.
+std::vector<double> slot_gradients(Harness& hs, const Tensor& t, uint64_t seed, int64_t slots,
+                                   int64_t kn, int64_t stride) {
+  std::vector<double> got = hs.get(t);
+  const auto start = test::random_normal(got.size(), seed);
+  for (size_t i = 0; i < got.size(); ++i) {
+    const auto at = static_cast<int64_t>(i);
+    if (at / stride < slots && at % stride < kn) continue;
+    REQUIRE(got[i] == start[i]);
+    got[i] = 0;
+  }
+  return got;
 }
 
 // loss(inputs) -> L; grads(inputs) -> dL/dinput for each input (empty vector: not checked).
@@ -74,9 +105,9 @@ TEST_CASE("matmul gradients", "[grad][ops]") {
     return dot(hs.get(out), cot);
   };
   auto grads = [&](const Inputs& in) {
-    Tensor din = hs.zeros(m * k), dw = hs.zeros(n * k);
+    Tensor din = hs.start(m * k, 500), dw = hs.start(n * k, 501);
     hs.be->matmul_backward(hs.put(cot), hs.put(in[0]), hs.put(in[1]), din, dw, m, n, k, false);
-    return Inputs{hs.get(din), hs.get(dw)};
+    return Inputs{hs.get(din), hs.added(dw, 501)};
   };
   check_gradients(x, loss, grads, "matmul");
 }
@@ -95,12 +126,12 @@ TEST_CASE("rmsnorm and fused residual norms gradients", "[grad][ops]") {
       return dot(hs.get(out), cot);
     };
     auto grads = [&](const Inputs& in) {
-      Tensor out = hs.zeros(rows * cols), rstd = hs.zeros(rows), din = hs.zeros(rows * cols),
-             dw = hs.zeros(cols);
+      Tensor out = hs.zeros(rows * cols), rstd = hs.zeros(rows), din = hs.start(rows * cols, 500),
+             dw = hs.start(cols, 501);
       const Tensor xin = hs.put(in[0]), w = hs.put(in[2]);
       hs.be->rmsnorm_forward(xin, w, out, rstd, rows, cols, eps);
       hs.be->rmsnorm_backward(hs.put(cot), xin, w, rstd, din, dw, rows, cols, false);
-      return Inputs{hs.get(din), {}, hs.get(dw)};
+      return Inputs{hs.get(din), {}, hs.added(dw, 501)};
     };
     check_gradients(x, loss, grads, "rmsnorm");
   }
@@ -125,18 +156,18 @@ TEST_CASE("rmsnorm and fused residual norms gradients", "[grad][ops]") {
       auto grads = [&](const Inputs& in) {
         Tensor sum, out, rstd;
         run(in, sum, out, rstd);
-        Tensor dw = hs.zeros(cols);
+        Tensor dw = hs.start(cols, 501);
         if (kind == ResidualNorm::add_then_norm) {
           Tensor dsum = hs.put(cot_sum);  // the residual's own gradient, accumulated into
           hs.be->residual_norm_backward(kind, hs.put(cot), sum, hs.put(in[2]), rstd, dsum, dw, rows,
                                         cols, true);
           const auto d = hs.get(dsum);
-          return Inputs{d, d, hs.get(dw)};
+          return Inputs{d, d, hs.added(dw, 501)};
         }
-        Tensor dbranch = hs.zeros(rows * cols);
+        Tensor dbranch = hs.start(rows * cols, 500);
         hs.be->residual_norm_backward(kind, hs.put(cot), hs.put(in[1]), hs.put(in[2]), rstd,
                                       dbranch, dw, rows, cols, false);
-        return Inputs{cot, hs.get(dbranch), hs.get(dw)};
+        return Inputs{cot, hs.get(dbranch), hs.added(dw, 501)};
       };
       check_gradients(x, loss, grads, "residual_norm");
     }
@@ -178,8 +209,8 @@ TEST_CASE("qkv norm + rope gradients", "[grad][ops]") {
         fwd(in, q, k, v, qr, kr);
         const auto raw_before =
             test::random_normal(rows * ld, 99);  // poison: untouched columns keep it
-        Tensor draw = hs.put(raw_before), dqw = hs.zeros(std::max<int64_t>(nq * d, 1)),
-               dkw = hs.zeros(nk * d);
+        Tensor draw = hs.put(raw_before), dqw = hs.start(std::max<int64_t>(nq * d, 1), 501),
+               dkw = hs.start(nk * d, 502);
         hs.be->qkv_norm_rope_backward(lay, hs.put(in[0]), nq > 0 ? hs.put(in[1]) : Tensor{},
                                       hs.put(in[2]), nq > 0 ? qr : Tensor{}, kr,
                                       nq > 0 ? hs.put(cq) : Tensor{}, hs.put(ck), hs.put(cv), draw,
@@ -194,7 +225,7 @@ TEST_CASE("qkv norm + rope gradients", "[grad][ops]") {
             }
           }
         }
-        return Inputs{dr, nq > 0 ? hs.get(dqw) : std::vector<double>{}, hs.get(dkw)};
+        return Inputs{dr, nq > 0 ? hs.added(dqw, 501) : std::vector<double>{}, hs.added(dkw, 502)};
       };
       check_gradients(x, loss, grads, "qkv_norm_rope");
     }
@@ -234,16 +265,17 @@ TEST_CASE("MoDA attention gradients (sequence + depth, GQA)", "[grad][ops][atten
                  dot(hs.get(fwd(second, in, 1).out), cot_second);
         };
         auto grads = [&](const Inputs& in) {
-          Tensor dk = hs.zeros(kn), dv = hs.zeros(kn), dsk = hs.zeros(sn), dsv = hs.zeros(sn);
+          Tensor dk = hs.start(kn, 502), dv = hs.start(kn, 503), dsk = hs.start(sn, 504),
+                 dsv = hs.start(sn, 505);
           std::vector<Backend::DepthReader> readers;
           std::vector<Tensor> dq;
           for (const auto& [s, q, cot] : {std::tuple{first, size_t{0}, &cot_first},
                                           std::tuple{second, size_t{1}, &cot_second}}) {
             const Forward f = fwd(s, in, q);
             const int64_t pn = std::max<int64_t>(s.slots * R * s.q_heads, 1);
-            Backend::DepthReader reader{hs.put(in[q]), hs.put(*cot), hs.zeros(pn), hs.zeros(pn),
-                                        s.slots};
-            dq.push_back(hs.zeros(qn));
+            Backend::DepthReader reader{hs.put(in[q]), hs.put(*cot), hs.start(pn, 506 + q),
+                                        hs.start(pn, 508 + q), s.slots};
+            dq.push_back(hs.start(qn, 500 + q));
             hs.be->attention_backward(s, reader.dout, reader.q, hs.put(in[2]), hs.put(in[3]),
                                       hs.put(in[4]), hs.put(in[5]), f.out, f.lse, dq.back(), dk, dv,
                                       reader.probs, reader.dscores);
@@ -258,8 +290,12 @@ TEST_CASE("MoDA attention gradients (sequence + depth, GQA)", "[grad][ops][atten
           hs.be->depth_slot_backward(first, slots, 1, std::span(readers).subspan(1),
                                      dsk.slice(slots * first.slot_stride, kn),
                                      dsv.slice(slots * first.slot_stride, kn), false, {});
-          return Inputs{hs.get(dq[0]), hs.get(dq[1]), hs.get(dk),
-                        hs.get(dv),    hs.get(dsk),   hs.get(dsv)};
+          return Inputs{hs.get(dq[0]),
+                        hs.get(dq[1]),
+                        hs.added(dk, 502),
+                        hs.added(dv, 503),
+                        slot_gradients(hs, dsk, 504, slots + 1, kn, first.slot_stride),
+                        slot_gradients(hs, dsv, 505, slots + 1, kn, first.slot_stride)};
         };
         check_gradients(x, loss, grads, "attention");
       }
@@ -278,7 +314,7 @@ TEST_CASE("MoDA attention gradients of a layer that is its slots' only reader",
         AttentionShape s{2, 5, 2 * group, 2, 4, slots, 0};
         const int64_t R = s.batch * s.seq_len, qn = R * s.q_heads * s.head_dim,
                       kn = R * s.kv_heads * s.head_dim;
-        s.slot_stride = kn + 4;  // padded stride: the gap must stay untouched
+        s.slot_stride = kn + 4;  // padded stride: the gap must keep its values
         const int64_t sn = std::max<int64_t>(slots * s.slot_stride, 1);
         const Inputs x = {test::random_normal(qn, 1), test::random_normal(kn, 2),
                           test::random_normal(kn, 3), test::random_normal(sn, 4),
@@ -296,12 +332,14 @@ TEST_CASE("MoDA attention gradients of a layer that is its slots' only reader",
         auto grads = [&](const Inputs& in) {
           Tensor out = hs.zeros(qn), lse = hs.zeros(R * s.q_heads);
           fwd(in, out, lse);
-          Tensor dq = hs.zeros(qn), dk = hs.zeros(kn), dv = hs.zeros(kn), dsk = hs.zeros(sn),
-                 dsv = hs.zeros(sn);
+          Tensor dq = hs.start(qn, 500), dk = hs.start(kn, 502), dv = hs.start(kn, 503),
+                 dsk = hs.start(sn, 504), dsv = hs.start(sn, 505);
           hs.be->attention_backward_sole_reader(s, hs.put(cot), hs.put(in[0]), hs.put(in[1]),
                                                 hs.put(in[2]), hs.put(in[3]), hs.put(in[4]), out,
                                                 lse, dq, dk, dv, dsk, dsv);
-          return Inputs{hs.get(dq), hs.get(dk), hs.get(dv), hs.get(dsk), hs.get(dsv)};
+          return Inputs{hs.get(dq), hs.added(dk, 502), hs.added(dv, 503),
+                        slot_gradients(hs, dsk, 504, slots, kn, s.slot_stride),
+                        slot_gradients(hs, dsv, 505, slots, kn, s.slot_stride)};
         };
         check_gradients(x, loss, grads, "attention, sole reader");
       }
@@ -320,9 +358,18 @@ TEST_CASE("swiglu gradients", "[grad][ops]") {
     return dot(hs.get(out), cot);
   };
   auto grads = [&](const Inputs& in) {
-    Tensor din = hs.zeros(rows * ld);
+    Tensor din = hs.start(rows * ld, 500);
     hs.be->swiglu_backward(hs.put(cot), hs.put(in[0]), din, rows, hidden, ld);
-    return Inputs{hs.get(din)};
+    auto got = hs.get(din);
+    const auto start = test::random_normal(got.size(), 500);
+    // Columns past 2F are not the op's: they keep their start and carry no gradient.
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 2 * hidden; c < ld; ++c) {
+        REQUIRE(got[r * ld + c] == start[r * ld + c]);
+        got[r * ld + c] = 0;
+      }
+    }
+    return Inputs{got};
   };
   check_gradients(x, loss, grads, "swiglu");
 }
@@ -345,11 +392,11 @@ TEST_CASE("LM head cross-entropy with z-loss gradients", "[grad][ops]") {
     return l;
   };
   auto grads = [&](const Inputs& in) {
-    Tensor ce = hs.zeros(rows), lse = hs.zeros(rows), dx = hs.zeros(rows * dim),
-           dw = hs.zeros(vocab * dim);
+    Tensor ce = hs.zeros(rows), lse = hs.zeros(rows), dx = hs.start(rows * dim, 500),
+           dw = hs.start(vocab * dim, 501);
     hs.be->lm_head_cross_entropy(hs.put(in[0]), hs.put(in[1]), tgt, ce, lse, dx, dw, rows, dim,
                                  vocab, z, scale);
-    return Inputs{hs.get(dx), hs.get(dw)};
+    return Inputs{hs.get(dx), hs.added(dw, 501)};
   };
   check_gradients(x, loss, grads, "lm_head_cross_entropy");
 }
@@ -368,9 +415,9 @@ TEST_CASE("embedding gradient accumulates repeated tokens", "[grad][ops]") {
     return dot(hs.get(out), cot);
   };
   auto grads = [&](const Inputs&) {
-    Tensor dt = hs.zeros(vocab * dim);
+    Tensor dt = hs.start(vocab * dim, 501);
     hs.be->embedding_backward(tok, hs.put(cot), dt, rows, dim);
-    return Inputs{hs.get(dt)};
+    return Inputs{hs.added(dt, 501)};
   };
   check_gradients(x, loss, grads, "embedding");
 }

@@ -1,7 +1,12 @@
-// Exact resume on the CPU backend and save-and-exit on SIGTERM (a real signal to a real process).
+// Exact resume on the CPU backend, save-and-exit on SIGTERM (a real signal to a real process), the
+// checkpoint lineage (earlier runs and abandoned branches moved aside, damaged checkpoints), and
+// the trainer's behaviour when files cannot be written.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,9 +14,12 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <sstream>
 #include <thread>
 
 #include "moda/checkpoint.hpp"
@@ -49,6 +57,98 @@ std::vector<float> final_master(const std::string& run_dir) {
   const auto latest = find_latest_checkpoint(run_dir + "/checkpoints");
   REQUIRE(latest.has_value());
   return load_checkpoint(*latest, 0, 1).shard.master;
+}
+
+// Collects spdlog messages while alive.
+class LogCapture {
+ public:
+  LogCapture() {
+    previous_ = spdlog::default_logger();
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_);
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+  std::string text() const { return stream_.str(); }
+
+ private:
+  std::ostringstream stream_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+// Caps the size of the files this process writes (RLIMIT_FSIZE): a write past it fails with
+// EFBIG ("File too large"), a full disk that needs no mount and no root.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &previous_) == 0);
+    previous_handler_ = std::signal(SIGXFSZ, SIG_IGN);  // else the signal kills the process
+    rlimit limit = previous_;
+    limit.rlim_cur = bytes;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &limit) == 0);
+  }
+  ~FileSizeLimit() {
+    ::setrlimit(RLIMIT_FSIZE, &previous_);
+    std::signal(SIGXFSZ, previous_handler_);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+ private:
+  rlimit previous_{};
+  void (*previous_handler_)(int) = nullptr;
+};
+
+// The step numbers of the step-* directories directly under root, newest first.
+std::vector<int64_t> steps_in(const std::string& root) {
+  std::vector<int64_t> out;
+  for (const CheckpointDir& d : list_checkpoints(root)) out.push_back(d.step);
+  return out;
+}
+
+// The set-aside-* folders under root.
+std::vector<std::string> set_aside_folders(const std::string& root) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(root)) {
+    if (e.path().filename().string().starts_with("set-aside-")) out.push_back(e.path().string());
+  }
+  return out;
+}
+
+int64_t lines_in(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(in, line)) ++n;
+  return n;
+}
+
+// Runs `moda train` with small_overrides(dir, steps) and `extra` arguments; stdout and stderr go
+// to `log`. Returns the wait status.
+int run_moda_train(const std::string& dir, int64_t steps, const std::vector<std::string>& extra,
+                   const std::string& log) {
+  std::vector<std::string> args = {MODA_BINARY, "train"};
+  for (const std::string& o : small_overrides(dir, steps)) {
+    args.push_back("--set");
+    args.push_back(o);
+  }
+  args.insert(args.end(), extra.begin(), extra.end());
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
 }
 
 // The 8-step run of `config`, stopped after step 4 (a checkpoint every 4 steps), then resumed.
@@ -99,7 +199,7 @@ TEST_CASE("CUDA: N steps straight and N/2 + resume + N/2 agree within 1e-3", "[g
 #else
   const bool gpu = false;
 #endif
-  MODA_SKIP_UNLESS(gpu, "moda: no GPU visible, skipping");
+  MODA_SKIP_UNLESS_GPU(gpu);
   const auto cuda_config = [](const std::string& dir, int64_t steps) {
     Config c = small_config(dir, steps);
     // Head size 64: the tensor-core attention kernels and the streaming depth kernels.
@@ -139,7 +239,7 @@ TEST_CASE("checkpoint.at_end=false leaves no final checkpoint but keeps the inte
   Config config = small_config(dir, 6);
   config.checkpoint.at_end = false;
   train(config, TrainOptions{false, ""});
-  CHECK_FALSE(fs::exists(dir + "/checkpoints"));
+  CHECK(list_checkpoints(dir + "/checkpoints").empty());
   config.checkpoint.interval = 4;
   train(config, TrainOptions{false, ""});
   const auto latest = find_latest_checkpoint(dir + "/checkpoints");
@@ -148,11 +248,17 @@ TEST_CASE("checkpoint.at_end=false leaves no final checkpoint but keeps the inte
 }
 
 TEST_CASE("resume refuses a changed model shape, naming the key", "[checkpoint][train]") {
-  const std::string dir = temp_dir("shape");
-  train(small_config(dir, 2), TrainOptions{false, ""});
+  const std::string dir = temp_dir("shape"), root = dir + "/checkpoints";
+  Config first = small_config(dir, 2);
+  first.checkpoint.interval = 1;
+  train(first, TrainOptions{false, ""});
   Config changed = small_config(dir, 4);
   changed.model.n_layers = 3;
   CHECK_THROWS_WITH(train(changed, TrainOptions{false, "auto"}), Catch::Contains("model.n_layers"));
+  // A refused resume from step 1 moves nothing aside: step 2 stays where it was.
+  CHECK_THROWS_WITH(train(changed, TrainOptions{false, root + "/step-00000001"}),
+                    Catch::Contains("model.n_layers"));
+  CHECK(steps_in(root) == std::vector<int64_t>{2, 1});
 }
 
 TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoint][train]") {
@@ -200,4 +306,209 @@ TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoi
   const TrainSummary s = train(more, TrainOptions{false, "auto"});
   CHECK(s.start_step == meta.step);
   CHECK(s.steps == meta.step + 2);
+}
+
+TEST_CASE("a fresh start moves an earlier run's checkpoints aside and --resume auto continues",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("fresh_again"), root = dir + "/checkpoints";
+  Config first = small_config(dir, 6);
+  first.checkpoint.interval = 2;
+  train(first, TrainOptions{false, ""});
+  REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4, 2});
+  const std::vector<float> earlier = final_master(dir);
+
+  // The same folder again without --resume (scripts/run.sh reruns this way): a new run.
+  Config again = small_config(dir, 3);
+  again.runtime.seed = 7;
+  LogCapture log;
+  const TrainSummary s = train(again, TrainOptions{false, ""});
+  CHECK(s.start_step == 0);
+  CHECK(steps_in(root) == std::vector<int64_t>{3});  // its own save, not pruned by older ones
+  const std::vector<std::string> folders = set_aside_folders(root);
+  REQUIRE(folders.size() == 1);
+  CHECK(steps_in(folders[0]) == std::vector<int64_t>{6, 4, 2});
+  CHECK(log.text().find(fmt::format("moved 3 checkpoint(s) of an earlier run, the newest step 6, "
+                                    "to {}; to continue that run, pass --resume auto",
+                                    folders[0])) != std::string::npos);
+  // The earlier run is intact in the folder; --resume auto continues the new one.
+  CHECK(load_checkpoint(folders[0] + "/step-00000006", 0, 1).shard.master == earlier);
+  Config more = small_config(dir, 4);
+  more.runtime.seed = 7;
+  CHECK(train(more, TrainOptions{false, "auto"}).start_step == 3);
+}
+
+TEST_CASE("a rollback moves the abandoned branch aside and keeps the rollback point",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("rollback"), root = dir + "/checkpoints";
+  Config run = small_config(dir, 6);
+  run.checkpoint.interval = 2;
+  run.checkpoint.keep_last = 2;
+  train(run, TrainOptions{false, ""});
+  REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4});
+
+  // Back to step 4 with another learning rate, saving every step, two kept.
+  Config branch = small_config(dir, 5);
+  branch.optimizer.lr = 1e-3;
+  branch.checkpoint.interval = 1;
+  branch.checkpoint.keep_last = 2;
+  LogCapture log;
+  const TrainSummary s = train(branch, TrainOptions{false, root + "/step-00000004"});
+  CHECK(s.start_step == 4);
+  CHECK(s.steps == 5);
+  CHECK(steps_in(root) == std::vector<int64_t>{5, 4});
+  const std::vector<std::string> folders = set_aside_folders(root);
+  REQUIRE(folders.size() == 1);
+  CHECK(steps_in(folders[0]) == std::vector<int64_t>{6});
+  CHECK(
+      log.text().find("moved 1 checkpoint(s) past the resume point (step 4), the newest step 6") !=
+      std::string::npos);
+  // --resume auto now continues the branch, not the abandoned step 6.
+  CHECK(find_latest_checkpoint(root) == root + "/step-00000005");
+}
+
+TEST_CASE("resume auto moves damaged newer checkpoints aside and refuses when none verifies",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("damaged_run"), root = dir + "/checkpoints";
+  Config run = small_config(dir, 6);
+  run.checkpoint.interval = 2;
+  train(run, TrainOptions{false, ""});
+  REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4, 2});
+  std::mt19937 rng(std::random_device{}());
+  // Damage the two newest at a random byte of their shard.
+  const auto damage = [&](int64_t step) {
+    const std::string shard = root + "/" + checkpoint_name(step) + "/shard-00000-of-00001.bin";
+    const auto at = std::uniform_int_distribution<std::streamoff>(
+        64, static_cast<std::streamoff>(fs::file_size(shard)) - 1)(rng);
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(at);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x10);
+    f.seekp(at);
+    f.write(&c, 1);
+  };
+  damage(6);
+  damage(4);
+  {
+    LogCapture log;
+    const TrainSummary s = train(small_config(dir, 3), TrainOptions{false, "auto"});
+    CHECK(s.start_step == 2);
+    CHECK(steps_in(root) == std::vector<int64_t>{3, 2});
+    const std::vector<std::string> folders = set_aside_folders(root);
+    REQUIRE(folders.size() == 1);
+    CHECK(steps_in(folders[0]) == std::vector<int64_t>{6, 4});
+    CHECK(log.text().find("moved 2 checkpoint(s) past the resume point (step 2)") !=
+          std::string::npos);
+  }
+  // Now nothing verifies: an error naming each, not a silent restart that rewrites the metrics.
+  damage(3);
+  damage(2);
+  const int64_t metrics_lines = lines_in(dir + "/metrics.jsonl");
+  REQUIRE(metrics_lines == 3);
+  CHECK_THROWS_WITH(train(small_config(dir, 6), TrainOptions{false, "auto"}),
+                    Catch::Contains("no checkpoint in " + root + " verifies") &&
+                        Catch::Contains(root + "/step-00000003: ") &&
+                        Catch::Contains(root + "/step-00000002: ") && Catch::Contains("crc32"));
+  CHECK(lines_in(dir + "/metrics.jsonl") == metrics_lines);
+  CHECK(steps_in(root) == std::vector<int64_t>{3, 2});
+}
+
+TEST_CASE("startup removes staging leftovers and stops early on an unwritable checkpoint.dir",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("startup"), root = dir + "/checkpoints";
+  fs::create_directories(checkpoint_staging_dir(root, 9, "4242") + "/partial");
+  fs::create_directories(root + "/step-00000005.old-4242");
+  Config c = small_config(dir, 2);
+  c.checkpoint.at_end = false;  // no save, so no prune: only the startup clean-up removes them
+  train(c, TrainOptions{false, ""});
+  CHECK(std::distance(fs::directory_iterator(root), fs::directory_iterator()) == 0);
+
+  // checkpoint.dir under a regular file: the error comes before the first step.
+  const std::string blocked = temp_dir("startup_blocked");
+  std::ofstream(blocked + "/file") << "not a directory";
+  Config b = small_config(blocked + "/run", 2);
+  b.checkpoint.dir = blocked + "/file/checkpoints";
+  CHECK_THROWS_WITH(
+      train(b, TrainOptions{false, ""}),
+      Catch::Contains("checkpoint.dir " + b.checkpoint.dir) && Catch::Contains("Not a directory"));
+  CHECK_FALSE(fs::exists(blocked + "/run/metrics.jsonl"));  // not a step was taken
+}
+
+TEST_CASE("a failed save removes its staging directory and the run stops with the error",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("save_fails"), root = dir + "/checkpoints";
+  Config c = small_config(dir, 4);
+  c.checkpoint.interval = 2;
+  {
+    // The shard file (about 12 bytes a parameter) outgrows 64 KiB; config.yaml and metrics do not.
+    FileSizeLimit limit(64 << 10);
+    CHECK_THROWS_WITH(
+        train(c, TrainOptions{false, ""}),
+        Catch::Contains("shard-00000-of-00001.bin") && Catch::Contains("File too large"));
+  }
+  CHECK(std::distance(fs::directory_iterator(root), fs::directory_iterator()) == 0);
+
+  // The library's single-process save does the same.
+  CheckpointState st;
+  st.meta.step = 3;
+  st.meta.total_params = 20000;
+  st.meta.config_yaml = to_yaml(c);
+  const std::vector<double> values = test::random_normal(20000, std::random_device{}());
+  st.shard.range = {0, 20000};
+  st.shard.master = st.shard.adam_m = st.shard.adam_v =
+      std::vector<float>(values.begin(), values.end());
+  {
+    FileSizeLimit limit(64 << 10);
+    CHECK_THROWS_WITH(save_checkpoint(root, st, 3, 0), Catch::Contains("File too large"));
+  }
+  CHECK(std::distance(fs::directory_iterator(root), fs::directory_iterator()) == 0);
+  const std::string saved = save_checkpoint(root, st, 3, 0);
+  CHECK(load_checkpoint(saved, 0, 1).shard.master == st.shard.master);
+}
+
+TEST_CASE("metrics.jsonl failing mid-run is one error and training goes on, a failed plot warns",
+          "[train]") {
+  const std::string dir = temp_dir("metrics_full");
+  Config c = small_config(dir, 12);
+  c.logging.plot = true;
+  c.checkpoint.at_end = false;
+  // config.yaml fits; metrics.jsonl (about 200 bytes a step) and loss.png do not.
+  const std::string yaml = to_yaml(c);
+  LogCapture log;
+  TrainSummary s;
+  {
+    FileSizeLimit limit(yaml.size() + 300);
+    s = train(c, TrainOptions{false, ""});
+  }
+  CHECK(s.steps == 12);
+  CHECK(s.history.size() == 12);
+  const std::string text = log.text();
+  const std::string error = "cannot write " + dir + "/metrics.jsonl: File too large";
+  CHECK(text.find(error) != std::string::npos);
+  CHECK(text.find(error) == text.rfind(error));  // once, not every step
+  CHECK(text.find("cannot write " + dir + "/loss.png") != std::string::npos);
+  CHECK(text.find("the run itself completed") != std::string::npos);
+  CHECK(lines_in(dir + "/metrics.jsonl") < 12);
+  CHECK(test::read_text(dir + "/config.yaml") == yaml);
+}
+
+TEST_CASE("a resume at or past total_steps trains nothing and says so", "[checkpoint][train]") {
+  const std::string dir = temp_dir("past_end");
+  train(small_config(dir, 4), TrainOptions{false, ""});
+  LogCapture log;
+  const TrainSummary s = train(small_config(dir, 3), TrainOptions{false, "auto"});
+  CHECK(s.start_step == 4);
+  CHECK(s.steps == 4);
+  CHECK(s.history.size() == 4);
+  CHECK(log.text().find("the checkpoint's step 4 is at or past schedule.total_steps 3: nothing "
+                        "trained") != std::string::npos);
+  // `moda train` reports the final step and no validation loss it does not have.
+  const std::string out = dir + "/moda.log";
+  const int status = run_moda_train(dir, 3, {"--resume", "auto"}, out);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  const std::string text = test::read_text(out);
+  INFO(text);
+  CHECK(text.find("done: step 4\n") != std::string::npos);
+  CHECK(text.find("validation loss") == std::string::npos);
 }

@@ -273,6 +273,34 @@ TEST_CASE("corpus reader: text files whole, JSONL by line, gzip transparently", 
   CHECK_THROWS_WITH(moda::list_input_files({dir / "nope"}), Catch::Contains("nope"));
 }
 
+TEST_CASE("corpus reader: a gzip file cut short is an error naming it, not a shorter text",
+          "[shards]") {
+  TempDir dir("gz_cut");
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += fmt::format("line {} of a text that zlib compresses\n", i);
+  const std::string whole_path = dir / "whole.txt.gz";
+  gzFile gz = gzopen(whole_path.c_str(), "wb");
+  gzwrite(gz, text.data(), static_cast<unsigned>(text.size()));
+  gzclose(gz);
+  const std::string whole = read_bytes(whole_path);
+  REQUIRE(whole.size() > 300);
+  auto read_text = [](const std::string& path) {
+    moda::CorpusReader reader({path});
+    moda::RawDocument doc;
+    reader.next(doc);  // a text file is one document
+    return doc.data;
+  };
+  CHECK(read_text(whole_path) == text);
+  // Cut inside the deflate data, and with only the 8-byte trailer (CRC-32, length) missing.
+  for (const size_t keep : {size_t{300}, whole.size() - 8}) {
+    INFO("kept " << keep << " of " << whole.size() << " bytes");
+    const std::string cut_path = dir / fmt::format("cut{}.txt.gz", keep);
+    write_bytes(cut_path, whole.data(), keep);
+    CHECK_THROWS_WITH(read_text(cut_path),
+                      Catch::Contains(cut_path) && Catch::Contains("unexpected end of file"));
+  }
+}
+
 TEST_CASE("tokenize_to_shards: eos-terminated documents, split, same files for any thread count",
           "[shards]") {
   TempDir dir("tokenize");

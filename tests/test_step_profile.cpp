@@ -151,7 +151,7 @@ TEST_CASE("runtime.profile_step profiles one step of a CPU run with the wall clo
 
 #ifdef MODA_HAVE_CUDA
 TEST_CASE("cuda backend: CUDA events time the ops of a profiled step", "[gpu]") {
-  MODA_SKIP_UNLESS(cuda_device_count() > 0, "moda: no GPU visible, skipping");
+  MODA_SKIP_UNLESS_GPU(cuda_device_count() > 0);
   const Config c = test::tiny_variant_config({NormPlacement::reordered, true, true, false, 2}, 64);
   const int64_t B = 2, T = 16;
   const auto cuda = make_cuda_backend();

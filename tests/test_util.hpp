@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -16,14 +17,28 @@
 
 #include "moda/config.hpp"
 
-// Ends the test case with a warning, which shows in the log as a skip, unless `condition`
-// holds (no GPU, no mpirun).
+// Ends the test case unless `condition` holds (no GPU, no mpirun, no tokenizer files). Every skip's
+// warning starts with "moda: SKIPPED:", which the SKIP_REGULAR_EXPRESSION of CMakeLists.txt
+// matches, so ctest reports the test as skipped rather than passed. ctest reports a test whose
+// output matches as skipped even when it also failed, so skip before the first check.
 #define MODA_SKIP_UNLESS(condition, message) \
   do {                                       \
     if (!(condition)) {                      \
-      WARN(message);                         \
+      WARN("moda: SKIPPED: " << message);    \
       return;                                \
     }                                        \
+  } while (0)
+
+// MODA_SKIP_UNLESS for a test that needs a GPU: skipped where none is visible (CI), failed under
+// MODA_EXPECT_GPU=1 (scripts/gpu_test.sh), where no GPU means a driver mismatch or a wrong
+// CUDA_VISIBLE_DEVICES and skipping every GPU test would report a run that tested nothing as
+// passed.
+#define MODA_SKIP_UNLESS_GPU(visible)                                                      \
+  do {                                                                                     \
+    if (!(visible) && std::getenv("MODA_EXPECT_GPU") != nullptr) {                         \
+      FAIL("MODA_EXPECT_GPU is set but no GPU is visible (driver, CUDA_VISIBLE_DEVICES)"); \
+    }                                                                                      \
+    MODA_SKIP_UNLESS(visible, "no GPU visible");                                           \
   } while (0)
 
 namespace moda::test {
@@ -97,8 +112,10 @@ inline std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint64_t seed
   return v;
 }
 
-// ||a - b|| / ||b||; NaN anywhere gives infinity so it never passes a tolerance.
+// ||a - b|| / ||b||; NaN anywhere, different lengths or nothing to compare give infinity, so that
+// none of them passes a tolerance.
 inline double rel_error(std::span<const double> a, std::span<const double> b) {
+  if (a.size() != b.size() || a.empty()) return INFINITY;
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     if (!std::isfinite(a[i]) || !std::isfinite(b[i])) return INFINITY;
@@ -113,6 +130,7 @@ struct Variant {
   bool moda = false, ffn_kv = false, attn_kv_proj = false;
   int64_t group = 1;
   int64_t n_layers = 3;
+  bool tied = false;  // model.tie_embeddings: the LM head and the embedding share one weight
 };
 
 // A small model of every variant: 3 layers (unless asked for more), Hk = 2, Hq = 2G, head_dim 4,
@@ -133,6 +151,7 @@ inline Config tiny_variant_config(const Variant& v, int64_t head_dim = 4) {
   c.moda.enabled = v.moda;
   c.moda.ffn_kv = v.ffn_kv;
   c.moda.attn_kv_proj = v.attn_kv_proj;
+  c.model.tie_embeddings = v.tied;
   c.optimizer.z_loss = 1e-2;
   return c;
 }

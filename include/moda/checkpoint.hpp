@@ -11,7 +11,9 @@
 // Files are written into <root>/step-00000123.tmp-<tag>/, fsynced, the directory fsynced, renamed
 // to the final name and the parent fsynced: a crash at any moment leaves either the complete new
 // checkpoint or none under the final name, and never touches the previous ones. Retention deletes
-// old checkpoints only after the new one is complete. docs/checkpoints.md has the details.
+// old checkpoints only after the new one is complete. Checkpoints of another lineage (an earlier
+// run, an abandoned branch) are moved into <root>/set-aside-*/ at startup by the trainer.
+// docs/checkpoints.md has the details.
 #pragma once
 
 #include <cstdint>
@@ -89,16 +91,43 @@ void write_shard(const std::string& staging, int rank, int world, int64_t total_
 // final directory. An existing checkpoint of the same step is replaced.
 std::string finalize_checkpoint(const std::string& root, const std::string& staging,
                                 const CheckpointMeta& meta);
-// Single process (world 1) convenience: write_shard + finalize_checkpoint + prune_checkpoints.
+// Single process (world 1) convenience: write_shard + finalize_checkpoint, then
+// prune_checkpoints when keep_last >= 1 (0 keeps everything: `moda export --init-checkpoint`).
+// A failed save removes its staging directory before the error propagates.
 std::string save_checkpoint(const std::string& root, const CheckpointState& state,
                             int64_t keep_last, int64_t keep_every);
 
-// Retention (rank 0, after a successful finalize): keeps the newest keep_last complete
-// checkpoints (keep_last <= 0 keeps all) and every step divisible by keep_every (0 = off);
-// deletes the other step directories and leftover staging directories (.tmp-*, .old-*).
-// Returns the deleted directory names.
+// Retention (rank 0, after a successful finalize): keeps the newest keep_last (>= 1, as the
+// config requires) complete checkpoints, every step divisible by keep_every (0 = off) and always
+// `just_saved` (the directory finalize_checkpoint returned); deletes the other step directories
+// and leftover staging directories (.tmp-*, .old-*, .del-*). Returns the deleted directory names.
 std::vector<std::string> prune_checkpoints(const std::string& root, int64_t keep_last,
-                                           int64_t keep_every);
+                                           int64_t keep_every, const std::string& just_saved);
+
+// ---- the run's checkpoint directory ----
+// Startup (rank 0, before training): creates root, checks that a file can be created and removed
+// in it (CheckpointError with the path and the reason otherwise) and removes the staging leftovers
+// (.tmp-*, .old-*, .del-*) of earlier saves and prunes, except a replaced step (.old-*) that
+// verifies while its own name is free, which is renamed back. Returns the names removed.
+std::vector<std::string> prepare_checkpoint_root(const std::string& root);
+
+// The step-* directories under root (by name, verified or not), newest first.
+struct CheckpointDir {
+  int64_t step = 0;
+  std::string path;
+};
+std::vector<CheckpointDir> list_checkpoints(const std::string& root);
+
+// Moves (renames, never deletes) the step-* directories under root with a step > after_step
+// (-1: all of them) into a new <root>/set-aside-<UTC yyyymmddTHHMMSS>-<pid>/ folder, whose name
+// is neither a checkpoint's nor a staging leftover's (a "-2" etc. is appended when that folder
+// exists). Returns the folder and what was moved (at its new path), newest first; nothing
+// moved: an empty folder name and no directory created.
+struct SetAside {
+  std::string folder;
+  std::vector<CheckpointDir> moved;
+};
+SetAside set_aside_checkpoints(const std::string& root, int64_t after_step);
 
 // ---- finding and loading ----
 // An empty optional when `dir` is a complete checkpoint whose files all match the metadata
@@ -107,8 +136,10 @@ std::optional<std::string> verify_checkpoint(const std::string& dir);
 // The newest complete, verified checkpoint under root (nullopt if none). A damaged one is skipped
 // with a spdlog warning naming it and the file at fault; staging directories are ignored.
 std::optional<std::string> find_latest_checkpoint(const std::string& root);
-// Resolves --resume: "auto" -> find_latest_checkpoint(root) (nullopt when there is none), a path
-// to a checkpoint directory -> that path (verified; CheckpointError when damaged), "" -> nullopt.
+// Resolves --resume: "auto" -> find_latest_checkpoint(root) (nullopt when root holds no step-*
+// directory; CheckpointError listing each and its problem when there are some but none
+// verifies), a path to a checkpoint directory -> that path (verified; CheckpointError when
+// damaged), "" -> nullopt.
 std::optional<std::string> resolve_resume(const std::string& resume, const std::string& root);
 
 // Reads the metadata, config and metrics (verifying their sizes and checksums).

@@ -41,7 +41,8 @@ struct StepRecord {
 };
 
 struct TrainSummary {
-  int64_t steps = 0;
+  int rank = 0;       // this process's data-parallel rank (rank 0 reports)
+  int64_t steps = 0;  // the step the run ended at (the checkpoint's when nothing was left to do)
   int64_t start_step = 0;    // > 0 when resumed from a checkpoint of that step
   bool interrupted = false;  // stopped by SIGTERM / SIGINT after saving a checkpoint
   int64_t skipped_steps = 0;
@@ -52,8 +53,9 @@ struct TrainSummary {
 
 struct TrainOptions {
   bool log_to_console = true;
-  // "" (start fresh), "auto" (newest complete checkpoint of the run, else fresh) or a
-  // checkpoint directory.
+  // "" (start fresh; checkpoints already in checkpoint.dir are moved aside), "auto" (newest
+  // complete checkpoint of the run, else fresh; an error when there are some but none verifies)
+  // or a checkpoint directory.
   std::string resume;
 };
 

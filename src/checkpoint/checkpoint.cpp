@@ -14,6 +14,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -74,7 +75,8 @@ std::optional<int64_t> parse_step_dir(const std::string& name) {
 
 bool is_staging_name(const std::string& name) {
   return name.starts_with("step-") &&
-         (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos);
+         (name.find(".tmp-") != std::string::npos || name.find(".old-") != std::string::npos ||
+          name.find(".del-") != std::string::npos);
 }
 
 struct FileEntry {
@@ -445,46 +447,139 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
   const std::string staging =
       checkpoint_staging_dir(root, state.meta.step, std::to_string(::getpid()));
   fs::remove_all(staging);
-  write_shard(staging, 0, 1, state.meta.total_params, state.shard);
-  const std::string dir = finalize_checkpoint(root, staging, state.meta);
-  prune_checkpoints(root, keep_last, keep_every);
+  std::string dir;
+  try {
+    write_shard(staging, 0, 1, state.meta.total_params, state.shard);
+    dir = finalize_checkpoint(root, staging, state.meta);
+  } catch (...) {
+    // A partial save (disk full) must not keep holding the space; the save's error is the one
+    // to report, so a failure to remove is ignored.
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
+  }
+  if (keep_last >= 1) prune_checkpoints(root, keep_last, keep_every, dir);
   return dir;
 }
 
-std::vector<std::string> prune_checkpoints(const std::string& root, int64_t keep_last,
-                                           int64_t keep_every) {
-  std::vector<std::string> deleted;
-  if (!fs::exists(root)) return deleted;
-  std::vector<std::pair<int64_t, fs::path>> complete;
+namespace {
+
+// Removes the staging (.tmp-*), replaced (.old-*) and pruned (.del-*) directories under root:
+// leftovers of saves or prunes that were killed. A replaced one whose checkpoint name is free is
+// renamed back instead when it verifies: a save that replaced its step (finalize_checkpoint) was
+// killed between its two renames, and that copy is the only one. Returns the names removed.
+std::vector<std::string> remove_staging_leftovers(const std::string& root) {
+  std::vector<fs::path> leftovers;
   for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
-    if (!entry.is_directory()) continue;
-    const std::string name = entry.path().filename().string();
-    if (is_staging_name(name)) {
-      // Leftovers of a crashed save (ours are renamed away before prune runs).
-      fs::remove_all(entry.path());
-      deleted.push_back(name);
+    if (entry.is_directory() && is_staging_name(entry.path().filename().string())) {
+      leftovers.push_back(entry.path());
+    }
+  }
+  std::vector<std::string> removed;
+  for (const fs::path& dir : leftovers) {
+    const std::string name = dir.filename().string();
+    const size_t old_at = name.find(".old-");
+    const fs::path own_name = dir.parent_path() / name.substr(0, old_at);
+    if (old_at != std::string::npos && !fs::exists(own_name) && !verify_checkpoint(dir.string())) {
+      fs::rename(dir, own_name);
+      fileio::fsync_dir(root);
       continue;
     }
-    const auto step = parse_step_dir(name);
-    if (!step) continue;
-    // Only directories that claim completion count towards keep_last; others are left alone.
-    if (fs::exists(entry.path() / kMetaFile)) complete.emplace_back(*step, entry.path());
+    fs::remove_all(dir);
+    removed.push_back(name);
   }
-  std::sort(complete.begin(), complete.end(), std::greater<>());
+  return removed;
+}
+
+}  // namespace
+
+std::vector<std::string> prune_checkpoints(const std::string& root, int64_t keep_last,
+                                           int64_t keep_every, const std::string& just_saved) {
+  if (keep_last < 1) {
+    throw std::invalid_argument(
+        fmt::format("prune_checkpoints: keep_last must be >= 1, got {}", keep_last));
+  }
+  if (!fs::exists(root)) return {};
+  // Ours are renamed away before prune runs: these are leftovers of crashed saves.
+  std::vector<std::string> deleted = remove_staging_leftovers(root);
+  std::vector<CheckpointDir> complete;
+  for (const CheckpointDir& d : list_checkpoints(root)) {
+    // Only directories that claim completion count towards keep_last; others are left alone.
+    if (fs::exists(fs::path(d.path) / kMetaFile)) complete.push_back(d);
+  }
   for (size_t i = 0; i < complete.size(); ++i) {
-    const int64_t step = complete[i].first;
-    const bool recent = keep_last <= 0 || static_cast<int64_t>(i) < keep_last;
-    const bool milestone = keep_every > 0 && step % keep_every == 0;
-    if (recent || milestone) continue;
+    const fs::path dir = complete[i].path;
+    const bool recent = static_cast<int64_t>(i) < keep_last;
+    const bool milestone = keep_every > 0 && complete[i].step % keep_every == 0;
+    // Whatever the ranking says (newer checkpoints of another run beside it), the checkpoint this
+    // save wrote stays.
+    std::error_code ec;
+    if (recent || milestone || fs::equivalent(dir, just_saved, ec)) continue;
     // Renamed away first: a kill during remove_all must not leave a damaged final name.
-    const fs::path& dir = complete[i].second;
-    const fs::path aside = dir.string() + fmt::format(".old-{}", ::getpid());
+    const fs::path aside = dir.string() + fmt::format(".del-{}", ::getpid());
     fs::rename(dir, aside);
     fs::remove_all(aside);
     deleted.push_back(dir.filename().string());
   }
   if (!deleted.empty()) fileio::fsync_dir(root);
   return deleted;
+}
+
+std::vector<std::string> prepare_checkpoint_root(const std::string& root) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) {
+    throw CheckpointError(fmt::format("cannot create checkpoint.dir {}: {}", root, ec.message()));
+  }
+  // Found now rather than at the first save, which may come hours later or at preemption.
+  const std::string probe = (fs::path(root) / fmt::format(".write-probe-{}", ::getpid())).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0 || ::close(fd) != 0 || ::unlink(probe.c_str()) != 0) {
+    throw CheckpointError(
+        fmt::format("cannot write in checkpoint.dir {}: {}", root, std::strerror(errno)));
+  }
+  return remove_staging_leftovers(root);
+}
+
+std::vector<CheckpointDir> list_checkpoints(const std::string& root) {
+  std::vector<CheckpointDir> dirs;
+  if (!fs::exists(root)) return dirs;
+  for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
+    if (!entry.is_directory()) continue;
+    if (const auto step = parse_step_dir(entry.path().filename().string())) {
+      dirs.push_back({*step, entry.path().string()});
+    }
+  }
+  std::sort(dirs.begin(), dirs.end(),
+            [](const CheckpointDir& a, const CheckpointDir& b) { return a.step > b.step; });
+  return dirs;
+}
+
+SetAside set_aside_checkpoints(const std::string& root, int64_t after_step) {
+  SetAside out;
+  for (const CheckpointDir& d : list_checkpoints(root)) {
+    if (d.step > after_step) out.moved.push_back(d);
+  }
+  if (out.moved.empty()) return out;
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  ::gmtime_r(&now, &utc);
+  std::array<char, 32> stamp{};
+  std::strftime(stamp.data(), stamp.size(), "%Y%m%dT%H%M%S", &utc);
+  const std::string base = fmt::format("set-aside-{}-{}", stamp.data(), ::getpid());
+  fs::path folder = fs::path(root) / base;
+  // One process starting twice within a second (tests) would reuse the name.
+  for (int n = 2; fs::exists(folder); ++n) folder = fs::path(root) / fmt::format("{}-{}", base, n);
+  fs::create_directory(folder);
+  for (CheckpointDir& d : out.moved) {
+    const fs::path to = folder / fs::path(d.path).filename();
+    fs::rename(d.path, to);
+    d.path = to.string();
+  }
+  fileio::fsync_dir(folder.string());
+  fileio::fsync_dir(root);
+  out.folder = folder.string();
+  return out;
 }
 
 std::optional<std::string> verify_checkpoint(const std::string& dir) {
@@ -502,29 +597,39 @@ std::optional<std::string> verify_checkpoint(const std::string& dir) {
   return std::nullopt;
 }
 
-std::optional<std::string> find_latest_checkpoint(const std::string& root) {
-  if (!fs::exists(root)) return std::nullopt;
-  std::vector<std::pair<int64_t, fs::path>> dirs;
-  for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
-    if (!entry.is_directory()) continue;
-    if (const auto step = parse_step_dir(entry.path().filename().string())) {
-      dirs.emplace_back(*step, entry.path());
-    }
-  }
-  std::sort(dirs.begin(), dirs.end(), std::greater<>());
-  for (const auto& [step, path] : dirs) {
-    if (const auto problem = verify_checkpoint(path.string())) {
-      spdlog::warn("skipping damaged checkpoint {}: {}", path.string(), *problem);
-      continue;
-    }
-    return path.string();
+namespace {
+
+// The newest checkpoint under root that verifies; each damaged one newer than it is named in a
+// warning and in a line of `problems`.
+std::optional<std::string> newest_verified(const std::string& root, std::string& problems) {
+  for (const CheckpointDir& d : list_checkpoints(root)) {
+    const auto problem = verify_checkpoint(d.path);
+    if (!problem) return d.path;
+    spdlog::warn("skipping damaged checkpoint {}: {}", d.path, *problem);
+    problems += fmt::format("\n  {}: {}", d.path, *problem);
   }
   return std::nullopt;
 }
 
+}  // namespace
+
+std::optional<std::string> find_latest_checkpoint(const std::string& root) {
+  std::string problems;
+  return newest_verified(root, problems);
+}
+
 std::optional<std::string> resolve_resume(const std::string& resume, const std::string& root) {
   if (resume.empty() || resume == "none") return std::nullopt;
-  if (resume == "auto") return find_latest_checkpoint(root);
+  if (resume == "auto") {
+    std::string problems;
+    if (auto found = newest_verified(root, problems)) return found;
+    if (problems.empty()) return std::nullopt;
+    // Starting over from step 0 here would throw the run's progress away unasked.
+    throw CheckpointError(fmt::format(
+        "--resume auto: no checkpoint in {} verifies:{}\nrepair one, pass --resume with a good "
+        "checkpoint, or start from step 0 without --resume (that moves these aside)",
+        root, problems));
+  }
   if (const auto problem = verify_checkpoint(resume)) {
     throw CheckpointError(fmt::format("cannot resume from {}: {}", resume, *problem));
   }

@@ -5,7 +5,9 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <limits>
 #include <random>
+#include <string_view>
 
 #include "checkpoint/file_io.hpp"
 #include "cli/commands.hpp"
@@ -17,6 +19,12 @@
 namespace moda::cli {
 
 namespace {
+
+// The config's bound on micro_batch x seq_len (docs/config.md), for --micro-batch x --seq-len and
+// the dump's shape.
+constexpr int64_t kMaxTokens = int64_t{1} << 24;
+const CLI::Range kTokensRange(int64_t{1}, kMaxTokens);
+const CLI::Range kCountRange(int64_t{0}, std::numeric_limits<int64_t>::max());
 
 struct EvalOptions {
   std::string checkpoint, device = "auto", json_out, dump_logits, format;
@@ -33,6 +41,10 @@ std::string number(double x) { return std::isfinite(x) ? fmt::format("{:.6g}", x
 void dump_logits(const EvalOptions& o, const InferenceWeights& w, Backend& backend) {
   const int64_t B = o.dump_batch;
   const int64_t T = o.dump_seq > 0 ? o.dump_seq : std::min<int64_t>(32, w.config.model.max_seq_len);
+  if (B > kMaxTokens / T) {
+    throw std::runtime_error(
+        fmt::format("--dump-batch {} x --dump-seq {} exceeds {} tokens", B, T, kMaxTokens));
+  }
   std::mt19937_64 rng(o.dump_seed);
   std::uniform_int_distribution<int32_t> dist(0,
                                               static_cast<int32_t>(w.config.model.vocab_size - 1));
@@ -57,7 +69,20 @@ void dump_logits(const EvalOptions& o, const InferenceWeights& w, Backend& backe
                o.dump_logits);
 }
 
+// Fails before the evaluation when `path`'s folder is missing, instead of after it.
+void check_output_folder(std::string_view option, const std::string& path) {
+  if (path.empty()) return;
+  const std::filesystem::path folder = std::filesystem::path(path).parent_path();
+  std::error_code ec;
+  if (!folder.empty() && !std::filesystem::is_directory(folder, ec)) {
+    throw std::runtime_error(
+        fmt::format("{} {}: the folder {} does not exist", option, path, folder.string()));
+  }
+}
+
 void run_eval(const EvalOptions& o) {
+  check_output_folder("--json", o.json_out);
+  check_output_folder("--dump-logits", o.dump_logits);
   const InferenceWeights w = load_inference_weights(o.checkpoint);
   const Config& c = w.config;
   auto backend = make_backend(resolve_device_name(o.device), static_cast<int>(o.threads));
@@ -67,6 +92,10 @@ void run_eval(const EvalOptions& o) {
   std::vector<std::string> json_sets, json_choices;
   const int64_t B = o.micro_batch > 0 ? o.micro_batch : c.batch.micro_batch;
   const int64_t T = o.seq_len > 0 ? o.seq_len : c.batch.seq_len;
+  if (B > kMaxTokens / T) {
+    throw std::runtime_error(
+        fmt::format("--micro-batch {} x --seq-len {} exceeds {} tokens", B, T, kMaxTokens));
+  }
   // Held-out sets: NAME=PATH[,PATH...], or the config's validation data when nothing is asked.
   std::vector<std::pair<std::string, std::shared_ptr<const TokenStore>>> sets;
   if (o.data.empty() && o.choices.empty() && o.dump_logits.empty()) {
@@ -138,18 +167,30 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--choices", o->choices,
                   "Multiple-choice JSONL ({\"context\", \"choices\", \"answer\"} per line; "
                   "repeatable)");
-  cmd->add_option("--micro-batch", o->micro_batch, "Sequences per forward (default: config)");
-  cmd->add_option("--seq-len", o->seq_len, "Window of the held-out loss (default: config)");
-  cmd->add_option("--max-batches", o->max_batches, "Micro-batches per held-out set (0 = all)");
+  cmd->add_option("--micro-batch", o->micro_batch,
+                  "Sequences per forward, >= 1 (default: the checkpoint's batch.micro_batch)")
+      ->check(kTokensRange);
+  cmd->add_option("--seq-len", o->seq_len,
+                  "Window of the held-out loss, >= 1 (default: the checkpoint's batch.seq_len)")
+      ->check(kTokensRange);
+  cmd->add_option("--max-batches", o->max_batches, "Micro-batches per held-out set (0 = all)")
+      ->check(kCountRange);
   cmd->add_option("--device", o->device, "auto | cpu | cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = all)");
-  cmd->add_option("--json", o->json_out, "Also write the results to this JSON file");
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = all)")
+      ->check(CLI::Range(int64_t{0}, int64_t{4096}));
+  cmd->add_option("--json", o->json_out,
+                  "Also write the results to this JSON file (its folder must exist)");
   cmd->add_option("--dump-logits", o->dump_logits,
                   "Write fixed random tokens and their logits to this safetensors file "
                   "(scripts/hf_parity.sh)");
-  cmd->add_option("--dump-batch", o->dump_batch, "Sequences of the logits dump");
-  cmd->add_option("--dump-seq", o->dump_seq, "Tokens per sequence of the dump (default 32)");
+  cmd->add_option("--dump-batch", o->dump_batch, "Sequences of the logits dump, >= 1")
+      ->capture_default_str()
+      ->check(kTokensRange);
+  cmd->add_option("--dump-seq", o->dump_seq,
+                  "Tokens per sequence of the dump, >= 1 (default: 32, or model.max_seq_len if "
+                  "shorter)")
+      ->check(kTokensRange);
   cmd->add_option("--dump-seed", o->dump_seed, "Seed of the dump's tokens");
   cmd->callback([o] { run_eval(*o); });
 }

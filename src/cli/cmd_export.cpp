@@ -1,10 +1,13 @@
 // `moda export`: a checkpoint to the Hugging Face layout (safetensors + config.json + tokenizer
 // files; model_type "moda" models also get the modeling files of tools/hf/).
-// `moda export --init-checkpoint ROOT [--config C --set k=v]` instead writes a step-0 checkpoint
-// of a freshly initialized model (parity and smoke tests of export without training).
+// `moda export --init-checkpoint ROOT [--config C --set k=v] [--output DIR]` instead writes a
+// step-0 checkpoint of a freshly initialized model (parity and smoke tests of export without
+// training) and exports that one.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
+#include <filesystem>
 #include <random>
 
 #include "cli/commands.hpp"
@@ -50,7 +53,8 @@ void register_export(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   auto* cmd = app.add_subcommand("export", "Export a checkpoint's weights (Hugging Face format)");
-  cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint directory (.../step-00000123)");
+  auto* checkpoint =
+      cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint directory (.../step-00000123)");
   cmd->add_option("--output,-o", o->output, "Output directory");
   cmd->add_option("--format", o->format, "Export format")->check(CLI::IsMember({"hf"}));
   cmd->add_option("--dtype", o->dtype, "Tensor dtype in model.safetensors")
@@ -58,18 +62,27 @@ void register_export(CLI::App& app) {
   cmd->add_option("--hf-tools", o->tools_dir,
                   "Folder with modeling_moda.py / configuration_moda.py (default: tools/hf of "
                   "the repository, or $MODA_HF_TOOLS)");
-  cmd->add_option("--init-checkpoint", o->init_root,
-                  "Instead of exporting: write ROOT/step-00000000, a checkpoint of a freshly "
-                  "initialized model of --config / --set");
+  auto* init = cmd->add_option("--init-checkpoint", o->init_root,
+                               "Instead of exporting a checkpoint: write ROOT/step-00000000, a "
+                               "checkpoint of a freshly initialized model of --config / --set "
+                               "(only with this option), and export it when --output is given");
+  init->excludes(checkpoint);
   cmd->add_option("--init-noise", o->init_noise,
-                  "With --init-checkpoint: add N(0, x) noise to every parameter");
+                  "With --init-checkpoint: add N(0, x) noise to every parameter (x >= 0)")
+      ->needs(init);
   o->config.add_to(*cmd);
+  o->config.path_option->needs(init);
+  o->config.set_option->needs(init);
   cmd->callback([o] {
+    if (!std::isfinite(o->init_noise) || o->init_noise < 0) {
+      throw CLI::ValidationError("--init-noise",
+                                 fmt::format("must be finite and >= 0, got {}", o->init_noise));
+    }
     if (!o->init_root.empty()) {
       const std::string dir = write_init_checkpoint(o->config.load(), o->init_root, o->init_noise);
       spdlog::info("wrote {}", dir);
-      if (o->checkpoint.empty()) o->checkpoint = dir;
       if (o->output.empty()) return;
+      o->checkpoint = dir;
     }
     if (o->checkpoint.empty() || o->output.empty()) {
       throw CLI::ValidationError("export", "--checkpoint and --output are required");
@@ -77,7 +90,12 @@ void register_export(CLI::App& app) {
     ExportOptions options;
     options.dtype = o->dtype == "bf16" ? SafeDType::bf16 : SafeDType::f32;
     options.tools_dir = o->tools_dir;
-    export_checkpoint_hf(o->checkpoint, o->output, options);
+    try {
+      export_checkpoint_hf(o->checkpoint, o->output, options);
+    } catch (const std::filesystem::filesystem_error& e) {
+      if (e.path1() != std::filesystem::path(o->output)) throw;
+      throw std::runtime_error(fmt::format("--output {}: {}", o->output, e.code().message()));
+    }
   });
 }
 

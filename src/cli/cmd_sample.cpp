@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "cli/commands.hpp"
 #include "export/evaluate.hpp"
@@ -22,14 +24,24 @@ void register_sample(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Generate text from a checkpoint");
   cmd->add_option("--checkpoint", o->checkpoint, "Checkpoint directory")->required();
   cmd->add_option("--prompt,-p", o->prompt, "Prompt text");
-  cmd->add_option("--temperature,-t", o->temperature, "0 = greedy (default)");
-  cmd->add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)");
-  cmd->add_option("--max-tokens,-n", o->max_tokens, "Tokens to generate");
+  cmd->add_option("--temperature,-t", o->temperature,
+                  "Finite and >= 0; 0 = greedy, the most likely token (default)");
+  cmd->add_option("--top-k", o->top_k, "Sample among the k most likely tokens (0 = all)")
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
+  cmd->add_option("--max-tokens,-n", o->max_tokens, "Tokens to generate, >= 0")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   cmd->add_option("--seed", o->seed, "Sampling seed");
   cmd->add_option("--device", o->device, "auto | cpu | cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = all)");
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = all)")
+      ->check(CLI::Range(int64_t{0}, int64_t{4096}));
   cmd->callback([o] {
+    // CLI11's range checks let NaN through, and std::discrete_distribution needs finite weights.
+    if (!std::isfinite(o->temperature) || o->temperature < 0) {
+      throw CLI::ValidationError("--temperature",
+                                 fmt::format("must be finite and >= 0, got {}", o->temperature));
+    }
     const InferenceWeights w = load_inference_weights(o->checkpoint);
     auto tokenizer = make_tokenizer(w.config.data.tokenizer, default_tokenizer_cache());
     auto backend = make_backend(resolve_device_name(o->device), static_cast<int>(o->threads));

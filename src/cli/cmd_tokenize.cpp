@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,17 +26,40 @@ struct TokenizeArgs {
 };
 
 void run_tokenize(TokenizeArgs& args) {
+  if (args.options.val_fraction >= 1) {
+    throw CLI::ValidationError("--val-fraction", "must be < 1: 1 leaves no training documents");
+  }
   const std::string cache =
       args.tokenizer_cache.empty() ? default_tokenizer_cache() : args.tokenizer_cache;
   const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(args.tokenizer, cache);
   args.options.format = parse_format(args.format);
   if (args.dtype != "auto") args.options.dtype = parse_dtype(args.dtype);
-  const TokenizeSummary s = tokenize_to_shards(*tokenizer, args.options);
+  const std::string& out = args.options.output_dir;
+  TokenizeSummary s;
+  try {
+    s = tokenize_to_shards(*tokenizer, args.options);
+  } catch (const std::filesystem::filesystem_error& e) {
+    if (e.path1() != std::filesystem::path(out)) throw;
+    throw std::runtime_error(fmt::format("--output {}: {}", out, e.code().message()));
+  }
+  const int64_t train_documents = s.documents - s.empty_documents - s.val_documents;
+  if (train_documents == 0) {
+    // Shards without training data would only fail later, in `moda train`; removing them leaves
+    // the directory reusable for the next attempt.
+    for (const ShardFileInfo& f : s.manifest.files) {
+      std::filesystem::remove(std::filesystem::path(out) / f.name);
+    }
+    std::filesystem::remove(std::filesystem::path(out) / kManifestName);
+    throw std::runtime_error(fmt::format(
+        "no training documents: {} documents read ({} empty, {} held out for validation); "
+        "no shards kept in {}",
+        s.documents, s.empty_documents, s.val_documents, out));
+  }
   fmt::print(
       "tokenized {} documents ({} empty, skipped) into {} tokens: train {} documents / {} tokens, "
       "val {} documents / {} tokens\n",
-      s.documents, s.empty_documents, s.tokens, s.documents - s.empty_documents - s.val_documents,
-      s.tokens - s.val_tokens, s.val_documents, s.val_tokens);
+      s.documents, s.empty_documents, s.tokens, train_documents, s.tokens - s.val_tokens,
+      s.val_documents, s.val_tokens);
   fmt::print("{} files ({} {}, tokenizer {}, eos {}) and {} in {}\n", s.manifest.files.size(),
              to_string(s.manifest.format), to_string(s.manifest.dtype), s.manifest.tokenizer,
              s.manifest.eos, kManifestName, args.options.output_dir);
@@ -71,7 +95,7 @@ void register_tokenize(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "uint16", "uint32"}));
   cmd->add_option("--val-fraction", args->options.val_fraction,
-                  "Fraction of the documents held out for validation")
+                  "Fraction of the documents held out for validation, in [0, 1)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--seed", args->options.seed, "Seed of the validation split")

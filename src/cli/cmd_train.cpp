@@ -1,5 +1,8 @@
 // `moda train`: trains the configured model (the embedded default without --config).
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include <cmath>
 
 #include "cli/commands.hpp"
 #include "cli/config_options.hpp"
@@ -13,20 +16,23 @@ void register_train(CLI::App& app) {
   options->add_to(*cmd);
   auto resume = std::make_shared<std::string>();
   cmd->add_option("--resume", *resume,
-                  "auto: continue from the newest complete checkpoint of the "
-                  "run (if any); or a "
-                  "checkpoint directory");
+                  "auto: continue from the newest complete checkpoint of the run (if any; an "
+                  "error when none verifies), or a checkpoint directory. Without it, checkpoints "
+                  "already in checkpoint.dir are moved aside");
   cmd->callback([options, resume] {
     const Config config = options->load();
     TrainOptions train_options;
     train_options.resume = *resume;
     const TrainSummary summary = train(config, train_options);
+    if (summary.rank != 0) return;  // one report per job
     if (summary.interrupted) {
       spdlog::info("interrupted after step {}; checkpoint saved", summary.steps);
       return;
     }
-    spdlog::info("done: {} steps, final validation loss {:.4f}", summary.steps,
-                 summary.final_val_loss);
+    spdlog::info("done: step {}{}", summary.steps,
+                 std::isfinite(summary.final_val_loss)
+                     ? fmt::format(", final validation loss {:.4f}", summary.final_val_loss)
+                     : "");
   });
 }
 

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,8 +12,11 @@
 namespace moda::cli {
 
 struct ConfigOptions {
-  std::string path;                    // empty: the embedded default (configs/tiny.yaml)
+  // Unset: the embedded default (configs/tiny.yaml); set but empty is a missing file.
+  std::optional<std::string> path;
   std::vector<std::string> overrides;  // --set section.key=value
+  CLI::Option* path_option = nullptr;  // set by add_to, for needs()/excludes()
+  CLI::Option* set_option = nullptr;
   void add_to(CLI::App& cmd);
   Config load() const;
 };

@@ -172,6 +172,7 @@ void apply_override(Config& config, const std::string& argument) {
 }
 
 std::string read_file(const std::string& path) {
+  if (path.empty()) throw ConfigError("cannot read config file '': the path is empty");
   // An ifstream opens a directory without complaint and then reads nothing.
   std::error_code ignored;
   if (std::filesystem::is_directory(path, ignored)) {
@@ -190,12 +191,18 @@ std::string read_file(const std::string& path) {
 }  // namespace
 
 Config parse_config(const std::string& yaml_text, const std::string& origin) {
-  YAML::Node root;
+  std::vector<YAML::Node> documents;
   try {
-    root = YAML::Load(yaml_text);
+    documents = YAML::LoadAll(yaml_text);
   } catch (const YAML::Exception& e) {
     fail(origin, e.mark, fmt::format("invalid YAML: {}", e.msg));
   }
+  // YAML::Load would silently drop every document after the first.
+  if (documents.size() > 1) {
+    fail(origin, documents[1].Mark(),
+         "more than one YAML document (a second one starts here, after '---')");
+  }
+  const YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
   Config config;
   config.source = origin;
   apply_document(config, root, origin);

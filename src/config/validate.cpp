@@ -18,6 +18,22 @@ constexpr TokenizerVocab kTokenizers[] = {{"byte", 258}, {"gpt2", 50257}, {"dolm
 constexpr std::string_view kFormats[] = {"auto", "text", "npy", "bin"};
 constexpr std::string_view kDtypes[] = {"auto", "uint16", "uint32"};
 
+// Upper bounds, each far above any published model (D 16384, F 53248, 126 layers, 256k
+// vocabulary, 10M-token context), chosen so that no sum or product the code forms from accepted
+// values (parameter counts, byte sizes of the memory plan, B x T rows, tokens seen) overflows
+// int64; docs/config.md lists them.
+constexpr int64_t kMaxWidth = int64_t{1} << 20;        // d_model, mlp_hidden
+constexpr int64_t kMaxLayers = 4096;                   // n_layers
+constexpr int64_t kMaxVocab = int64_t{1} << 31;        // vocab_size (ids are int32), vocab_multiple
+constexpr int64_t kMaxSeqLen = int64_t{1} << 24;       // max_seq_len
+constexpr int64_t kMaxMicroTokens = int64_t{1} << 24;  // micro_batch x seq_len
+constexpr int64_t kMaxStepTokens = int64_t{1} << 32;   // global_batch x seq_len
+constexpr int64_t kMaxSteps = int64_t{1} << 30;        // total_steps
+// micro_batch x seq_len x n_layers x (d_model + mlp_hidden): about the activation values one
+// micro-batch keeps; 2^50 is 4096 times the largest model above at 32k tokens per micro-batch.
+constexpr int64_t kMaxActivations = int64_t{1} << 50;
+constexpr int64_t kMaxThreads = 4096;  // runtime.threads; the backend takes an int
+
 class Checker {
  public:
   explicit Checker(std::string_view origin) : origin_(origin) {}
@@ -36,6 +52,9 @@ class Checker {
   }
   void positive(std::string_view key, double v) const {
     require(v > 0, "{} must be > 0, got {}", key, v);
+  }
+  void at_most(std::string_view key, int64_t v, int64_t max) const {
+    require(v <= max, "{} must be <= {}, got {}", key, max, v);
   }
   void non_negative(std::string_view key, int64_t v) const {
     require(v >= 0, "{} must be >= 0, got {}", key, v);
@@ -71,6 +90,12 @@ void check_model(const Checker& check, const ModelConfig& m) {
   check.positive("model.vocab_size", m.vocab_size);
   check.positive("model.vocab_multiple", m.vocab_multiple);
   check.positive("model.max_seq_len", m.max_seq_len);
+  check.at_most("model.d_model", m.d_model, kMaxWidth);
+  check.at_most("model.n_layers", m.n_layers, kMaxLayers);
+  check.at_most("model.mlp_hidden", m.mlp_hidden, kMaxWidth);
+  check.at_most("model.vocab_size", m.vocab_size, kMaxVocab);
+  check.at_most("model.vocab_multiple", m.vocab_multiple, kMaxVocab);
+  check.at_most("model.max_seq_len", m.max_seq_len, kMaxSeqLen);
   check.require(m.d_model % m.n_heads == 0,
                 "model.d_model ({}) is not divisible by model.n_heads ({})", m.d_model, m.n_heads);
   check.require(m.n_heads % m.n_kv_heads == 0,
@@ -102,6 +127,7 @@ void check_optimizer(const Checker& check, const OptimizerConfig& o) {
 
 void check_schedule(const Checker& check, const ScheduleConfig& s, double lr) {
   check.positive("schedule.total_steps", s.total_steps);
+  check.at_most("schedule.total_steps", s.total_steps, kMaxSteps);
   check.non_negative("schedule.warmup_steps", s.warmup_steps);
   check.require(s.warmup_steps <= s.total_steps,
                 "schedule.warmup_steps ({}) exceeds schedule.total_steps ({})", s.warmup_steps,
@@ -128,13 +154,28 @@ void check_data(const Checker& check, const DataConfig& d, int64_t vocab_size) {
   check.one_of("data.dtype", d.dtype, kDtypes);
 }
 
-void check_batch(const Checker& check, const BatchConfig& b, int64_t max_seq_len) {
+void check_batch(const Checker& check, const BatchConfig& b, const ModelConfig& m) {
   check.positive("batch.seq_len", b.seq_len);
   check.positive("batch.micro_batch", b.micro_batch);
   check.positive("batch.global_batch", b.global_batch);
-  check.require(b.seq_len <= max_seq_len,
+  check.require(b.seq_len <= m.max_seq_len,
                 "batch.seq_len ({}) exceeds model.max_seq_len ({}), the length of the RoPE table",
-                b.seq_len, max_seq_len);
+                b.seq_len, m.max_seq_len);
+  // Divisions, so that the check itself cannot overflow.
+  check.require(b.micro_batch <= kMaxMicroTokens / b.seq_len,
+                "batch.micro_batch ({}) x batch.seq_len ({}) exceeds {} tokens, the maximum of a "
+                "micro-batch",
+                b.micro_batch, b.seq_len, kMaxMicroTokens);
+  check.require(b.global_batch <= kMaxStepTokens / b.seq_len,
+                "batch.global_batch ({}) x batch.seq_len ({}) exceeds {} tokens, the maximum of "
+                "an optimizer step",
+                b.global_batch, b.seq_len, kMaxStepTokens);
+  // At most 2^24 x 2^12 x 2^21 = 2^57 after the bounds above.
+  const int64_t activations = b.micro_batch * b.seq_len * m.n_layers * (m.d_model + m.mlp_hidden);
+  check.require(activations <= kMaxActivations,
+                "batch.micro_batch x batch.seq_len x model.n_layers x (model.d_model + "
+                "model.mlp_hidden) = {} exceeds {}, the maximum of one micro-batch's activations",
+                activations, kMaxActivations);
   check.require(b.global_batch % b.micro_batch == 0,
                 "batch.global_batch ({}) is not a multiple of batch.micro_batch ({})",
                 b.global_batch, b.micro_batch);
@@ -147,6 +188,7 @@ void check_checkpoint(const Checker& check, const CheckpointConfig& c) {
 }
 
 void check_logging(const Checker& check, const LoggingConfig& l) {
+  check.require(!l.dir.empty(), "logging.dir is empty");
   check.positive("logging.interval", l.interval);
   check.non_negative("logging.val_interval", l.val_interval);
   check.positive("logging.val_batches", l.val_batches);
@@ -154,6 +196,7 @@ void check_logging(const Checker& check, const LoggingConfig& l) {
 
 void check_runtime(const Checker& check, const RuntimeConfig& r, int64_t total_steps) {
   check.non_negative("runtime.threads", r.threads);
+  check.at_most("runtime.threads", r.threads, kMaxThreads);
   check.non_negative("runtime.max_skipped_steps", r.max_skipped_steps);
   check.non_negative("runtime.profile_step", r.profile_step);
   check.require(r.profile_step <= total_steps,
@@ -184,7 +227,7 @@ void validate_as(const Config& config, std::string_view origin) {
   check_optimizer(check, config.optimizer);
   check_schedule(check, config.schedule, config.optimizer.lr);
   check_data(check, config.data, config.model.vocab_size);
-  check_batch(check, config.batch, config.model.max_seq_len);
+  check_batch(check, config.batch, config.model);
   check_checkpoint(check, config.checkpoint);
   check_logging(check, config.logging);
   check_runtime(check, config.runtime, config.schedule.total_steps);

@@ -27,6 +27,11 @@ bool is_text_source(const std::string& source, const std::string& format) {
 }
 
 std::string read_text_file(const std::string& path) {
+  // An ifstream opens a directory and reads nothing: it would pass as an empty document.
+  if (std::filesystem::is_directory(path)) {
+    throw std::runtime_error(
+        fmt::format("text file '{}' is a directory; name the files in it", path));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(fmt::format("cannot read text file '{}'", path));
   std::ostringstream ss;

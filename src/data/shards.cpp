@@ -209,6 +209,18 @@ const ShardManifest* manifest_near(const std::string& path,
   return it->second ? &*it->second : nullptr;
 }
 
+// uint32 tokens read as uint16: every high half is 0 and passes the vocabulary check, which for
+// vocabularies above 65535 (dolma2) can never catch it. Looks at the first 64Ki values.
+bool looks_like_uint32(const uint16_t* tokens, int64_t count) {
+  const int64_t n = std::min<int64_t>(count, int64_t{1} << 16);
+  bool even_nonzero = false;
+  for (int64_t i = 0; i + 1 < n; i += 2) {
+    if (tokens[i + 1] != 0) return false;
+    even_nonzero |= tokens[i] != 0;
+  }
+  return even_nonzero;
+}
+
 Shard open_one(const std::string& path, const std::string& format, const std::string& dtype,
                int64_t vocab_size, std::map<std::string, std::optional<ShardManifest>>& manifests) {
   Shard s;
@@ -251,6 +263,10 @@ Shard open_one(const std::string& path, const std::string& format, const std::st
     }
   } else {
     const ShardManifest* manifest = manifest_near(path, manifests);
+    if (wanted && manifest != nullptr && *wanted != manifest->dtype) {
+      fail(path, fmt::format("data.dtype is {} but the {} beside it says {}", dtype, kManifestName,
+                             to_string(manifest->dtype)));
+    }
     if (wanted) {
       s.dtype = *wanted;
     } else if (manifest != nullptr) {
@@ -279,6 +295,12 @@ Shard open_one(const std::string& path, const std::string& format, const std::st
   }
   s.tokens = data + header;
   s.count = static_cast<int64_t>((size - header) / dtype_bytes(s.dtype));
+  if (shard_format != ShardFormat::bin && s.dtype == TokenDtype::uint16 &&
+      looks_like_uint32(reinterpret_cast<const uint16_t*>(s.tokens), s.count)) {
+    fail(path,
+         "looks like uint32 tokens (every odd uint16 of its start is 0, the even ones are "
+         "not); set data.dtype: uint32");
+  }
 
   s.map->advise(MADV_SEQUENTIAL);
   const int64_t bad = s.dtype == TokenDtype::uint16

@@ -16,7 +16,19 @@ namespace moda {
 
 namespace fs = std::filesystem;
 
+void check_not_checkpoint_root(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / "meta.yaml", ec) || !fs::is_directory(dir, ec)) return;
+  const std::vector<CheckpointDir> steps = list_checkpoints(dir);
+  if (steps.empty()) return;
+  throw CheckpointError(fmt::format(
+      "{} is a folder of {} checkpoints, not a checkpoint: pass one of its step-* directories, "
+      "e.g. the newest, {}",
+      dir, steps.size(), steps.front().path));
+}
+
 InferenceWeights load_inference_weights(const std::string& checkpoint_dir) {
+  check_not_checkpoint_root(checkpoint_dir);
   const CheckpointMeta meta = load_checkpoint_meta(checkpoint_dir);
   InferenceWeights w;
   w.config = parse_config(meta.config_yaml, (fs::path(checkpoint_dir) / "config.yaml").string());
@@ -195,6 +207,8 @@ std::vector<ChoiceItem> read_choices_jsonl(const std::string& path) {
       fail(fmt::format("bad answer: {}", e.what()));
     }
   }
+  // Scoring nothing would print an accuracy of 0 as if it had been measured.
+  if (items.empty()) throw std::runtime_error(fmt::format("{}: no items", path));
   return items;
 }
 

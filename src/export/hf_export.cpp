@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "checkpoint/file_io.hpp"
+#include "export/evaluate.hpp"
 #include "moda/checkpoint.hpp"
 #include "moda/model.hpp"
 #include "moda/tokenizer.hpp"
@@ -235,6 +236,7 @@ void export_hf(const Config& config, std::span<const float> params, const std::s
 
 void export_checkpoint_hf(const std::string& checkpoint_dir, const std::string& out_dir,
                           const ExportOptions& options) {
+  check_not_checkpoint_root(checkpoint_dir);
   const CheckpointMeta meta = load_checkpoint_meta(checkpoint_dir);
   const Config config =
       parse_config(meta.config_yaml, (fs::path(checkpoint_dir) / "config.yaml").string());

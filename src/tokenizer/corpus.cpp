@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
+#include <string_view>
 
 #include "tokenizer/json_scan.hpp"
 
@@ -99,10 +100,15 @@ bool CorpusReader::fill() {
   const size_t old = buf_.size();
   buf_.resize(old + kReadChunk);
   const int n = gzread(gz_, buf_.data() + old, static_cast<unsigned>(kReadChunk));
-  if (n < 0) {
-    int code = 0;
-    const char* msg = gzerror(gz_, &code);
-    throw std::runtime_error(fmt::format("cannot read {}: {}", files_[next_file_ - 1], msg));
+  // A gzip stream cut short (data or the 8-byte trailer missing) ends with n == 0 and
+  // Z_BUF_ERROR ("unexpected end of file"), not with n < 0.
+  int code = Z_OK;
+  std::string_view msg = n <= 0 ? gzerror(gz_, &code) : "";
+  if (n < 0 || code != Z_OK) {
+    // zlib puts the path in front of most of its messages.
+    const std::string& path = files_[next_file_ - 1];
+    if (msg.starts_with(path + ": ")) msg.remove_prefix(path.size() + 2);
+    throw std::runtime_error(fmt::format("cannot read {}: {}", path, msg));
   }
   buf_.resize(old + static_cast<size_t>(n));
   bytes_read_ += n;

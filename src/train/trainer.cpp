@@ -6,13 +6,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
+#include "checkpoint/file_io.hpp"
 #include "dist/gradient_buckets.hpp"
 #include "moda/backend.hpp"
 #include "moda/checkpoint.hpp"
@@ -108,6 +111,73 @@ class StepPace {
   int64_t seen_ = 0;
 };
 
+// Rank 0 at startup: makes checkpoint.dir ready for this run's saves and returns the checkpoint to
+// resume from ("" for step 0). Checkpoints that are not this run's history are moved aside:
+// retention would rank them above this run's saves and delete those, and a later --resume auto
+// would continue them. On a fresh start that is all of them (an earlier run: scripts/run.sh
+// reruns into one folder); on a resume from step s those past s (an abandoned branch, or damaged
+// ones that --resume auto skipped).
+std::string prepare_checkpoints(const std::string& root, const std::string& resume,
+                                const Config& config, bool console) {
+  for (const std::string& name : prepare_checkpoint_root(root)) {
+    if (console) spdlog::info("removed {}, left by an interrupted save", name);
+  }
+  const std::optional<std::string> found = resolve_resume(resume, root);
+  int64_t step = -1;
+  if (found) {
+    const CheckpointMeta meta = load_checkpoint_meta(*found);
+    check_resume_config(meta.config_yaml, config);  // a refused resume moves nothing
+    step = meta.step;
+  }
+  const SetAside aside = set_aside_checkpoints(root, step);
+  if (!aside.moved.empty()) {
+    const int64_t newest = aside.moved.front().step;
+    if (found) {
+      spdlog::warn(
+          "moved {} checkpoint(s) past the resume point (step {}), the newest step {}, to {}: "
+          "an abandoned branch, or damaged ones",
+          aside.moved.size(), step, newest, aside.folder);
+    } else {
+      spdlog::warn(
+          "moved {} checkpoint(s) of an earlier run, the newest step {}, to {}; to continue that "
+          "run, pass --resume auto",
+          aside.moved.size(), newest, aside.folder);
+    }
+  }
+  if (!found && !resume.empty() && console) {
+    spdlog::info("--resume {}: no checkpoint in {}; starting from step 0", resume, root);
+  }
+  return found.value_or("");
+}
+
+// metrics.jsonl of the run directory (rank 0). A failed write (disk full) is reported once, with
+// the reason, and the run goes on: every checkpoint keeps its own copy of the metrics.
+class MetricsFile {
+ public:
+  MetricsFile(const std::filesystem::path& path, const std::string& text) : path_(path.string()) {
+    out_.open(path, std::ios::trunc);
+    if (!out_) {
+      throw std::runtime_error(fmt::format("cannot write {}: {}", path_, std::strerror(errno)));
+    }
+    append(text);
+  }
+  void append(const std::string& text) {
+    if (failed_) return;
+    errno = 0;
+    out_ << text;
+    out_.flush();
+    if (out_) return;
+    failed_ = true;
+    spdlog::error("cannot write {}: {}; training goes on, the checkpoints keep the metrics", path_,
+                  errno != 0 ? std::strerror(errno) : "stream error");
+  }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+  bool failed_ = false;
+};
+
 }  // namespace
 
 std::string format_duration(double seconds) {
@@ -172,61 +242,83 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
           ? (std::filesystem::path(config.logging.dir) / "checkpoints").string()
           : config.checkpoint.dir;
   TrainSummary summary;
+  summary.rank = rank;
   std::string metrics_text;  // rank 0: metrics.jsonl so far, stored in every checkpoint
-  int64_t start = 0;
-  if (!options.resume.empty()) {
-    // Rank 0 finds (and verifies) the checkpoint; every rank loads the one it names.
-    std::string found = lead ? resolve_resume(options.resume, ckpt_root).value_or("") : "";
-    found = comm->broadcast(found);
-    if (!found.empty()) {
-      // Model-defining keys first: a changed shape is a ConfigError naming the keys.
-      const std::vector<ConfigChange> changes =
-          check_resume_config(load_checkpoint_meta(found).config_yaml, config);
-      // A ZeRO-1 rank needs every shard's weights but the optimizer state of its own only: one
-      // pass over the shard files reads both.
-      const CheckpointState ck =
-          zero1 ? load_checkpoint(found, ShardRange{0, total_params}, own_params)
-                : load_checkpoint(found, own_params);
-      restore_model(model, ck.shard);
-      loader.restore(reshard_loader_state(ck.meta.loader, ck.meta.world, world));
-      start = ck.meta.step;
-      summary.start_step = start;
-      summary.skipped_steps = ck.meta.skipped_steps;
-      metrics_text = truncate_metrics_jsonl(ck.meta.metrics_jsonl, start);
-      summary.history = parse_metrics_jsonl(metrics_text);
-      if (options.log_to_console && lead) {
-        spdlog::info("resuming from {} (step {})", found, start);
-        for (const ConfigChange& c : changes) {
-          spdlog::info("resume: {} changed from {} to {}", c.key, c.before, c.after);
-        }
-      }
-    } else if (options.log_to_console && lead) {
-      spdlog::info("--resume {}: no checkpoint in {}; starting from step 0", options.resume,
-                   ckpt_root);
+  // Rank 0 prepares checkpoint.dir and finds (and verifies) the checkpoint; an error there stops
+  // every rank, before the first step.
+  std::string found;
+  std::exception_ptr startup_error;
+  if (lead) {
+    try {
+      found = prepare_checkpoints(ckpt_root, options.resume, config, options.log_to_console);
+    } catch (...) {
+      startup_error = std::current_exception();
     }
   }
+  if (!comm->broadcast(std::string(startup_error ? "failed" : "")).empty()) {
+    if (startup_error) std::rethrow_exception(startup_error);
+    throw std::runtime_error("rank 0 could not prepare checkpoint.dir or the resume");
+  }
+  found = comm->broadcast(found);
+  int64_t start = 0;
+  if (!found.empty()) {
+    // Model-defining keys first: a changed shape is a ConfigError naming the keys.
+    const std::vector<ConfigChange> changes =
+        check_resume_config(load_checkpoint_meta(found).config_yaml, config);
+    // A ZeRO-1 rank needs every shard's weights but the optimizer state of its own only: one
+    // pass over the shard files reads both.
+    const CheckpointState ck = zero1
+                                   ? load_checkpoint(found, ShardRange{0, total_params}, own_params)
+                                   : load_checkpoint(found, own_params);
+    restore_model(model, ck.shard);
+    loader.restore(reshard_loader_state(ck.meta.loader, ck.meta.world, world));
+    start = ck.meta.step;
+    summary.start_step = start;
+    summary.skipped_steps = ck.meta.skipped_steps;
+    metrics_text = truncate_metrics_jsonl(ck.meta.metrics_jsonl, start);
+    summary.history = parse_metrics_jsonl(metrics_text);
+    if (options.log_to_console && lead) {
+      spdlog::info("resuming from {} (step {})", found, start);
+      for (const ConfigChange& c : changes) {
+        spdlog::info("resume: {} changed from {} to {}", c.key, c.before, c.after);
+      }
+    }
+  }
+  summary.steps = start;  // the final step, also when there is nothing left to train
   // Writes a checkpoint of the state after `step_done` steps (collective: every rank calls it).
   auto save = [&](int64_t step_done) {
     const std::string tag = comm->broadcast(std::to_string(::getpid()));
     const std::string staging = checkpoint_staging_dir(ckpt_root, step_done, tag);
-    if (zero1) {
-      write_shard(staging, rank, world, total_params, capture_shard(model, own_params));
-    } else if (lead) {
-      write_shard(staging, 0, 1, total_params, capture_shard(model, {0, total_params}));
+    std::string saved;
+    try {
+      if (zero1) {
+        write_shard(staging, rank, world, total_params, capture_shard(model, own_params));
+      } else if (lead) {
+        write_shard(staging, 0, 1, total_params, capture_shard(model, {0, total_params}));
+      }
+      comm->barrier();
+      if (lead) {
+        CheckpointMeta meta;
+        meta.step = step_done;
+        meta.world = world;
+        meta.total_params = total_params;
+        meta.loader = loader.state();
+        meta.rng_seed = config.runtime.seed;
+        meta.skipped_steps = summary.skipped_steps;
+        meta.config_yaml = to_yaml(config);
+        meta.metrics_jsonl = metrics_text;
+        saved = finalize_checkpoint(ckpt_root, staging, meta);
+      }
+    } catch (...) {
+      // A partial save (disk full) must not keep holding the space, or the resumed run fails at
+      // the same save; the save's error is the one to report.
+      std::error_code ignored;
+      std::filesystem::remove_all(staging, ignored);
+      throw;
     }
-    comm->barrier();
     if (lead) {
-      CheckpointMeta meta;
-      meta.step = step_done;
-      meta.world = world;
-      meta.total_params = total_params;
-      meta.loader = loader.state();
-      meta.rng_seed = config.runtime.seed;
-      meta.skipped_steps = summary.skipped_steps;
-      meta.config_yaml = to_yaml(config);
-      meta.metrics_jsonl = metrics_text;
-      const std::string saved = finalize_checkpoint(ckpt_root, staging, meta);
-      prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every);
+      prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every,
+                        saved);
       if (options.log_to_console) spdlog::info("saved checkpoint {}", saved);
     }
     comm->barrier();
@@ -250,17 +342,17 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
 
   // Only rank 0 writes shared files and logs.
   const std::filesystem::path dir(config.logging.dir);
-  std::ofstream metrics;
+  std::optional<MetricsFile> metrics;
   if (lead) {
     std::filesystem::create_directories(dir);
-    std::ofstream(dir / "config.yaml") << resolved;
-    metrics.open(dir / "metrics.jsonl", std::ios::trunc);
-    if (!metrics) {
-      throw std::runtime_error(fmt::format("cannot write {}", (dir / "metrics.jsonl").string()));
-    }
-    metrics << metrics_text;  // a resumed run continues the checkpoint's metrics
+    fileio::write_file((dir / "config.yaml").string(), resolved);
+    metrics.emplace(dir / "metrics.jsonl", metrics_text);  // a resumed run continues its metrics
   }
   const bool console = options.log_to_console && lead;
+  if (lead && start >= config.schedule.total_steps) {
+    spdlog::warn("the checkpoint's step {} is at or past schedule.total_steps {}: nothing trained",
+                 start, config.schedule.total_steps);
+  }
 
   const ParamCounts counts = count_params(model.shape());
   const double flops_token = flops_per_token(config, T);
@@ -391,8 +483,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
           rec.step, json_number(rec.loss), json_number(rec.val_loss), json_number(rec.lr),
           json_number(rec.grad_norm), rec.step * tokens_per_step, json_number(rec.tokens_per_s),
           json_number(rec.mfu), json_number(rec.seconds));
-      metrics << line;
-      metrics.flush();
+      metrics->append(line);
       metrics_text += line;
     }
     pace.add(rec.seconds);
@@ -415,10 +506,18 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     if (end_of_step(rec.step)) break;
   }
   if (lead && config.logging.plot && !summary.history.empty()) {
-    write_loss_plot((dir / "loss.png").string(), summary.history);
-    if (console)
-      spdlog::info("wrote {} and {}", (dir / "metrics.jsonl").string(),
-                   (dir / "loss.png").string());
+    // The picture is optional: failing to draw it must not fail a completed run.
+    try {
+      errno = 0;
+      write_loss_plot((dir / "loss.png").string(), summary.history);
+      if (console)
+        spdlog::info("wrote {} and {}", (dir / "metrics.jsonl").string(),
+                     (dir / "loss.png").string());
+    } catch (const std::exception& e) {
+      const int error = errno;
+      spdlog::warn("{}{}; the run itself completed", e.what(),
+                   error != 0 ? fmt::format(": {}", std::strerror(error)) : "");
+    }
   }
   return summary;
 }
