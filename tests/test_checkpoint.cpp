@@ -20,6 +20,8 @@
 #include "test_util.hpp"
 
 using namespace moda;
+using moda::test::flip_byte;
+using moda::test::LogCapture;
 namespace fs = std::filesystem;
 
 namespace {
@@ -68,34 +70,8 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-// Collects spdlog messages while alive.
-class LogCapture {
- public:
-  LogCapture() {
-    previous_ = spdlog::default_logger();
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_);
-    spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
-  }
-  ~LogCapture() { spdlog::set_default_logger(previous_); }
-  std::string text() const { return stream_.str(); }
-
- private:
-  std::ostringstream stream_;
-  std::shared_ptr<spdlog::logger> previous_;
-};
-
 std::string shard_path(const std::string& dir) {
   return (fs::path(dir) / "shard-00000-of-00001.bin").string();
-}
-
-void flip_byte(const std::string& path, int64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(offset);
-  char c = 0;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x5a);
-  f.seekp(offset);
-  f.write(&c, 1);
 }
 
 }  // namespace

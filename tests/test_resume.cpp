@@ -32,6 +32,8 @@
 
 using namespace moda;
 namespace fs = std::filesystem;
+using moda::test::flip_byte;
+using moda::test::LogCapture;
 using moda::test::temp_dir;
 
 namespace {
@@ -53,29 +55,19 @@ Config small_config(const std::string& dir, int64_t steps) {
   return c;
 }
 
+// A run of 6 steps that saves at steps 2, 4 and 6: a folder with a history to set aside, roll
+// back or damage.
+Config six_steps_saving_every_two(const std::string& dir) {
+  Config c = small_config(dir, 6);
+  c.checkpoint.interval = 2;
+  return c;
+}
+
 std::vector<float> final_master(const std::string& run_dir) {
   const auto latest = find_latest_checkpoint(run_dir + "/checkpoints");
   REQUIRE(latest.has_value());
   return load_checkpoint(*latest, 0, 1).shard.master;
 }
-
-// Collects spdlog messages while alive.
-class LogCapture {
- public:
-  LogCapture() {
-    previous_ = spdlog::default_logger();
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_);
-    spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
-  }
-  ~LogCapture() { spdlog::set_default_logger(previous_); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-  std::string text() const { return stream_.str(); }
-
- private:
-  std::ostringstream stream_;
-  std::shared_ptr<spdlog::logger> previous_;
-};
 
 // Caps the size of the files this process writes (RLIMIT_FSIZE): a write past it fails with
 // EFBIG ("File too large"), a full disk that needs no mount and no root.
@@ -124,10 +116,10 @@ int64_t lines_in(const std::string& path) {
   return n;
 }
 
-// Runs `moda train` with small_overrides(dir, steps) and `extra` arguments; stdout and stderr go
-// to `log`. Returns the wait status.
-int run_moda_train(const std::string& dir, int64_t steps, const std::vector<std::string>& extra,
-                   const std::string& log) {
+// Starts `moda train` with small_overrides(dir, steps) and `extra` arguments; stdout and stderr
+// go to `log`. Returns its pid.
+pid_t spawn_moda_train(const std::string& dir, int64_t steps, const std::vector<std::string>& extra,
+                       const std::string& log) {
   std::vector<std::string> args = {MODA_BINARY, "train"};
   for (const std::string& o : small_overrides(dir, steps)) {
     args.push_back("--set");
@@ -146,6 +138,13 @@ int run_moda_train(const std::string& dir, int64_t steps, const std::vector<std:
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
+  return pid;
+}
+
+// spawn_moda_train, then its wait status.
+int run_moda_train(const std::string& dir, int64_t steps, const std::vector<std::string>& extra,
+                   const std::string& log) {
+  const pid_t pid = spawn_moda_train(dir, steps, extra, log);
   int status = 0;
   ::waitpid(pid, &status, 0);
   return status;
@@ -263,23 +262,7 @@ TEST_CASE("resume refuses a changed model shape, naming the key", "[checkpoint][
 
 TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoint][train]") {
   const std::string dir = temp_dir("sigterm");
-  std::vector<std::string> args = {MODA_BINARY, "train"};
-  for (const std::string& o : small_overrides(dir, 100000)) {
-    args.push_back("--set");
-    args.push_back(o);
-  }
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, 1);
-    ::dup2(devnull, 2);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
+  const pid_t pid = spawn_moda_train(dir, 100000, {}, "/dev/null");
   // Wait until it has taken a few steps (metrics.jsonl has lines), then send SIGTERM.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   int64_t lines = 0;
@@ -311,8 +294,7 @@ TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoi
 TEST_CASE("a fresh start moves an earlier run's checkpoints aside and --resume auto continues",
           "[checkpoint][train]") {
   const std::string dir = temp_dir("fresh_again"), root = dir + "/checkpoints";
-  Config first = small_config(dir, 6);
-  first.checkpoint.interval = 2;
+  const Config first = six_steps_saving_every_two(dir);
   train(first, TrainOptions{false, ""});
   REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4, 2});
   const std::vector<float> earlier = final_master(dir);
@@ -340,8 +322,7 @@ TEST_CASE("a fresh start moves an earlier run's checkpoints aside and --resume a
 TEST_CASE("a rollback moves the abandoned branch aside and keeps the rollback point",
           "[checkpoint][train]") {
   const std::string dir = temp_dir("rollback"), root = dir + "/checkpoints";
-  Config run = small_config(dir, 6);
-  run.checkpoint.interval = 2;
+  Config run = six_steps_saving_every_two(dir);
   run.checkpoint.keep_last = 2;
   train(run, TrainOptions{false, ""});
   REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4});
@@ -369,23 +350,15 @@ TEST_CASE("a rollback moves the abandoned branch aside and keeps the rollback po
 TEST_CASE("resume auto moves damaged newer checkpoints aside and refuses when none verifies",
           "[checkpoint][train]") {
   const std::string dir = temp_dir("damaged_run"), root = dir + "/checkpoints";
-  Config run = small_config(dir, 6);
-  run.checkpoint.interval = 2;
+  const Config run = six_steps_saving_every_two(dir);
   train(run, TrainOptions{false, ""});
   REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4, 2});
   std::mt19937 rng(std::random_device{}());
   // Damage the two newest at a random byte of their shard.
   const auto damage = [&](int64_t step) {
     const std::string shard = root + "/" + checkpoint_name(step) + "/shard-00000-of-00001.bin";
-    const auto at = std::uniform_int_distribution<std::streamoff>(
-        64, static_cast<std::streamoff>(fs::file_size(shard)) - 1)(rng);
-    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(at);
-    char c = 0;
-    f.read(&c, 1);
-    c = static_cast<char>(c ^ 0x10);
-    f.seekp(at);
-    f.write(&c, 1);
+    flip_byte(shard, std::uniform_int_distribution<int64_t>(
+                         64, static_cast<int64_t>(fs::file_size(shard)) - 1)(rng));
   };
   damage(6);
   damage(4);
