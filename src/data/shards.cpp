@@ -210,9 +210,11 @@ const ShardManifest* manifest_near(const std::string& path,
 }
 
 // uint32 tokens read as uint16: every high half is 0 and passes the vocabulary check, which for
-// vocabularies above 65535 (dolma2) can never catch it. Looks at the first 64Ki values.
+// vocabularies above 65535 (dolma2) can never catch it. Looks at the first 64Ki values; a file of
+// fewer than 64 is not judged (a few zeros by chance are not a pattern).
 bool looks_like_uint32(const uint16_t* tokens, int64_t count) {
   const int64_t n = std::min<int64_t>(count, int64_t{1} << 16);
+  if (n < 64) return false;
   bool even_nonzero = false;
   for (int64_t i = 0; i + 1 < n; i += 2) {
     if (tokens[i + 1] != 0) return false;
