@@ -582,6 +582,17 @@ SetAside set_aside_checkpoints(const std::string& root, int64_t after_step) {
   return out;
 }
 
+void check_not_checkpoint_root(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / kMetaFile, ec) || !fs::is_directory(dir, ec)) return;
+  const std::vector<CheckpointDir> steps = list_checkpoints(dir);
+  if (steps.empty()) return;
+  throw CheckpointError(fmt::format(
+      "{} is a folder of {} checkpoints, not a checkpoint: pass one of its step-* directories, "
+      "e.g. the newest, {}",
+      dir, steps.size(), steps.front().path));
+}
+
 std::optional<std::string> verify_checkpoint(const std::string& dir) {
   try {
     const MetaFile m = read_meta(dir);

@@ -16,17 +16,6 @@ namespace moda {
 
 namespace fs = std::filesystem;
 
-void check_not_checkpoint_root(const std::string& dir) {
-  std::error_code ec;
-  if (fs::exists(fs::path(dir) / "meta.yaml", ec) || !fs::is_directory(dir, ec)) return;
-  const std::vector<CheckpointDir> steps = list_checkpoints(dir);
-  if (steps.empty()) return;
-  throw CheckpointError(fmt::format(
-      "{} is a folder of {} checkpoints, not a checkpoint: pass one of its step-* directories, "
-      "e.g. the newest, {}",
-      dir, steps.size(), steps.front().path));
-}
-
 InferenceWeights load_inference_weights(const std::string& checkpoint_dir) {
   check_not_checkpoint_root(checkpoint_dir);
   const CheckpointMeta meta = load_checkpoint_meta(checkpoint_dir);

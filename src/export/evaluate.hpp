@@ -25,9 +25,6 @@ struct InferenceWeights {
   int64_t step = 0;
 };
 InferenceWeights load_inference_weights(const std::string& checkpoint_dir);
-// Throws CheckpointError when `dir` is not a checkpoint but a folder of step-* checkpoints (a
-// run's checkpoint root), naming the newest; the loader would only say that meta.yaml is missing.
-void check_not_checkpoint_root(const std::string& dir);
 
 // "auto" -> cuda when available, else cpu; "cpu", "cuda" as given.
 std::string resolve_device_name(const std::string& device);

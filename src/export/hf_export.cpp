@@ -7,7 +7,6 @@
 #include <stdexcept>
 
 #include "checkpoint/file_io.hpp"
-#include "export/evaluate.hpp"
 #include "moda/checkpoint.hpp"
 #include "moda/model.hpp"
 #include "moda/tokenizer.hpp"
