@@ -1,8 +1,5 @@
 // The window loader: disjoint rank slices, determinism, resume, epochs; token files whose dtype
 // is wrong, and text sources that are directories.
-#include <fmt/format.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -12,26 +9,13 @@
 
 #include "data/shards.hpp"
 #include "moda/data.hpp"
+#include "test_util.hpp"
 
 using namespace moda;
 
 namespace {
 
 namespace fs = std::filesystem;
-
-// A fresh directory, removed with everything in it at the end of the test.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / fmt::format("moda_loader_{}_{}", name, ::getpid())) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
-};
 
 // `n` random token ids in [1, vocab), written as T.
 template <typename T>
@@ -151,32 +135,32 @@ TEST_CASE("the prefetching loader yields the loader's batches and exact states",
 
 TEST_CASE("uint32 tokens read as uint16 are refused, and so is a dtype the manifest contradicts",
           "[data]") {
-  TempDir dir("dtype");
+  const std::string dir = moda::test::temp_dir("loader_dtype");
   std::mt19937_64 rng(std::random_device{}());
   const auto n = static_cast<size_t>(std::uniform_int_distribution<int>(200, 3000)(rng));
-  const std::vector<uint32_t> wide = write_tokens<uint32_t>(dir / "wide.npy", n, 258, rng());
+  const std::vector<uint32_t> wide = write_tokens<uint32_t>(dir + "/wide.npy", n, 258, rng());
   INFO(n << " tokens");
   // Every high half is 0 < 258: only the pattern can tell.
-  CHECK_THROWS_WITH(open_shards({dir / "wide.npy"}, "auto", "uint16", 258, 10),
+  CHECK_THROWS_WITH(open_shards({dir + "/wide.npy"}, "auto", "uint16", 258, 10),
                     Catch::Contains("wide.npy") && Catch::Contains("looks like uint32 tokens") &&
                         Catch::Contains("set data.dtype: uint32"));
-  const auto right = open_shards({dir / "wide.npy"}, "auto", "uint32", 258, 10);
+  const auto right = open_shards({dir + "/wide.npy"}, "auto", "uint32", 258, 10);
   REQUIRE(right->size() == static_cast<int64_t>(n));
   std::vector<int32_t> back(n);
   right->read(0, static_cast<int64_t>(n), back.data());
   CHECK(std::equal(back.begin(), back.end(), wide.begin()));
   // Real uint16 tokens pass, zeros among them included.
-  std::vector<uint16_t> narrow = write_tokens<uint16_t>(dir / "narrow.npy", n, 258, rng());
+  std::vector<uint16_t> narrow = write_tokens<uint16_t>(dir + "/narrow.npy", n, 258, rng());
   for (size_t i = 1; i < n; i += 3) narrow[i] = 0;
-  std::ofstream(dir / "narrow.npy", std::ios::binary)
+  std::ofstream(dir + "/narrow.npy", std::ios::binary)
       .write(reinterpret_cast<const char*>(narrow.data()),
              static_cast<std::streamsize>(n * sizeof(uint16_t)));
-  CHECK(open_shards({dir / "narrow.npy"}, "auto", "uint16", 258, 10)->size() ==
+  CHECK(open_shards({dir + "/narrow.npy"}, "auto", "uint16", 258, 10)->size() ==
         static_cast<int64_t>(n));
 
   // A manifest saying uint16 beside uint16 tokens, and data.dtype: uint32.
-  fs::create_directories(dir.path / "tokenized");
-  const std::string shard = dir / "tokenized/train-00000.npy";
+  fs::create_directories(dir + "/tokenized");
+  const std::string shard = dir + "/tokenized/train-00000.npy";
   write_tokens<uint16_t>(shard, 2 * n, 258, rng());
   ShardManifest m;
   m.dtype = TokenDtype::uint16;
@@ -184,7 +168,7 @@ TEST_CASE("uint32 tokens read as uint16 are refused, and so is a dtype the manif
   m.vocab_size = 258;
   m.eos = 256;
   m.files = {{"train-00000.npy", "train", static_cast<int64_t>(2 * n), 1, 0}};
-  write_manifest((dir.path / "tokenized").string(), m);
+  write_manifest((dir + "/tokenized"), m);
   CHECK(open_shards({shard}, "auto", "auto", 258, 10)->size() == static_cast<int64_t>(2 * n));
   CHECK_THROWS_WITH(open_shards({shard}, "auto", "uint32", 258, 10),
                     Catch::Contains("train-00000.npy") &&
@@ -193,13 +177,13 @@ TEST_CASE("uint32 tokens read as uint16 are refused, and so is a dtype the manif
 }
 
 TEST_CASE("a directory named as a text source is an error, not an empty document", "[data]") {
-  TempDir dir("text_dir");
-  fs::create_directories(dir.path / "chapters.txt");
-  std::ofstream(dir / "a.txt") << std::string(4000, 'a');
+  const std::string dir = moda::test::temp_dir("loader_text_dir");
+  fs::create_directories(dir + "/chapters.txt");
+  std::ofstream(dir + "/a.txt") << std::string(4000, 'a');
   DataConfig data;
-  data.train = {dir / "a.txt", dir / "chapters.txt"};
+  data.train = {dir + "/a.txt", dir + "/chapters.txt"};
   CHECK_THROWS_WITH(open_dataset(data, 16),
-                    Catch::Contains(dir / "chapters.txt") && Catch::Contains("is a directory"));
-  data.train = {dir / "a.txt"};
+                    Catch::Contains(dir + "/chapters.txt") && Catch::Contains("is a directory"));
+  data.train = {dir + "/a.txt"};
   CHECK(open_dataset(data, 16).train->size() > 16);
 }

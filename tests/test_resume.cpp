@@ -99,6 +99,12 @@ std::vector<int64_t> steps_in(const std::string& root) {
   return out;
 }
 
+// Trains that run in `dir`: checkpoints of steps 6, 4 and 2.
+void train_saving_every_two(const std::string& dir) {
+  train(six_steps_saving_every_two(dir), TrainOptions{false, ""});
+  REQUIRE(steps_in(dir + "/checkpoints") == std::vector<int64_t>{6, 4, 2});
+}
+
 // The set-aside-* folders under root.
 std::vector<std::string> set_aside_folders(const std::string& root) {
   std::vector<std::string> out;
@@ -294,9 +300,7 @@ TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoi
 TEST_CASE("a fresh start moves an earlier run's checkpoints aside and --resume auto continues",
           "[checkpoint][train]") {
   const std::string dir = temp_dir("fresh_again"), root = dir + "/checkpoints";
-  const Config first = six_steps_saving_every_two(dir);
-  train(first, TrainOptions{false, ""});
-  REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4, 2});
+  train_saving_every_two(dir);
   const std::vector<float> earlier = final_master(dir);
 
   // The same folder again without --resume (scripts/run.sh reruns this way): a new run.
@@ -350,9 +354,7 @@ TEST_CASE("a rollback moves the abandoned branch aside and keeps the rollback po
 TEST_CASE("resume auto moves damaged newer checkpoints aside and refuses when none verifies",
           "[checkpoint][train]") {
   const std::string dir = temp_dir("damaged_run"), root = dir + "/checkpoints";
-  const Config run = six_steps_saving_every_two(dir);
-  train(run, TrainOptions{false, ""});
-  REQUIRE(steps_in(root) == std::vector<int64_t>{6, 4, 2});
+  train_saving_every_two(dir);
   std::mt19937 rng(std::random_device{}());
   // Damage the two newest at a random byte of their shard.
   const auto damage = [&](int64_t step) {

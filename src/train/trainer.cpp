@@ -111,22 +111,33 @@ class StepPace {
   int64_t seen_ = 0;
 };
 
-// Rank 0 at startup: makes checkpoint.dir ready for this run's saves and returns the checkpoint to
-// resume from ("" for step 0). Checkpoints that are not this run's history are moved aside:
+// What rank 0 found at startup: the checkpoint to resume from ("" for step 0) and the keys of the
+// config that differ from the checkpoint's.
+struct ResumePoint {
+  std::string checkpoint;
+  std::vector<ConfigChange> changes;
+};
+
+// Rank 0 at startup: makes checkpoint.dir ready for this run's saves and finds the checkpoint to
+// resume from. Checkpoints that are not this run's history are moved aside:
 // retention would rank them above this run's saves and delete those, and a later --resume auto
 // would continue them. On a fresh start that is all of them (an earlier run: scripts/run.sh
 // reruns into one folder); on a resume from step s those past s (an abandoned branch, or damaged
 // ones that --resume auto skipped).
-std::string prepare_checkpoints(const std::string& root, const std::string& resume,
+ResumePoint prepare_checkpoints(const std::string& root, const std::string& resume,
                                 const Config& config, bool console) {
   for (const std::string& name : prepare_checkpoint_root(root)) {
     if (console) spdlog::info("removed {}, left by an interrupted save", name);
   }
   const std::optional<std::string> found = resolve_resume(resume, root);
   int64_t step = -1;
+  ResumePoint point;
   if (found) {
     const CheckpointMeta meta = load_checkpoint_meta(*found);
-    check_resume_config(meta.config_yaml, config);  // a refused resume moves nothing
+    // Model-defining keys first (a changed shape is a ConfigError naming the keys), so that a
+    // refused resume moves nothing.
+    point.changes = check_resume_config(meta.config_yaml, config);
+    point.checkpoint = *found;
     step = meta.step;
   }
   const SetAside aside = set_aside_checkpoints(root, step);
@@ -147,7 +158,7 @@ std::string prepare_checkpoints(const std::string& root, const std::string& resu
   if (!found && !resume.empty() && console) {
     spdlog::info("--resume {}: no checkpoint in {}; starting from step 0", resume, root);
   }
-  return found.value_or("");
+  return point;
 }
 
 // metrics.jsonl of the run directory (rank 0). A failed write (disk full) is reported once, with
@@ -246,11 +257,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   std::string metrics_text;  // rank 0: metrics.jsonl so far, stored in every checkpoint
   // Rank 0 prepares checkpoint.dir and finds (and verifies) the checkpoint; an error there stops
   // every rank, before the first step.
-  std::string found;
+  ResumePoint resume_point;
   std::exception_ptr startup_error;
   if (lead) {
     try {
-      found = prepare_checkpoints(ckpt_root, options.resume, config, options.log_to_console);
+      resume_point = prepare_checkpoints(ckpt_root, options.resume, config, options.log_to_console);
     } catch (...) {
       startup_error = std::current_exception();
     }
@@ -259,12 +270,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     if (startup_error) std::rethrow_exception(startup_error);
     throw std::runtime_error("rank 0 could not prepare checkpoint.dir or the resume");
   }
-  found = comm->broadcast(found);
+  const std::string found = comm->broadcast(resume_point.checkpoint);
   int64_t start = 0;
   if (!found.empty()) {
-    // Model-defining keys first: a changed shape is a ConfigError naming the keys.
-    const std::vector<ConfigChange> changes =
-        check_resume_config(load_checkpoint_meta(found).config_yaml, config);
     // A ZeRO-1 rank needs every shard's weights but the optimizer state of its own only: one
     // pass over the shard files reads both.
     const CheckpointState ck = zero1
@@ -279,7 +287,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     summary.history = parse_metrics_jsonl(metrics_text);
     if (options.log_to_console && lead) {
       spdlog::info("resuming from {} (step {})", found, start);
-      for (const ConfigChange& c : changes) {
+      for (const ConfigChange& c : resume_point.changes) {
         spdlog::info("resume: {} changed from {} to {}", c.key, c.before, c.after);
       }
     }
