@@ -7,7 +7,6 @@
 #include <spdlog/spdlog.h>
 
 #include <cmath>
-#include <filesystem>
 #include <random>
 
 #include "cli/commands.hpp"
@@ -90,12 +89,8 @@ void register_export(CLI::App& app) {
     ExportOptions options;
     options.dtype = o->dtype == "bf16" ? SafeDType::bf16 : SafeDType::f32;
     options.tools_dir = o->tools_dir;
-    try {
-      export_checkpoint_hf(o->checkpoint, o->output, options);
-    } catch (const std::filesystem::filesystem_error& e) {
-      if (e.path1() != std::filesystem::path(o->output)) throw;
-      throw std::runtime_error(fmt::format("--output {}: {}", o->output, e.code().message()));
-    }
+    writing_to("--output", o->output,
+               [&] { export_checkpoint_hf(o->checkpoint, o->output, options); });
   });
 }
 

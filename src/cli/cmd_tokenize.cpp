@@ -35,13 +35,8 @@ void run_tokenize(TokenizeArgs& args) {
   args.options.format = parse_format(args.format);
   if (args.dtype != "auto") args.options.dtype = parse_dtype(args.dtype);
   const std::string& out = args.options.output_dir;
-  TokenizeSummary s;
-  try {
-    s = tokenize_to_shards(*tokenizer, args.options);
-  } catch (const std::filesystem::filesystem_error& e) {
-    if (e.path1() != std::filesystem::path(out)) throw;
-    throw std::runtime_error(fmt::format("--output {}: {}", out, e.code().message()));
-  }
+  const TokenizeSummary s =
+      writing_to("--output", out, [&] { return tokenize_to_shards(*tokenizer, args.options); });
   const int64_t train_documents = s.documents - s.empty_documents - s.val_documents;
   if (train_documents == 0) {
     // Shards without training data would only fail later, in `moda train`; removing them leaves
