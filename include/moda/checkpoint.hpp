@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <span>
 #include <string>
@@ -79,6 +80,20 @@ std::string checkpoint_name(int64_t step);
 // <root>/step-00000123.tmp-<tag>: where the files of a checkpoint in progress go. All ranks of
 // one save must use the same tag (e.g. rank 0's pid, broadcast); single-process: the pid.
 std::string checkpoint_staging_dir(const std::string& root, int64_t step, const std::string& tag);
+// Runs `save` (one save's write_shard and finalize_checkpoint into `staging`); when it throws,
+// `staging` is removed before the error propagates: a partial save (disk full) must not keep
+// holding the space, or the resumed run fails at the same save. A failure to remove is ignored,
+// as the save's error is the one to report.
+template <typename Save>
+auto removing_staging_on_failure(const std::string& staging, Save&& save) {
+  try {
+    return save();
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove_all(staging, ignored);
+    throw;
+  }
+}
 
 // ---- saving ----
 // Each rank: writes (and fsyncs) shard-<rank>-of-<world>.bin into the staging directory, creating

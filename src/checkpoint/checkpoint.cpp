@@ -447,17 +447,10 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
   const std::string staging =
       checkpoint_staging_dir(root, state.meta.step, std::to_string(::getpid()));
   fs::remove_all(staging);
-  std::string dir;
-  try {
+  const std::string dir = removing_staging_on_failure(staging, [&] {
     write_shard(staging, 0, 1, state.meta.total_params, state.shard);
-    dir = finalize_checkpoint(root, staging, state.meta);
-  } catch (...) {
-    // A partial save (disk full) must not keep holding the space; the save's error is the one
-    // to report, so a failure to remove is ignored.
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+    return finalize_checkpoint(root, staging, state.meta);
+  });
   if (keep_last >= 1) prune_checkpoints(root, keep_last, keep_every, dir);
   return dir;
 }

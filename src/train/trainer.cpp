@@ -297,33 +297,25 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   auto save = [&](int64_t step_done) {
     const std::string tag = comm->broadcast(std::to_string(::getpid()));
     const std::string staging = checkpoint_staging_dir(ckpt_root, step_done, tag);
-    std::string saved;
-    try {
+    const std::string saved = removing_staging_on_failure(staging, [&] {
       if (zero1) {
         write_shard(staging, rank, world, total_params, capture_shard(model, own_params));
       } else if (lead) {
         write_shard(staging, 0, 1, total_params, capture_shard(model, {0, total_params}));
       }
       comm->barrier();
-      if (lead) {
-        CheckpointMeta meta;
-        meta.step = step_done;
-        meta.world = world;
-        meta.total_params = total_params;
-        meta.loader = loader.state();
-        meta.rng_seed = config.runtime.seed;
-        meta.skipped_steps = summary.skipped_steps;
-        meta.config_yaml = to_yaml(config);
-        meta.metrics_jsonl = metrics_text;
-        saved = finalize_checkpoint(ckpt_root, staging, meta);
-      }
-    } catch (...) {
-      // A partial save (disk full) must not keep holding the space, or the resumed run fails at
-      // the same save; the save's error is the one to report.
-      std::error_code ignored;
-      std::filesystem::remove_all(staging, ignored);
-      throw;
-    }
+      if (!lead) return std::string();
+      CheckpointMeta meta;
+      meta.step = step_done;
+      meta.world = world;
+      meta.total_params = total_params;
+      meta.loader = loader.state();
+      meta.rng_seed = config.runtime.seed;
+      meta.skipped_steps = summary.skipped_steps;
+      meta.config_yaml = to_yaml(config);
+      meta.metrics_jsonl = metrics_text;
+      return finalize_checkpoint(ckpt_root, staging, meta);
+    });
     if (lead) {
       prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every,
                         saved);
