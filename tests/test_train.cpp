@@ -85,6 +85,16 @@ TEST_CASE("a run writes metrics.jsonl with one line per step and a PNG loss curv
   CHECK(cfg.good());
 }
 
+TEST_CASE("a logging.dir that cannot be a folder stops the run naming it", "[train]") {
+  const std::string dir = temp_dir("logdir");
+  const std::string file = dir + "/a-file";
+  std::ofstream(file) << "not a folder";
+  CHECK_THROWS_WITH(train(small_config(file), quiet_options()),
+                    Catch::Contains("cannot create logging.dir " + file));
+  CHECK_THROWS_WITH(train(small_config(file + "/run"), quiet_options()),
+                    Catch::Contains("cannot create logging.dir " + file + "/run"));
+}
+
 TEST_CASE("a non-finite loss stops the run naming the step, or is skipped and counted", "[train]") {
   // A learning rate of 1e30 blows the weights up after the first update.
   Config c = small_config(temp_dir("nan"));

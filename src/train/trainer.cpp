@@ -255,12 +255,18 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   TrainSummary summary;
   summary.rank = rank;
   std::string metrics_text;  // rank 0: metrics.jsonl so far, stored in every checkpoint
-  // Rank 0 prepares checkpoint.dir and finds (and verifies) the checkpoint; an error there stops
-  // every rank, before the first step.
+  // Rank 0 creates logging.dir, prepares checkpoint.dir and finds (and verifies) the checkpoint;
+  // an error there stops every rank, before the first step.
   ResumePoint resume_point;
   std::exception_ptr startup_error;
   if (lead) {
     try {
+      std::error_code ec;
+      std::filesystem::create_directories(config.logging.dir, ec);
+      if (ec) {
+        throw std::runtime_error(
+            fmt::format("cannot create logging.dir {}: {}", config.logging.dir, ec.message()));
+      }
       resume_point = prepare_checkpoints(ckpt_root, options.resume, config, options.log_to_console);
     } catch (...) {
       startup_error = std::current_exception();
@@ -344,7 +350,6 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   const std::filesystem::path dir(config.logging.dir);
   std::optional<MetricsFile> metrics;
   if (lead) {
-    std::filesystem::create_directories(dir);
     fileio::write_file((dir / "config.yaml").string(), resolved);
     metrics.emplace(dir / "metrics.jsonl", metrics_text);  // a resumed run continues its metrics
   }
