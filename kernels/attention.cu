@@ -981,6 +981,11 @@ __device__ __forceinline__ BlockTile block_tile(int at, int n_tiles, int n_group
 // size (kHeads = 2) a block takes 64 tokens of two heads of one group, a warpgroup each, so that a
 // slot row is read once for both: with one head per block every slot row was read G times from
 // L2, and that bound the fused forward (at S = 72 it was no faster than the two passes).
+//
+// At head size 128 (kHeads = 2 only) a slot's K and V for the block's 64 tokens are as large as a
+// key tile's, and stages of their own would take the block to 161 KB, one block an SM. There a
+// slot takes a step of its own in the key tiles' ring (kSlotsInRing), the steps alternating key
+// tile and slot while both remain: 97 KB, two blocks an SM, as without slots.
 constexpr int kForwardRows = 128;
 constexpr int kForwardThreads = 256;
 
@@ -992,9 +997,10 @@ constexpr int kForwardThreads = 256;
 constexpr int kForwardStages = 2;
 template <int D>
 constexpr size_t forward_wgmma_smem(bool depth, int heads) {
-  // Q, the stages of K and V, with depth slots the stages of one slot's K and V for the block's
-  // tokens, and room to align the tiles to the 1024-byte swizzle period.
-  const int slot_rows = depth ? kForwardRows / heads : 0;
+  // Q, the stages of K and V, at head size 64 with depth slots the stages of one slot's K and V
+  // for the block's tokens (at 128 a slot takes a stage of the K and V ring: kSlotsInRing), and
+  // room to align the tiles to the 1024-byte swizzle period.
+  const int slot_rows = depth && D == 64 ? kForwardRows / heads : 0;
   return sizeof(bf16) * (kForwardRows + 2 * kForwardStages * (kTile + slot_rows)) * D +
          wgmma::kAtomBytes;
 }
@@ -1074,25 +1080,33 @@ constexpr float kDepthRescaleSlack = 8.0f;
 // swizzled [rows][64] Q tile, 8-row aligned), its tokens rows r0 .. r0 + 15 of the slot's K and V,
 // staged in swizzled [kTokens][D] tiles. Called between steps, when no MMA of the sequence part
 // is in flight on o.
-template <int D, int kTokens>
+template <int D, int kTokens, int kQRows>
 __device__ __forceinline__ void add_depth_slot(float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
                                                uint32_t q_rows, uint32_t k_tile, uint32_t v_tile,
                                                int r0, float sl2) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4, mat = lane / 8;
+  // A fragment's shared address at column c (a multiple of 8) of the rows of one at column 0: in
+  // the 128-byte swizzle (tiles and rows 128-byte aligned) the column's chunk is XORed into
+  // address bits 4-6, and each further 64 columns are a [rows][64] block on. One base register a
+  // matrix rather than an offset a column hoisted out of the steps' loop: at head size 128 the
+  // fused forward spilled 104 bytes with those, 92 with these.
+  const auto at_column = [](uint32_t base, int rows, int c) {
+    return (base ^ static_cast<uint32_t>((c % 64) / 8 * 16)) +
+           static_cast<uint32_t>(c / 64 * rows * wgmma::kSwizzleBytes);
+  };
+  // A: matrices rows 0.. / 8.. of the warp's, columns 16 ks.. / 16 ks + 8.. (the fragment's
+  // order). B: matrices columns 16 ks.. and 16 ks + 8.. of the tokens of n-tiles 0 and 1.
+  const uint32_t q_base =
+      q_rows + wgmma::swizzled_offset(kQRows, (mat % 2) * 8 + lane % 8, (mat / 2) * 8);
+  const uint32_t k_base =
+      k_tile + wgmma::swizzled_offset(kTokens, r0 + (mat / 2) * 8 + lane % 8, (mat % 2) * 8);
   // Scores: n-tile nt holds the keys of tokens r0 + 8 nt .. r0 + 8 nt + 7.
   float c[2][4] = {};
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
-    // A: matrices rows 0.. / 8.. of the warp's, columns 16 ks.. / 16 ks + 8.. (the fragment's
-    // order).
-    uint32_t qa[4];
-    const int mat = lane / 8;
-    ldmatrix_x4<false>(qa, q_rows + wgmma::swizzled_offset(kForwardRows, (mat % 2) * 8 + lane % 8,
-                                                           16 * ks + (mat / 2) * 8));
-    // B: matrices columns 16 ks.. and 16 ks + 8.. of the tokens of n-tiles 0 and 1.
-    uint32_t kf[4];
-    ldmatrix_x4<false>(kf, k_tile + wgmma::swizzled_offset(kTokens, r0 + (mat / 2) * 8 + lane % 8,
-                                                           16 * ks + (mat % 2) * 8));
+    uint32_t qa[4], kf[4];
+    ldmatrix_x4<false>(qa, at_column(q_base, kQRows, 16 * ks));
+    ldmatrix_x4<false>(kf, at_column(k_base, kTokens, 16 * ks));
     mma_16816(c[0], qa, kf[0], kf[1]);
     mma_16816(c[1], qa, kf[2], kf[3]);
   }
@@ -1126,13 +1140,14 @@ __device__ __forceinline__ void add_depth_slot(float (&o)[D / 8][4], float (&m)[
   const bool owner = t4 == g / 2;
   const uint32_t pa[4] = {owner ? pack_bf16(odd ? 0.0f : p_lo, odd ? p_lo : 0.0f) : 0u, 0u, 0u,
                           owner ? pack_bf16(odd ? 0.0f : p_hi, odd ? p_hi : 0.0f) : 0u};
+  const uint32_t v_base =
+      v_tile +
+      wgmma::swizzled_offset(kTokens, r0 + ((lane / 8) % 2) * 8 + lane % 8, (lane / 16) * 8);
 #pragma unroll
   for (int dn = 0; dn < D / 8; dn += 2) {
     // B (transposed): matrices tokens r0.., r0 + 8.. of columns 8 dn.., then of 8 dn + 8...
     uint32_t vb[4];
-    ldmatrix_x4<true>(vb,
-                      v_tile + wgmma::swizzled_offset(kTokens, r0 + ((lane / 8) % 2) * 8 + lane % 8,
-                                                      8 * dn + (lane / 16) * 8));
+    ldmatrix_x4<true>(vb, at_column(v_base, kTokens, 8 * dn));
     mma_16816(o[dn], pa, vb[0], vb[1]);
     mma_16816(o[dn + 1], pa, vb[2], vb[3]);
   }
@@ -1181,16 +1196,21 @@ __device__ __forceinline__ void seq_forward_body(
     const bf16* __restrict__ depth_k, const bf16* __restrict__ depth_v, bf16* __restrict__ out,
     float* __restrict__ o_seq, float* __restrict__ lse, ForwardQueue* queue, bool work_order) {
   static_assert(!(kDepth && kPublish), "slots are added here or beside, not both");
-  static_assert(kHeads == 1 || (kHeads == 2 && D == 64), "two heads stack two [64][64] Q tiles");
+  static_assert(D == 64 || kHeads == 2 || !kDepth, "slots at head size 128 take two heads a block");
   constexpr int kTokens = kForwardRows / kHeads;
+  constexpr bool kSlotsInRing = kDepth && D == 128;
+  static_assert(!kSlotsInRing || kTokens == kTile, "a slot's rows fill a key tile's stage");
+  // Rows of a warpgroup's Q tile: with two heads each head's [64][D] tile is one of its own.
+  constexpr int kQRows = kHeads == 2 ? kTokens : kForwardRows;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = wgmma::smem_addr(smem_raw);
   bf16* sq = reinterpret_cast<bf16*>(
       smem_raw + (((raw + wgmma::kAtomBytes - 1) & ~uint32_t{wgmma::kAtomBytes - 1}) - raw));
   bf16* sk = sq + kForwardRows * D;
   bf16* sv = sk + kForwardStages * kTile * D;
-  bf16* sdk = sv + kForwardStages * kTile * D;     // with kDepth: one slot's K rows per stage
-  bf16* sdv = sdk + kForwardStages * kTokens * D;  // and its V rows
+  // With kDepth: one slot's K rows per stage, and its V rows.
+  bf16* sdk = kSlotsInRing ? sk : sv + kForwardStages * kTile * D;
+  bf16* sdv = kSlotsInRing ? sv : sdk + kForwardStages * kTokens * D;
   // The block's query tile (counted from the last, with the most keys) and (b, heads).
   const int n_qt = (s.T + kTokens - 1) / kTokens;
   const BlockTile bt = block_tile(blockIdx.x, n_qt, s.B * (s.Hq / kHeads), work_order);
@@ -1207,25 +1227,42 @@ __device__ __forceinline__ void seq_forward_body(
   const int64_t kv_base = (int64_t{b} * s.T * s.Hk + h0 / s.G) * D;
   const bf16* kb = k + kv_base;
   const bf16* vb = v + kv_base;
-  // Key tiles the block needs, slots, and steps (one key tile and one slot each).
+  // Key tiles the block needs, slots, and steps: one key tile and one slot each, or with
+  // kSlotsInRing one of them, alternating while both remain.
   const int n_kt = (min(t0 + kTokens, s.T) - 1) / kTile + 1;
   const int n_slots = kDepth ? s.S : 0;
-  const int n_steps = kDepth ? max(n_kt, n_slots) : n_kt;
+  const int n_alternating = kSlotsInRing ? min(n_kt, n_slots) : 0;
+  const int n_steps = kSlotsInRing ? n_kt + n_slots : kDepth ? max(n_kt, n_slots) : n_kt;
+  // Step j's key tile and slot (-1: none).
+  const auto key_of = [&](int j) {
+    if constexpr (kSlotsInRing) {
+      if (j < 2 * n_alternating) return j % 2 == 0 ? j / 2 : -1;
+      return n_kt > n_alternating ? j - n_alternating : -1;
+    }
+    return !kDepth || j < n_kt ? j : -1;
+  };
+  const auto slot_of = [&](int j) {
+    if constexpr (kSlotsInRing) {
+      if (j < 2 * n_alternating) return j % 2 == 1 ? j / 2 : -1;
+      return n_slots > n_alternating ? j - n_alternating : -1;
+    }
+    return j < n_slots ? j : -1;
+  };
   // Step j's key tile and slot into stage j % kForwardStages, as one cp.async group.
   const auto load_step = [&](int j) {
     const int stage = j % kForwardStages;
-    if (!kDepth || j < n_kt) {
+    if (const int kt = key_of(j); kt >= 0) {
       load_tile_swizzled<D, kTile, kForwardThreads>(sk + stage * kTile * D, kb, kv_stride,
-                                                    j * kTile, s.T, tid);
+                                                    kt * kTile, s.T, tid);
       load_tile_swizzled<D, kTile, kForwardThreads>(sv + stage * kTile * D, vb, kv_stride,
-                                                    j * kTile, s.T, tid);
+                                                    kt * kTile, s.T, tid);
     }
-    if (j < n_slots) {
+    if (const int slot = slot_of(j); slot >= 0) {
       load_tile_swizzled<D, kTokens, kForwardThreads>(sdk + stage * kTokens * D,
-                                                      depth_k + j * s.slot_stride + kv_base,
+                                                      depth_k + slot * s.slot_stride + kv_base,
                                                       kv_stride, t0, s.T, tid);
       load_tile_swizzled<D, kTokens, kForwardThreads>(sdv + stage * kTokens * D,
-                                                      depth_v + j * s.slot_stride + kv_base,
+                                                      depth_v + slot * s.slot_stride + kv_base,
                                                       kv_stride, t0, s.T, tid);
     }
   };
@@ -1247,32 +1284,34 @@ __device__ __forceinline__ void seq_forward_body(
   const int row_lo = wg_row0 + warp * 16 + g;  // this thread's rows: row_lo and row_lo + 8
   // The last key tile this warpgroup's rows can see.
   const int wg_last_kt = (min(wg_row0 + 63, s.T - 1)) / kTile;
-  const uint32_t q_tile = wgmma::smem_addr(sq) + wg * 64 * wgmma::kSwizzleBytes;
+  const uint32_t q_tile = wgmma::smem_addr(sq) + wg * (kHeads == 2 ? kTokens * D * sizeof(bf16)
+                                                                   : 64 * wgmma::kSwizzleBytes);
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // m in log2 units
-  for (int kt = 0; kt < n_steps; ++kt) {
-    const int buf = kt % kForwardStages;
-    if (kt + kForwardStages - 1 < n_steps) load_step(kt + kForwardStages - 1);
+  for (int step = 0; step < n_steps; ++step) {
+    const int buf = step % kForwardStages;
+    if (step + kForwardStages - 1 < n_steps) load_step(step + kForwardStages - 1);
     cp_async_commit();
     cp_async_wait<kForwardStages - 1>();
     wgmma::fence_shared_for_async();
     __syncthreads();
     if constexpr (kDepth) {
       // The slot's scores and values (mma.sync); other warps' wgmma and softmax run meanwhile.
-      if (kt < n_slots) {
-        add_depth_slot<D, kTokens>(o, m, l, q_tile + warp * 16 * wgmma::kSwizzleBytes,
-                                   wgmma::smem_addr(sdk + buf * kTokens * D),
-                                   wgmma::smem_addr(sdv + buf * kTokens * D), row_lo - g - t0, sl2);
+      if (slot_of(step) >= 0) {
+        add_depth_slot<D, kTokens, kQRows>(o, m, l, q_tile + warp * 16 * wgmma::kSwizzleBytes,
+                                           wgmma::smem_addr(sdk + buf * kTokens * D),
+                                           wgmma::smem_addr(sdv + buf * kTokens * D),
+                                           row_lo - g - t0, sl2);
       }
     }
-    if ((!kDepth || kt < n_kt) && kt <= wg_last_kt && wg_row0 < s.T) {
+    if (const int kt = key_of(step); kt >= 0 && kt <= wg_last_kt && wg_row0 < s.T) {
       const uint32_t k_tile = wgmma::smem_addr(sk + buf * kTile * D);
       const uint32_t v_tile = wgmma::smem_addr(sv + buf * kTile * D);
       float sc[kTile / 8][4];
       wgmma::fence();
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
-        wgmma::mma_64x64_ss<false, false>(sc, wgmma::k_major(q_tile, kForwardRows, ks),
+        wgmma::mma_64x64_ss<false, false>(sc, wgmma::k_major(q_tile, kQRows, ks),
                                           wgmma::k_major(k_tile, kTile, ks), ks > 0);
       }
       wgmma::commit();
@@ -2644,6 +2683,10 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
       } else {
         launch(seq_forward_wgmma<64, true, 1>, 1, forward_wgmma_smem<64>(true, 1), nullptr);
       }
+      return;
+    }
+    if (s.d == 128 && s.G % 2 == 0 && slots_aligned && !after) {
+      launch(seq_forward_wgmma<128, true, 2>, 2, forward_wgmma_smem<128>(true, 2), nullptr);
       return;
     }
     float* o_seq = s.S > 0 ? workspace : nullptr;

@@ -467,8 +467,8 @@ TEST_CASE("cuda backend: SwiGLU", "[gpu]") {
 
 TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
   MODA_REQUIRE_GPU();
-  // 64 and 128 take the tensor-core and streaming depth kernels (the forward at 64 with the slots
-  // folded into the tensor-core kernel), 8 and 4 the warp kernels.
+  // 64 and 128 take the tensor-core and streaming depth kernels (the forward at 64, and at 128
+  // with an even G, with the slots folded into the tensor-core kernel), 8 and 4 the warp kernels.
   // S = 37 spans several unrolled batches of slot rows and ends inside one; G = 8 is the paper's;
   // G = 4 and 8 split the backward's head group over blocks (dK, dV added with atomics), and G = 4
   // has its own depth-kernel instantiation.
@@ -604,6 +604,12 @@ TEST_CASE("cuda backend: MoDA attention", "[gpu]") {
           if (d == 128 && slots > 0) {
             run(d, group, slots, T, 1.0, DepthBackwardPlacement::automatic,
                 DepthForwardPlacement::after);
+          }
+          if (d == 128 && slots > 0 && group > 2 && group % 2 == 0) {
+            // The fused forward at head size 128 (automatic at G = 2), its blocks two heads of
+            // a group of G.
+            run(d, group, slots, T, 1.0, DepthBackwardPlacement::automatic,
+                DepthForwardPlacement::inside);
           }
         }
       }
@@ -837,7 +843,7 @@ TEST_CASE("cuda backend: MoDA attention at T = 65535 on sampled rows and keys", 
   };
   run(64, 2, 2, 5);   // the fused forward and backward tail, two heads per forward block
   run(64, 3, 2, 0);   // G = 3 without slots
-  run(128, 2, 2, 5);  // the streaming depth kernels
+  run(128, 2, 2, 5);  // the fused forward at head size 128, the backward's streaming depth pass
   run(64, 8, 1, 3);   // the paper's G = 8: the forward's depth part after the sequence kernel,
                       // the backward's head group over blocks
 }

@@ -160,7 +160,8 @@ inline bool attention_depth_backward_beside(const AttentionShape& s,
 // Automatic placement takes it from kMinAfterForwardGroup64 (head size 64) or
 // kMinAfterForwardGroup128 heads per KV head on. Measured: at 64 faster at G = 3, 4 and 8,
 // slower at G = 2, where the fused forward reads each slot row once and hides part of it under
-// its math; at 128 faster than the streaming pass at G = 4 and 8, slower or equal at G = 2.
+// its math; at 128 faster than the streaming pass at G = 4 and 8, slower or equal at G = 2, where
+// the fused forward (seq_forward_wgmma<128, true, 2>) now takes the slots.
 inline constexpr int64_t kMinAfterForwardGroup64 = 3;
 inline constexpr int64_t kMinAfterForwardGroup128 = 4;
 inline bool attention_depth_forward_after(const AttentionShape& s,
