@@ -10,8 +10,9 @@
 //   2. depth part (S > 0), per (token, KV head): scores of the S slots for each of the G query
 //      heads, then lse = logaddexp(lse_seq, lse_depth) and
 //      out = o_seq * exp(lse_seq - lse) + sum_j exp(s_j - lse) v_j. At head size 64 it runs inside
-//      the tensor-core forward's steps (G <= 2) or, 3 <= G <= 8, in a warp-per-pair tensor-core
-//      kernel, beside it from T = 4096 on, taking the sequence kernel's tiles as they are
+//      the tensor-core forward's steps (G <= 2; at head size 128 G = 2, a slot a step of its
+//      own) or, 3 <= G <= 8, in a warp-per-pair tensor-core kernel, beside it from T = 4096 on,
+//      taking the sequence kernel's tiles as they are
 //      published (depth_forward_beside), else after it (depth_forward_tail, also at head size 128,
 //      4 <= G <= 8); otherwise a streaming or warp kernel after it.
 // Backward (dq overwritten; dk, dv accumulated)
@@ -2488,10 +2489,9 @@ bool use_mma(const AttentionShape& s, std::initializer_list<const void*> ptrs) {
   return (s.head_dim == 64 || s.head_dim == 128) && all_aligned16(ptrs);
 }
 
-// The forward's tensor-core depth paths (the fused forward, seq_forward_wgmma<64, true, kHeads>,
-// at head size 64, where its shared memory and registers leave room for the slots, and
-// depth_forward_tail) copy slot rows in 16-byte pieces: they take slots whose rows are 16-byte
-// aligned.
+// The forward's tensor-core depth paths (the fused forward, seq_forward_wgmma<D, true, kHeads>,
+// and depth_forward_tail) copy slot rows in 16-byte pieces: they take slots whose rows are
+// 16-byte aligned.
 bool slots_aligned16(const AttentionShape& s, std::initializer_list<const void*> slots) {
   return s.slots > 0 && s.slot_stride % 8 == 0 && all_aligned16(slots);
 }
