@@ -54,6 +54,26 @@ TEST_CASE("moda names an unknown subcommand", "[cli]") {
   CHECK_THAT(r.output, Contains("unknown subcommand 'foo'; expected one of train, info"));
 }
 
+TEST_CASE("moda colours its log on a terminal of its own, never with NO_COLOR", "[cli]") {
+  MODA_SKIP_UNLESS(std::system("command -v script > /dev/null 2>&1") == 0,
+                   "script not found (apt-get install bsdutils)");
+  // `script` runs moda on a pseudo-terminal; an invalid schedule ends the run at its first log
+  // line, an error, which a terminal shows in red.
+  const std::string log = moda::test::temp_dir("cli_colour") + "/output.txt";
+  const auto on_terminal = [&](const std::string& env) {
+    const std::string cmd = fmt::format(
+        "script -qec \"env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK -u PMI_RANK {} '{}' "
+        "train --set schedule.total_steps=3\" /dev/null > '{}' 2>&1",
+        env, MODA_BINARY, log);
+    CHECK(std::system(cmd.c_str()) != 0);
+    const std::string text = moda::test::read_text(log);
+    CHECK_THAT(text, Contains("schedule.warmup_steps (15) exceeds schedule.total_steps (3)"));
+    return text;
+  };
+  CHECK_THAT(on_terminal("-u NO_COLOR"), Contains("[\x1b[31m\x1b[1merror\x1b[m]"));
+  CHECK(on_terminal("NO_COLOR=1").find('\x1b') == std::string::npos);
+}
+
 TEST_CASE("moda info prints the parameter counts of docs/parameter_counts.md", "[cli][params]") {
   // {config, paper convention, allocated}; Table 3 is docs/parameter_counts.md's first table.
   const std::vector<std::tuple<std::string, int64_t, int64_t>> rows = {

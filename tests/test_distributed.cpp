@@ -138,6 +138,22 @@ TEST_CASE("ranks started with different configs stop with a clear error", "[dist
   CHECK_THAT(read_text(log), Contains("rank 1: the resolved config differs from rank 0's"));
 }
 
+TEST_CASE("the log of a run under mpirun holds no colour codes", "[dist]") {
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
+  // Open MPI gives the rank a pseudo-terminal even when mpirun writes into a file. An invalid
+  // schedule ends the run at its first log line, an error, which a terminal shows in red.
+  const std::string log = temp_dir("mpirun_colour") + "/log.txt";
+  const int rc = std::system(fmt::format("env -u NO_COLOR {} -np 1 {} train --set "
+                                         "schedule.total_steps=3 > {} 2>&1",
+                                         kMpirun, MODA_BINARY, log)
+                                 .c_str());
+  CHECK(rc != 0);
+  const std::string text = read_text(log);
+  INFO(text);
+  CHECK_THAT(text, Contains("[error] embedded default (configs/tiny.yaml)"));
+  CHECK(text.find('\x1b') == std::string::npos);
+}
+
 TEST_CASE("one rank killed mid-run stops the job, and the run resumes from its last checkpoint",
           "[dist]") {
   MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);

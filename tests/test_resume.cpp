@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -465,6 +466,34 @@ TEST_CASE("metrics.jsonl failing mid-run is one error and training goes on, a fa
   CHECK(text.find("the run itself completed") != std::string::npos);
   CHECK(lines_in(dir + "/metrics.jsonl") < 12);
   CHECK(test::read_text(dir + "/config.yaml") == yaml);
+}
+
+TEST_CASE("the log shows the first step after a resume, and each save's size and time",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("resume_log"), root = dir + "/checkpoints";
+  Config c = small_config(dir, 6);
+  c.checkpoint.interval = 3;
+  c.logging.interval = 100;  // shown: the first step, validation steps (3, 6) and the last
+  train(c, TrainOptions{false, ""});
+  fs::remove_all(root + "/step-00000006");
+  LogCapture log;
+  train(c, TrainOptions{true, "auto"});
+  const std::string text = log.text();
+  INFO(text);
+  CHECK(text.find("resuming from " + root + "/step-00000003 (step 3)") != std::string::npos);
+  CHECK(text.find("step      4/6 | loss ") != std::string::npos);
+  CHECK(text.find("step      5/6 |") == std::string::npos);
+  // "saved checkpoint DIR (X MiB in Y s)", X the bytes of DIR's files.
+  const std::string saved = root + "/step-00000006", prefix = "saved checkpoint " + saved + " (";
+  const size_t at = text.find(prefix);
+  REQUIRE(at != std::string::npos);
+  const std::string rest = text.substr(at + prefix.size());
+  std::smatch m;
+  REQUIRE(std::regex_search(rest, m, std::regex(R"(^([0-9.]+) MiB in ([0-9]+\.[0-9]{2}) s\))")));
+  uintmax_t bytes = 0;
+  for (const auto& e : fs::directory_iterator(saved)) bytes += e.file_size();
+  CHECK(std::abs(std::stod(m[1]) - static_cast<double>(bytes) / (1 << 20)) <= 0.05);
+  CHECK(std::stod(m[2]) < 60.0);
 }
 
 TEST_CASE("a resume at or past total_steps trains nothing and says so", "[checkpoint][train]") {

@@ -1,16 +1,40 @@
 // moda: one binary, one subcommand per job.
 #include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/commands.hpp"
 #include "moda/dist.hpp"
 
+namespace {
+
+// spdlog colours its lines when stdout is a terminal. Under an MPI launcher it always is: Open MPI
+// hands every rank a pseudo-terminal and forwards it, also into the file a job's output goes to,
+// which then holds escape codes. So colours only without a launcher, and never with NO_COLOR set
+// (no-color.org).
+void set_up_console_log() {
+  const auto set = [](const char* name) {
+    const char* value = std::getenv(name);
+    return value != nullptr && *value != '\0';
+  };
+  const bool launched = set("OMPI_COMM_WORLD_SIZE") || set("PMIX_RANK") || set("PMI_RANK");
+  const spdlog::color_mode mode =
+      launched || set("NO_COLOR") ? spdlog::color_mode::never : spdlog::color_mode::automatic;
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "", std::make_shared<spdlog::sinks::stdout_color_sink_mt>(mode)));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  set_up_console_log();
   CLI::App app{"moda: pretraining of OLMo2 and Mixture-of-Depths Attention (MoDA) language models"};
   app.require_subcommand(1);
   moda::cli::register_train(app);

@@ -189,6 +189,17 @@ class MetricsFile {
   bool failed_ = false;
 };
 
+// The bytes of the files in a checkpoint directory, as "11.2 MiB" or "8.41 GiB".
+std::string checkpoint_size(const std::string& dir) {
+  uintmax_t bytes = 0;
+  for (const std::filesystem::directory_entry& e : std::filesystem::directory_iterator(dir)) {
+    if (e.is_regular_file()) bytes += e.file_size();
+  }
+  const double b = static_cast<double>(bytes);
+  return b >= (1 << 30) ? fmt::format("{:.2f} GiB", b / (1 << 30))
+                        : fmt::format("{:.1f} MiB", b / (1 << 20));
+}
+
 }  // namespace
 
 std::string format_duration(double seconds) {
@@ -301,6 +312,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   summary.steps = start;  // the final step, also when there is nothing left to train
   // Writes a checkpoint of the state after `step_done` steps (collective: every rank calls it).
   auto save = [&](int64_t step_done) {
+    const auto began = Clock::now();
     const std::string tag = comm->broadcast(std::to_string(::getpid()));
     const std::string staging = checkpoint_staging_dir(ckpt_root, step_done, tag);
     const std::string saved = removing_staging_on_failure(staging, [&] {
@@ -323,9 +335,14 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       return finalize_checkpoint(ckpt_root, staging, meta);
     });
     if (lead) {
+      // Written and synced by every rank: a save's time is paid by the run, so it is shown.
+      const double seconds = std::chrono::duration<double>(Clock::now() - began).count();
       prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every,
                         saved);
-      if (options.log_to_console) spdlog::info("saved checkpoint {}", saved);
+      if (options.log_to_console) {
+        spdlog::info("saved checkpoint {} ({} in {:.2f} s)", saved, checkpoint_size(saved),
+                     seconds);
+      }
     }
     comm->barrier();
   };
@@ -492,7 +509,8 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       metrics_text += line;
     }
     pace.add(rec.seconds);
-    if (console && (rec.step % config.logging.interval == 0 || rec.step == 1 || last ||
+    // The first step of every start is shown: after a resume it shows the loss carried on.
+    if (console && (rec.step % config.logging.interval == 0 || step == start || last ||
                     std::isfinite(rec.val_loss))) {
       // Time left at the recent pace (validation and checkpoints not counted).
       const std::string eta =
