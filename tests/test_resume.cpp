@@ -268,8 +268,8 @@ TEST_CASE("resume refuses a changed model shape, naming the key", "[checkpoint][
 }
 
 TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoint][train]") {
-  const std::string dir = temp_dir("sigterm");
-  const pid_t pid = spawn_moda_train(dir, 100000, {}, "/dev/null");
+  const std::string dir = temp_dir("sigterm"), log = dir + "/moda.log";
+  const pid_t pid = spawn_moda_train(dir, 100000, {}, log);
   // Wait until it has taken a few steps (metrics.jsonl has lines), then send SIGTERM.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   int64_t lines = 0;
@@ -286,6 +286,8 @@ TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoi
   ::waitpid(pid, &status, 0);
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+  CHECK_THAT(test::read_text(log),
+             Catch::Contains("moda: terminated: stopping after this step with a checkpoint\n"));
   const auto latest = find_latest_checkpoint(dir + "/checkpoints");
   REQUIRE(latest.has_value());
   const CheckpointMeta meta = load_checkpoint_meta(*latest);
@@ -296,6 +298,37 @@ TEST_CASE("SIGTERM mid-run saves a resumable checkpoint and exits 0", "[checkpoi
   const TrainSummary s = train(more, TrainOptions{false, "auto"});
   CHECK(s.start_step == meta.step);
   CHECK(s.steps == meta.step + 2);
+}
+
+TEST_CASE("SIGINT is acknowledged at once, and a second one stops the run without a checkpoint",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("sigint_twice"), log = dir + "/moda.log";
+  // 2,048 micro-batches a step, about a second or more: both signals come within the first step.
+  const pid_t pid = spawn_moda_train(dir, 10, {"--set", "batch.global_batch=4096"}, log);
+  // The handlers are in place once the run has logged its batch line.
+  const auto logged = [&](const std::string& text) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (test::read_text(log).find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  };
+  REQUIRE(logged("micro-batches per step"));
+  ::kill(pid, SIGINT);
+  REQUIRE(
+      logged("moda: interrupted: stopping after this step with a checkpoint; interrupt again "
+             "to stop now, without one\n"));
+  ::kill(pid, SIGINT);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  const std::string text = test::read_text(log);
+  INFO(text);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGINT);
+  CHECK_THAT(text, Catch::Contains("moda: interrupted again: stopping now, without a checkpoint"));
+  CHECK(text.find("step      1/10") == std::string::npos);
+  CHECK(list_checkpoints(dir + "/checkpoints").empty());
 }
 
 TEST_CASE("a fresh start moves an earlier run's checkpoints aside and --resume auto continues",

@@ -31,14 +31,38 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// SIGTERM / SIGINT (preemption, Ctrl-C): the loop finishes its step, saves and returns.
+// SIGTERM / SIGINT (preemption, Ctrl-C): the loop finishes its step, saves and returns. A step
+// and a save of a large model take tens of seconds, so the first signal is acknowledged at once,
+// and a second SIGINT ends the process without the save (the checkpoints on disk stay whole:
+// a save is renamed into place only when complete).
 std::atomic<int> g_stop_signal{0};
-extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+std::atomic<bool> g_announce_stop{false};
+
+// Only async-signal-safe calls: write(2), signal(2), raise(3).
+extern "C" void on_stop_signal(int sig) {
+  const auto say = [](const char* text) {
+    if (g_announce_stop.load()) {
+      const ssize_t written = ::write(STDERR_FILENO, text, std::strlen(text));
+      static_cast<void>(written);  // nothing to do if stderr is gone
+    }
+  };
+  if (g_stop_signal.exchange(sig) == 0) {
+    say(sig == SIGINT ? "moda: interrupted: stopping after this step with a checkpoint; interrupt "
+                        "again to stop now, without one\n"
+                      : "moda: terminated: stopping after this step with a checkpoint\n");
+  } else if (sig == SIGINT) {
+    say("moda: interrupted again: stopping now, without a checkpoint\n");
+    ::signal(SIGINT, SIG_DFL);
+    ::raise(SIGINT);
+  }
+}
 
 class StopSignals {
  public:
-  StopSignals() {
+  // announce: this process writes the signal's acknowledgement (rank 0 with a console).
+  explicit StopSignals(bool announce) {
     g_stop_signal.store(0);
+    g_announce_stop.store(announce);
     struct sigaction sa {};
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
@@ -346,7 +370,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
     comm->barrier();
   };
-  StopSignals stop_signals;
+  StopSignals stop_signals(options.log_to_console && lead);
   // After each step (taken or skipped): save on the interval, at the end and on a signal that
   // reached any rank. Returns true when the run must stop.
   auto end_of_step = [&](int64_t step_done) {
