@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -72,6 +73,26 @@ TEST_CASE("moda colours its log on a terminal of its own, never with NO_COLOR", 
   };
   CHECK_THAT(on_terminal("-u NO_COLOR"), Contains("[\x1b[31m\x1b[1merror\x1b[m]"));
   CHECK(on_terminal("NO_COLOR=1").find('\x1b') == std::string::npos);
+}
+
+TEST_CASE("moda --version names the version and the commit of the build", "[cli]") {
+  const Result r = moda_run("--version");
+  REQUIRE(r.rc == 0);
+  // The commit as git sees the sources now (the test is built with the binary); "unknown" outside
+  // a git checkout.
+  const std::string git = fmt::format("git -C '{}'", MODA_SOURCE_DIR);
+  const std::string log = moda::test::temp_dir("cli_version") + "/head.txt";
+  std::string commit = "unknown";
+  if (std::system(
+          fmt::format("{} rev-parse --short=12 HEAD > '{}' 2> /dev/null", git, log).c_str()) == 0) {
+    commit = moda::test::read_text(log);
+    commit.erase(commit.find_last_not_of('\n') + 1);
+    if (std::system(fmt::format("{} diff --quiet HEAD --", git).c_str()) != 0) commit += "-dirty";
+  }
+  CAPTURE(r.output, commit);
+  CHECK(std::regex_match(r.output,
+                         std::regex(R"(moda [0-9]+\.[0-9]+\.[0-9]+ \(commit )" + commit +
+                                    R"(, (CPU only|CUDA backend|CUDA backend, NCCL)\)\n)")));
 }
 
 TEST_CASE("moda info prints the parameter counts of docs/parameter_counts.md", "[cli][params]") {

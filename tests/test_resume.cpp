@@ -23,6 +23,7 @@
 #include <sstream>
 #include <thread>
 
+#include "moda/build_info.hpp"
 #include "moda/checkpoint.hpp"
 #include "moda/train.hpp"
 #include "test_util.hpp"
@@ -513,7 +514,11 @@ TEST_CASE("the log shows the first step after a resume, and each save's size and
   train(c, TrainOptions{true, "auto"});
   const std::string text = log.text();
   INFO(text);
-  CHECK(text.find("resuming from " + root + "/step-00000003 (step 3)") != std::string::npos);
+  // The build that saved the checkpoint is named (this one), and every start names its own.
+  CHECK(text.find("resuming from " + root + "/step-00000003 (step 3), saved by " +
+                  build_description() + "\n") != std::string::npos);
+  CHECK(text.find("] " + build_description() + "\n") != std::string::npos);
+  CHECK(load_checkpoint_meta(root + "/step-00000003").written_by == build_description());
   CHECK(text.find("step      4/6 | loss ") != std::string::npos);
   CHECK(text.find("step      5/6 |") == std::string::npos);
   // "saved checkpoint DIR (X MiB in Y s)", X the bytes of DIR's files.

@@ -58,6 +58,9 @@ struct CheckpointMeta {
   int64_t skipped_steps = 0;
   std::string config_yaml;    // moda::to_yaml of the run's config
   std::string metrics_jsonl;  // metrics.jsonl up to and including `step`
+  // build_description() of the binary that saved it; informative ("" in checkpoints older than
+  // the key).
+  std::string written_by;
 };
 
 // One rank's shard of the optimizer state.

@@ -20,6 +20,7 @@
 #include <set>
 
 #include "checkpoint/file_io.hpp"
+#include "moda/build_info.hpp"
 #include "tokenizer/json_scan.hpp"
 
 namespace moda {
@@ -142,6 +143,9 @@ MetaFile read_meta(const std::string& dir) {
   m.meta.total_params = get<int64_t>(root, "total_params", path);
   m.meta.rng_seed = get<uint64_t>(root, "rng_seed", path);
   m.meta.skipped_steps = get<int64_t>(root, "skipped_steps", path);
+  if (const YAML::Node by = root["written_by"]; by && by.IsScalar()) {
+    m.meta.written_by = by.as<std::string>();
+  }
   const YAML::Node loader = root["loader"];
   if (!loader.IsMap()) throw CheckpointError(fmt::format("{}: missing key 'loader'", path));
   m.meta.loader.seed = get<uint64_t>(loader, "seed", path);
@@ -399,6 +403,7 @@ std::string finalize_checkpoint(const std::string& root, const std::string& stag
   out << YAML::Key << "total_params" << YAML::Value << meta.total_params;
   out << YAML::Key << "rng_seed" << YAML::Value << meta.rng_seed;
   out << YAML::Key << "skipped_steps" << YAML::Value << meta.skipped_steps;
+  out << YAML::Key << "written_by" << YAML::Value << build_description();
   out << YAML::Key << "loader" << YAML::Value << YAML::Flow << YAML::BeginMap;
   out << YAML::Key << "seed" << YAML::Value << meta.loader.seed;
   out << YAML::Key << "epoch" << YAML::Value << meta.loader.epoch;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "moda/build_info.hpp"
 #include "moda/dist.hpp"
 
 namespace {
@@ -36,6 +37,8 @@ void set_up_console_log() {
 int main(int argc, char** argv) {
   set_up_console_log();
   CLI::App app{"moda: pretraining of OLMo2 and Mixture-of-Depths Attention (MoDA) language models"};
+  app.set_version_flag("--version", moda::build_description(),
+                       "Print the version and the commit of this build");
   app.require_subcommand(1);
   moda::cli::register_train(app);
   moda::cli::register_info(app);

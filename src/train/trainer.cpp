@@ -18,6 +18,7 @@
 #include "checkpoint/file_io.hpp"
 #include "dist/gradient_buckets.hpp"
 #include "moda/backend.hpp"
+#include "moda/build_info.hpp"
 #include "moda/checkpoint.hpp"
 #include "moda/data.hpp"
 #include "moda/device_memory.hpp"
@@ -327,7 +328,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     metrics_text = truncate_metrics_jsonl(ck.meta.metrics_jsonl, start);
     summary.history = parse_metrics_jsonl(metrics_text);
     if (options.log_to_console && lead) {
-      spdlog::info("resuming from {} (step {})", found, start);
+      // Checkpoints of builds before the written_by key do not say.
+      spdlog::info("resuming from {} (step {}){}", found, start,
+                   ck.meta.written_by.empty() ? "" : ", saved by " + ck.meta.written_by);
       for (const ConfigChange& c : resume_point.changes) {
         spdlog::info("resume: {} changed from {} to {}", c.key, c.before, c.after);
       }
@@ -404,6 +407,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   const double flops_token = flops_per_token(config, T);
   const int64_t tokens_per_step = config.batch.global_batch * T;
   if (console) {
+    spdlog::info("{}", build_description());
     spdlog::info("resolved config ({}):\n{}", config.source, resolved);
     spdlog::info("backend: {}; {}", backend->name(), comm->name());
     if (zero1) {
