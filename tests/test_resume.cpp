@@ -107,15 +107,6 @@ void train_saving_every_two(const std::string& dir) {
   REQUIRE(steps_in(dir + "/checkpoints") == std::vector<int64_t>{6, 4, 2});
 }
 
-// The set-aside-* folders under root.
-std::vector<std::string> set_aside_folders(const std::string& root) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(root)) {
-    if (e.path().filename().string().starts_with("set-aside-")) out.push_back(e.path().string());
-  }
-  return out;
-}
-
 int64_t lines_in(const std::string& path) {
   std::ifstream in(path);
   std::string line;
@@ -345,12 +336,21 @@ TEST_CASE("a fresh start moves an earlier run's checkpoints aside and --resume a
   const TrainSummary s = train(again, TrainOptions{false, ""});
   CHECK(s.start_step == 0);
   CHECK(steps_in(root) == std::vector<int64_t>{3});  // its own save, not pruned by older ones
-  const std::vector<std::string> folders = set_aside_folders(root);
+  const std::vector<std::string> folders = list_set_aside_folders(root);
   REQUIRE(folders.size() == 1);
   CHECK(steps_in(folders[0]) == std::vector<int64_t>{6, 4, 2});
   CHECK(log.text().find(fmt::format("moved 3 checkpoint(s) of an earlier run, the newest step 6, "
                                     "to {}; to continue that run, pass --resume auto",
                                     folders[0])) != std::string::npos);
+  // Every start counts what is set aside (moda never deletes it), with its size.
+  uint64_t bytes = 0;
+  for (const auto& e : fs::recursive_directory_iterator(folders[0])) {
+    if (e.is_regular_file()) bytes += e.file_size();
+  }
+  CHECK(log.text().find(fmt::format("{} holds 1 set-aside folder(s) of earlier runs or branches, "
+                                    "{:.1f} MiB in all, the oldest {}; moda never deletes them",
+                                    root, static_cast<double>(bytes) / (1 << 20), folders[0])) !=
+        std::string::npos);
   // The earlier run is intact in the folder; --resume auto continues the new one.
   CHECK(load_checkpoint(folders[0] + "/step-00000006", 0, 1).shard.master == earlier);
   Config more = small_config(dir, 4);
@@ -376,7 +376,7 @@ TEST_CASE("a rollback moves the abandoned branch aside and keeps the rollback po
   CHECK(s.start_step == 4);
   CHECK(s.steps == 5);
   CHECK(steps_in(root) == std::vector<int64_t>{5, 4});
-  const std::vector<std::string> folders = set_aside_folders(root);
+  const std::vector<std::string> folders = list_set_aside_folders(root);
   REQUIRE(folders.size() == 1);
   CHECK(steps_in(folders[0]) == std::vector<int64_t>{6});
   CHECK(
@@ -404,7 +404,7 @@ TEST_CASE("resume auto moves damaged newer checkpoints aside and refuses when no
     const TrainSummary s = train(small_config(dir, 3), TrainOptions{false, "auto"});
     CHECK(s.start_step == 2);
     CHECK(steps_in(root) == std::vector<int64_t>{3, 2});
-    const std::vector<std::string> folders = set_aside_folders(root);
+    const std::vector<std::string> folders = list_set_aside_folders(root);
     REQUIRE(folders.size() == 1);
     CHECK(steps_in(folders[0]) == std::vector<int64_t>{6, 4});
     CHECK(log.text().find("moved 2 checkpoint(s) past the resume point (step 2)") !=

@@ -146,6 +146,9 @@ struct SetAside {
   std::vector<CheckpointDir> moved;
 };
 SetAside set_aside_checkpoints(const std::string& root, int64_t after_step);
+// The set-aside-* folders under root (sorted by name, so oldest first); none when root does not
+// exist.
+std::vector<std::string> list_set_aside_folders(const std::string& root);
 
 // ---- finding and loading ----
 // An empty optional when `dir` is a complete checkpoint whose files all match the metadata

@@ -580,6 +580,18 @@ SetAside set_aside_checkpoints(const std::string& root, int64_t after_step) {
   return out;
 }
 
+std::vector<std::string> list_set_aside_folders(const std::string& root) {
+  std::vector<std::string> folders;
+  if (!fs::exists(root)) return folders;
+  for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
+    if (entry.is_directory() && entry.path().filename().string().starts_with("set-aside-")) {
+      folders.push_back(entry.path().string());
+    }
+  }
+  std::sort(folders.begin(), folders.end());
+  return folders;
+}
+
 void check_not_checkpoint_root(const std::string& dir) {
   std::error_code ec;
   if (fs::exists(fs::path(dir) / kMetaFile, ec) || !fs::is_directory(dir, ec)) return;

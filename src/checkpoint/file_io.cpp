@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -104,6 +105,16 @@ void fsync_dir(const std::string& path) {
   const int rc = ::fsync(fd);
   ::close(fd);
   if (rc != 0) fail_errno("cannot fsync directory", path);
+}
+
+uint64_t tree_bytes(const std::string& dir) {
+  uint64_t bytes = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec)) bytes += it->file_size(ec);
+  }
+  return bytes;
 }
 
 }  // namespace moda::fileio

@@ -52,5 +52,7 @@ std::string read_file(const std::string& path);
 FileDigest digest_file(const std::string& path);
 // fsync of a directory (makes renames and new entries in it durable).
 void fsync_dir(const std::string& path);
+// Bytes of the regular files under a directory, recursively (0 for one that does not exist).
+uint64_t tree_bytes(const std::string& dir);
 
 }  // namespace moda::fileio

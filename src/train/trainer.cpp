@@ -136,6 +136,13 @@ class StepPace {
   int64_t seen_ = 0;
 };
 
+// "11.2 MiB" or "8.41 GiB".
+std::string format_bytes(uint64_t bytes) {
+  const double b = static_cast<double>(bytes);
+  return b >= (1 << 30) ? fmt::format("{:.2f} GiB", b / (1 << 30))
+                        : fmt::format("{:.1f} MiB", b / (1 << 20));
+}
+
 // What rank 0 found at startup: the checkpoint to resume from ("" for step 0) and the keys of the
 // config that differ from the checkpoint's.
 struct ResumePoint {
@@ -180,6 +187,15 @@ ResumePoint prepare_checkpoints(const std::string& root, const std::string& resu
           aside.moved.size(), newest, aside.folder);
     }
   }
+  // Moved, never deleted: so that they are not forgotten, every start counts them.
+  if (const std::vector<std::string> kept = list_set_aside_folders(root); !kept.empty()) {
+    uint64_t bytes = 0;
+    for (const std::string& folder : kept) bytes += fileio::tree_bytes(folder);
+    spdlog::info(
+        "{} holds {} set-aside folder(s) of earlier runs or branches, {} in all, the oldest {}; "
+        "moda never deletes them",
+        root, kept.size(), format_bytes(bytes), kept.front());
+  }
   if (!found && !resume.empty() && console) {
     spdlog::info("--resume {}: no checkpoint in {}; starting from step 0", resume, root);
   }
@@ -213,17 +229,6 @@ class MetricsFile {
   std::ofstream out_;
   bool failed_ = false;
 };
-
-// The bytes of the files in a checkpoint directory, as "11.2 MiB" or "8.41 GiB".
-std::string checkpoint_size(const std::string& dir) {
-  uintmax_t bytes = 0;
-  for (const std::filesystem::directory_entry& e : std::filesystem::directory_iterator(dir)) {
-    if (e.is_regular_file()) bytes += e.file_size();
-  }
-  const double b = static_cast<double>(bytes);
-  return b >= (1 << 30) ? fmt::format("{:.2f} GiB", b / (1 << 30))
-                        : fmt::format("{:.1f} MiB", b / (1 << 20));
-}
 
 }  // namespace
 
@@ -367,8 +372,8 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every,
                         saved);
       if (options.log_to_console) {
-        spdlog::info("saved checkpoint {} ({} in {:.2f} s)", saved, checkpoint_size(saved),
-                     seconds);
+        spdlog::info("saved checkpoint {} ({} in {:.2f} s)", saved,
+                     format_bytes(fileio::tree_bytes(saved)), seconds);
       }
     }
     comm->barrier();
