@@ -449,6 +449,10 @@ TEST_CASE("a failed save removes its staging directory and the run stops with th
   const std::string dir = temp_dir("save_fails"), root = dir + "/checkpoints";
   Config c = small_config(dir, 4);
   c.checkpoint.interval = 2;
+  // Written in the step, or in the background, where the error reaches the run at a later step.
+  c.checkpoint.background = GENERATE(false, true);
+  CAPTURE(c.checkpoint.background);
+  fs::remove_all(root);
   {
     // The shard file (about 12 bytes a parameter) outgrows 64 KiB; config.yaml and metrics do not.
     FileSizeLimit limit(64 << 10);
@@ -474,6 +478,47 @@ TEST_CASE("a failed save removes its staging directory and the run stops with th
   CHECK(std::distance(fs::directory_iterator(root), fs::directory_iterator()) == 0);
   const std::string saved = save_checkpoint(root, st, 3, 0);
   CHECK(load_checkpoint(saved, 0, 1).shard.master == st.shard.master);
+}
+
+TEST_CASE("interval checkpoints written in the background equal those written in the step",
+          "[checkpoint][train]") {
+  const std::string in_step = temp_dir("saves_in_step"), beside = temp_dir("saves_beside");
+  Config c = small_config(in_step, 7);
+  c.checkpoint.interval = 2;
+  c.checkpoint.keep_last = 10;
+  c.checkpoint.background = false;
+  train(c, TrainOptions{false, ""});
+  c.logging.dir = beside;
+  c.checkpoint.background = true;
+  LogCapture log;
+  train(c, TrainOptions{true, ""});
+  const std::string text = log.text();
+  INFO(text);
+  // Steps 2, 4 and 6 in the background, the last one (7) in the step, as the run ends there.
+  REQUIRE(steps_in(beside + "/checkpoints") == std::vector<int64_t>{7, 6, 4, 2});
+  for (const int64_t step : {2, 4, 6}) {
+    CHECK(text.find(fmt::format("saved checkpoint {}/checkpoints/{} (", beside,
+                                checkpoint_name(step))) != std::string::npos);
+  }
+  CHECK(text.find("beside training; the run paid ") != std::string::npos);
+  CHECK(text.find(fmt::format("saved checkpoint {}/checkpoints/{} (", beside,
+                              checkpoint_name(7))) != std::string::npos);
+  // The same state: the copy was taken at the step, not while later steps ran. (metrics.jsonl
+  // differs in its timings.)
+  for (const int64_t step : {2, 4, 6, 7}) {
+    CAPTURE(step);
+    const std::string name = "/checkpoints/" + checkpoint_name(step);
+    const std::string a = test::read_text(in_step + name + "/shard-00000-of-00001.bin");
+    CHECK(!a.empty());
+    CHECK(a == test::read_text(beside + name + "/shard-00000-of-00001.bin"));
+    const CheckpointMeta ma = load_checkpoint_meta(in_step + name),
+                         mb = load_checkpoint_meta(beside + name);
+    CHECK(ma.step == mb.step);
+    CHECK(ma.loader.cursor == mb.loader.cursor);
+    CHECK(ma.loader.epoch == mb.loader.epoch);
+    CHECK(parse_metrics_jsonl(ma.metrics_jsonl).size() == static_cast<size_t>(step));
+    CHECK(parse_metrics_jsonl(mb.metrics_jsonl).size() == static_cast<size_t>(step));
+  }
 }
 
 TEST_CASE("metrics.jsonl failing mid-run is one error and training goes on, a failed plot warns",

@@ -83,6 +83,7 @@ struct CheckpointConfig {
   int64_t keep_last = 3;
   int64_t keep_every = 0;  // also keep every K-th step forever; 0 = off
   bool at_end = true;      // save when the run completes (false: throughput benchmarks)
+  bool background = true;  // write interval checkpoints in a thread while training goes on
 };
 
 struct LoggingConfig {

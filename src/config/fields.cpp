@@ -231,6 +231,7 @@ std::vector<config_detail::Field> make_fields() {
   checkpoint("keep_last", &CheckpointConfig::keep_last);
   checkpoint("keep_every", &CheckpointConfig::keep_every);
   checkpoint("at_end", &CheckpointConfig::at_end);
+  checkpoint("background", &CheckpointConfig::background);
 
   auto logging = section_adder(table, "logging", &Config::logging);
   logging("dir", &LoggingConfig::dir);

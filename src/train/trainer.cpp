@@ -13,6 +13,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 
 #include "checkpoint/file_io.hpp"
@@ -25,6 +26,7 @@
 #include "moda/dist.hpp"
 #include "moda/profiling.hpp"
 #include "moda/train.hpp"
+#include "train/checkpoint_shard_writer.hpp"
 
 namespace moda {
 
@@ -342,57 +344,120 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     }
   }
   summary.steps = start;  // the final step, also when there is nothing left to train
-  // Writes a checkpoint of the state after `step_done` steps (collective: every rank calls it).
-  auto save = [&](int64_t step_done) {
-    const auto began = Clock::now();
-    const std::string tag = comm->broadcast(std::to_string(::getpid()));
-    const std::string staging = checkpoint_staging_dir(ckpt_root, step_done, tag);
-    const std::string saved = removing_staging_on_failure(staging, [&] {
-      if (zero1) {
-        write_shard(staging, rank, world, total_params, capture_shard(model, own_params));
-      } else if (lead) {
-        write_shard(staging, 0, 1, total_params, capture_shard(model, {0, total_params}));
-      }
-      comm->barrier();
-      if (!lead) return std::string();
-      CheckpointMeta meta;
-      meta.step = step_done;
-      meta.world = world;
-      meta.total_params = total_params;
-      meta.loader = loader.state();
-      meta.rng_seed = config.runtime.seed;
-      meta.skipped_steps = summary.skipped_steps;
-      meta.config_yaml = to_yaml(config);
-      meta.metrics_jsonl = metrics_text;
-      return finalize_checkpoint(ckpt_root, staging, meta);
-    });
-    if (lead) {
-      // Written and synced by every rank: a save's time is paid by the run, so it is shown.
-      const double seconds = std::chrono::duration<double>(Clock::now() - began).count();
-      prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every,
-                        saved);
-      if (options.log_to_console) {
-        spdlog::info("saved checkpoint {} ({} in {:.2f} s)", saved,
-                     format_bytes(fileio::tree_bytes(saved)), seconds);
-      }
+  // A checkpoint of the state after `step`: its shards go into `staging`, then rank 0 writes the
+  // metadata and renames it into place.
+  struct Save {
+    int64_t step = 0;
+    std::string staging;
+    CheckpointMeta meta;  // rank 0
+    Clock::time_point began;
+    double paid_seconds = 0;  // of the steps' time, when written in the background
+  };
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  CheckpointShardWriter shard_writer;
+  // A background save not finalized yet: set and cleared on every rank alike.
+  std::optional<Save> pending;
+  // Once every shard of `s` is on disk: rank 0 finalizes it and applies retention.
+  const auto finalize = [&](const Save& s, bool background) {
+    if (!lead) return;
+    const auto finalizing = Clock::now();
+    const std::string saved = removing_staging_on_failure(
+        s.staging, [&] { return finalize_checkpoint(ckpt_root, s.staging, s.meta); });
+    prune_checkpoints(ckpt_root, config.checkpoint.keep_last, config.checkpoint.keep_every, saved);
+    if (!options.log_to_console) return;
+    // A save's time is paid by the run, so it is shown.
+    const std::string size = format_bytes(fileio::tree_bytes(saved));
+    if (background) {
+      spdlog::info(
+          "saved checkpoint {} ({}, written in {:.2f} s beside training; the run paid {:.2f} s)",
+          saved, size, shard_writer.write_seconds(), s.paid_seconds + seconds_since(finalizing));
+    } else {
+      spdlog::info("saved checkpoint {} ({} in {:.2f} s)", saved, size, seconds_since(s.began));
     }
+  };
+  // Collective: waits for the pending background save's shard writes and finalizes it. A write
+  // that failed (its staging directory is removed) stops every rank.
+  const auto complete_pending = [&] {
+    if (!pending) return;
+    const std::exception_ptr error = shard_writer.wait();
+    double failed = error ? 1.0 : 0.0;
+    comm->all_reduce_host(std::span<double>(&failed, 1));
+    Save s = std::move(*pending);
+    pending.reset();
+    if (error) std::rethrow_exception(error);
+    if (failed > 0) {
+      throw std::runtime_error(fmt::format(
+          "checkpoint of step {}: another rank could not write its shard (its log says why)",
+          s.step));
+    }
+    finalize(s, true);
+  };
+  // Writes a checkpoint of the state after `step_done` steps (collective: every rank calls it).
+  // In the background the shard is copied now and written by a thread while training goes on;
+  // the copy is what the step loop pays.
+  const auto save = [&](int64_t step_done, bool background) {
+    complete_pending();
+    Save s;
+    s.began = Clock::now();
+    s.step = step_done;
+    const std::string tag = comm->broadcast(std::to_string(::getpid()));
+    s.staging = checkpoint_staging_dir(ckpt_root, step_done, tag);
+    if (lead) {
+      s.meta.step = step_done;
+      s.meta.world = world;
+      s.meta.total_params = total_params;
+      s.meta.loader = loader.state();
+      s.meta.rng_seed = config.runtime.seed;
+      s.meta.skipped_steps = summary.skipped_steps;
+      s.meta.config_yaml = to_yaml(config);
+      s.meta.metrics_jsonl = metrics_text;
+    }
+    // Under ZeRO-1 every rank writes its range; otherwise rank 0 writes everything.
+    const bool writes = zero1 || lead;
+    const int shard_rank = zero1 ? rank : 0, shard_count = zero1 ? world : 1;
+    const ShardRange range = zero1 ? own_params : ShardRange{0, total_params};
+    if (background) {
+      if (writes) {
+        shard_writer.start(s.staging, shard_rank, shard_count, total_params,
+                           capture_shard(model, range));
+      }
+      s.paid_seconds = seconds_since(s.began);
+      pending = std::move(s);
+      return;
+    }
+    if (writes) {
+      removing_staging_on_failure(s.staging, [&] {
+        write_shard(s.staging, shard_rank, shard_count, total_params, capture_shard(model, range));
+      });
+    }
+    comm->barrier();
+    finalize(s, false);
     comm->barrier();
   };
   StopSignals stop_signals(options.log_to_console && lead);
   // After each step (taken or skipped): save on the interval, at the end and on a signal that
   // reached any rank. Returns true when the run must stop.
   auto end_of_step = [&](int64_t step_done) {
-    double stop = g_stop_signal.load() != 0 ? 1.0 : 0.0;
-    comm->all_reduce_host(std::span<double>(&stop, 1));
+    // [0]: a signal reached some rank; [1]: ranks still writing a background save's shard.
+    double flags[2] = {g_stop_signal.load() != 0 ? 1.0 : 0.0, shard_writer.busy() ? 1.0 : 0.0};
+    comm->all_reduce_host(flags);
+    const bool stop = flags[0] > 0;
+    // A background save is finalized at the first step boundary after its shards are written.
+    if (pending && flags[1] == 0) complete_pending();
     const int64_t iv = config.checkpoint.interval;
     const bool last = step_done == config.schedule.total_steps && config.checkpoint.at_end;
-    if (stop > 0 || last || (iv > 0 && step_done % iv == 0)) save(step_done);
-    if (stop > 0) {
+    // The run ends after a signal's save and the last one: those are written in the step.
+    if (stop || last || (iv > 0 && step_done % iv == 0)) {
+      save(step_done, config.checkpoint.background && !stop && !last);
+    }
+    if (stop) {
       summary.interrupted = true;
       if (options.log_to_console && lead)
         spdlog::warn("stopping after step {} on a signal; resume with --resume auto", step_done);
     }
-    return stop > 0;
+    return stop;
   };
 
   // Only rank 0 writes shared files and logs.
@@ -561,6 +626,8 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     summary.steps = rec.step;
     if (end_of_step(rec.step)) break;
   }
+  // An interval save still being written when the run ends without a final save.
+  complete_pending();
   if (lead && config.logging.plot && !summary.history.empty()) {
     // The picture is optional: failing to draw it must not fail a completed run.
     try {
