@@ -429,6 +429,29 @@ TEST_CASE("model state capture and restore are exact", "[checkpoint]") {
   CHECK(after[30] == before[30]);
 }
 
+TEST_CASE("float32 downloads equal the float64 one, in chunks or as a plain copy", "[checkpoint]") {
+  // capture_shard's path: the CPU backend copies, the default (the CUDA backend's) goes through
+  // download() a chunk at a time. A slice at an odd offset, over two chunks and a part.
+  auto backend = make_backend("cpu", 1);
+  const int64_t n = 2 * Backend::kDownloadChunk + 12345;
+  Tensor t = backend->alloc(Role::master, n);
+  backend->upload(t, test::random_normal(static_cast<size_t>(n), 11, 3.0));
+  std::vector<double> wide(static_cast<size_t>(n));
+  backend->download(t, wide);
+  const Tensor part = t.slice(7, n - 9);
+  std::vector<float> copied(static_cast<size_t>(part.numel), -1.0f), chunked(copied);
+  backend->download_f32(part, copied);
+  backend->Backend::download_f32(part, chunked);
+  const std::vector<float> want(wide.begin() + 7, wide.end() - 2);
+  // The index of the first wrong value (part.numel: none); a failure prints it, not 2M values.
+  const auto first_wrong = [&](const std::vector<float>& got) {
+    return std::mismatch(got.begin(), got.end(), want.begin()).first - got.begin();
+  };
+  CHECK(first_wrong(copied) == part.numel);
+  CHECK(first_wrong(chunked) == part.numel);
+  backend->release(t);
+}
+
 TEST_CASE("resume refuses model-defining config changes and lists the others", "[checkpoint]") {
   Config saved;
   saved.source = "run.yaml";

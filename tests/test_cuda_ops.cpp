@@ -218,6 +218,11 @@ TEST_CASE("cuda backend: memory, transfers and dtype conversion", "[gpu]") {
   gpu->download(f, back);
   CHECK(back == rounded);
 
+  // float32 downloads (checkpoints) through the default: in chunks of download().
+  std::vector<float> narrow(static_cast<size_t>(n - 3));
+  gpu->download_f32(b2.slice(3, n - 3), narrow);
+  for (int64_t i = 3; i < n; ++i) REQUIRE(narrow[i - 3] == static_cast<float>(rounded[i]));
+
   // zero() of a slice touches only the slice.
   gpu->zero(f.slice(100, 50));
   gpu->download(f, back);

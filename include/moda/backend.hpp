@@ -119,6 +119,11 @@ class Backend {
   virtual void upload(const Tensor& dst, std::span<const double> host) = 0;
   virtual void upload_tokens(const Tensor& dst, std::span<const int32_t> host) = 0;
   virtual void download(const Tensor& src, std::span<double> host) = 0;
+  // Into float32, the checkpoints' type. The default goes through download() a bounded chunk at a
+  // time (kDownloadChunk elements), never a float64 copy of the whole tensor; a backend that holds
+  // float32 overrides it with a plain copy.
+  virtual void download_f32(const Tensor& src, std::span<float> host);
+  static constexpr int64_t kDownloadChunk = int64_t{1} << 20;
   virtual void synchronize() = 0;
   // The CUDA stream (a cudaStream_t) this backend queues its device work on, so that other
   // device work (NCCL collectives) can be ordered after it without blocking the host; nullptr

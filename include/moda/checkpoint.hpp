@@ -190,6 +190,9 @@ LoaderState reshard_loader_state(const LoaderState& state, int old_world, int ne
 // the fp32 master buffers). The range must lie inside the optimizer state the model holds (its
 // ZeRO-1 shard, when sharded).
 ShardState capture_shard(Model& model, ShardRange range);
+// The same into `into`, whose vectors are reused: a copy into memory the process has touched
+// before costs a fraction of one into fresh pages (background saves keep theirs).
+void capture_shard(Model& model, ShardRange range, ShardState& into);
 // The inverse: writes shard.range of the compute copy and of the master weights the model holds
 // (any range inside the parameters: a ZeRO-1 rank loads every shard's weights this way) and,
 // when the shard holds them, the Adam moments of shard.moments_range, or of shard.range when that

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "backend_cpu/cpu_reference.hpp"
@@ -95,6 +96,16 @@ template <class T>
 void CpuBackend<T>::download(const Tensor& src, std::span<double> host) {
   const T* s = ptr(src);
   for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<double>(s[i]);
+}
+
+template <class T>
+void CpuBackend<T>::download_f32(const Tensor& src, std::span<float> host) {
+  const T* s = ptr(src);
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy_n(s, host.size(), host.begin());
+  } else {
+    for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(s[i]);
+  }
 }
 
 template <class T>

@@ -30,6 +30,7 @@ class CpuBackend final : public Backend {
   void upload(const Tensor& dst, std::span<const double> host) override;
   void upload_tokens(const Tensor& dst, std::span<const int32_t> host) override;
   void download(const Tensor& src, std::span<double> host) override;
+  void download_f32(const Tensor& src, std::span<float> host) override;
   void synchronize() override {}
   void init_rope(int64_t max_seq_len, int64_t head_dim, double theta) override;
 

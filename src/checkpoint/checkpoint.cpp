@@ -746,18 +746,22 @@ int64_t state_index(const Model& model, ShardRange range, const char* what) {
 
 ShardState capture_shard(Model& model, ShardRange range) {
   ShardState s;
-  s.range = range;
+  capture_shard(model, range, s);
+  return s;
+}
+
+void capture_shard(Model& model, ShardRange range, ShardState& into) {
+  into.range = range;
+  into.moments_range.reset();
   const int64_t at = state_index(model, range, "capture_shard");
-  std::vector<double> host(static_cast<size_t>(range.count));
   Backend& backend = model.backend();
   backend.synchronize();
-  std::vector<float>* outs[3] = {&s.master, &s.adam_m, &s.adam_v};
+  std::vector<float>* outs[3] = {&into.master, &into.adam_m, &into.adam_v};
   const Tensor* srcs[3] = {&model.master(), &model.adam_m(), &model.adam_v()};
   for (int i = 0; i < 3; ++i) {
-    backend.download(srcs[i]->slice(at, range.count), host);
-    outs[i]->assign(host.begin(), host.end());
+    outs[i]->resize(static_cast<size_t>(range.count));
+    backend.download_f32(srcs[i]->slice(at, range.count), *outs[i]);
   }
-  return s;
 }
 
 void restore_model(Model& model, const ShardState& shard) {

@@ -98,6 +98,10 @@ void ProfilingBackend::download(const Tensor& src, std::span<double> host) {
   timed("download", 0, 0, [&] { inner_.download(src, host); });
 }
 
+void ProfilingBackend::download_f32(const Tensor& src, std::span<float> host) {
+  timed("download", 0, 0, [&] { inner_.download_f32(src, host); });
+}
+
 void ProfilingBackend::embedding_forward(const Tensor& tokens, const Tensor& table,
                                          const Tensor& out, int64_t rows, int64_t dim) {
   timed("embedding_forward", 0, 0,

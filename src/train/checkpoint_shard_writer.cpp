@@ -15,11 +15,12 @@ void CheckpointShardWriter::start(const std::string& staging, int rank, int worl
   started_ = true;
   finished_.store(false);
   error_ = nullptr;
-  thread_ = std::thread([this, staging, rank, world, total_params, shard = std::move(shard)] {
+  shard_ = std::move(shard);
+  thread_ = std::thread([this, staging, rank, world, total_params] {
     const auto began = std::chrono::steady_clock::now();
     try {
       removing_staging_on_failure(staging,
-                                  [&] { write_shard(staging, rank, world, total_params, shard); });
+                                  [&] { write_shard(staging, rank, world, total_params, shard_); });
     } catch (...) {
       error_ = std::current_exception();
     }
@@ -27,6 +28,11 @@ void CheckpointShardWriter::start(const std::string& staging, int rank, int worl
         std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
     finished_.store(true);
   });
+}
+
+ShardState CheckpointShardWriter::take_buffers() {
+  if (started_) throw std::logic_error("CheckpointShardWriter::take_buffers: a write is in flight");
+  return std::move(shard_);
 }
 
 std::exception_ptr CheckpointShardWriter::wait() {

@@ -1,6 +1,7 @@
 // One rank's checkpoint shard written by a thread of its own while training goes on
 // (checkpoint.background). The shard is a copy of the state taken before the thread starts, so
-// the steps that follow cannot change what it writes.
+// the steps that follow cannot change what it writes. Its vectors are kept after the write, for
+// the next save's copy (take_buffers).
 #pragma once
 
 #include <atomic>
@@ -32,6 +33,9 @@ class CheckpointShardWriter {
   std::exception_ptr wait();
   // How long the last write took on its thread.
   double write_seconds() const { return write_seconds_; }
+  // The last write's shard, to be filled again (capture_shard's `into`); empty before the first.
+  // Only between wait() and the next start().
+  ShardState take_buffers();
 
  private:
   std::thread thread_;
@@ -39,6 +43,7 @@ class CheckpointShardWriter {
   std::atomic<bool> finished_{false};
   std::exception_ptr error_;
   double write_seconds_ = 0;
+  ShardState shard_;  // read by the thread while a write is in flight
 };
 
 }  // namespace moda

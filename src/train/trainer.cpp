@@ -420,8 +420,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     const ShardRange range = zero1 ? own_params : ShardRange{0, total_params};
     if (background) {
       if (writes) {
-        shard_writer.start(s.staging, shard_rank, shard_count, total_params,
-                           capture_shard(model, range));
+        ShardState shard = shard_writer.take_buffers();
+        capture_shard(model, range, shard);
+        shard_writer.start(s.staging, shard_rank, shard_count, total_params, std::move(shard));
       }
       s.paid_seconds = seconds_since(s.began);
       pending = std::move(s);
