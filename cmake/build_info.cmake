@@ -8,10 +8,11 @@ execute_process(COMMAND git -C "${SOURCE_DIR}" rev-parse --short=12 HEAD
 if(failed)
   set(commit "unknown")
 else()
-  # Tracked files that differ from the commit: the binary is not that commit's.
+  # Tracked files that differ from the commit (exit status 1; other failures say nothing): the
+  # binary is not that commit's.
   execute_process(COMMAND git -C "${SOURCE_DIR}" diff --quiet HEAD --
                   RESULT_VARIABLE dirty OUTPUT_QUIET ERROR_QUIET)
-  if(dirty)
+  if(dirty EQUAL 1)
     string(APPEND commit "-dirty")
   endif()
 endif()

@@ -87,7 +87,8 @@ TEST_CASE("moda --version names the version and the commit of the build", "[cli]
           fmt::format("{} rev-parse --short=12 HEAD > '{}' 2> /dev/null", git, log).c_str()) == 0) {
     commit = moda::test::read_text(log);
     commit.erase(commit.find_last_not_of('\n') + 1);
-    if (std::system(fmt::format("{} diff --quiet HEAD --", git).c_str()) != 0) commit += "-dirty";
+    const int diff = std::system(fmt::format("{} diff --quiet HEAD --", git).c_str());
+    if (WIFEXITED(diff) && WEXITSTATUS(diff) == 1) commit += "-dirty";
   }
   CAPTURE(r.output, commit);
   CHECK(std::regex_match(r.output,
