@@ -36,6 +36,7 @@ constexpr char kMetaFile[] = "meta.yaml";
 constexpr char kConfigFile[] = "config.yaml";
 constexpr char kMetricsFile[] = "metrics.jsonl";
 constexpr char kFormat[] = "moda-checkpoint";
+constexpr std::string_view kSetAsidePrefix = "set-aside-";
 constexpr int kVersion = 1;
 
 // Shard file header (64 bytes, little-endian), followed by master, m, v (count float32 each).
@@ -564,7 +565,7 @@ SetAside set_aside_checkpoints(const std::string& root, int64_t after_step) {
   ::gmtime_r(&now, &utc);
   std::array<char, 32> stamp{};
   std::strftime(stamp.data(), stamp.size(), "%Y%m%dT%H%M%S", &utc);
-  const std::string base = fmt::format("set-aside-{}-{}", stamp.data(), ::getpid());
+  const std::string base = fmt::format("{}{}-{}", kSetAsidePrefix, stamp.data(), ::getpid());
   fs::path folder = fs::path(root) / base;
   // One process starting twice within a second (tests) would reuse the name.
   for (int n = 2; fs::exists(folder); ++n) folder = fs::path(root) / fmt::format("{}-{}", base, n);
@@ -584,7 +585,7 @@ std::vector<std::string> list_set_aside_folders(const std::string& root) {
   std::vector<std::string> folders;
   if (!fs::exists(root)) return folders;
   for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
-    if (entry.is_directory() && entry.path().filename().string().starts_with("set-aside-")) {
+    if (entry.is_directory() && entry.path().filename().string().starts_with(kSetAsidePrefix)) {
       folders.push_back(entry.path().string());
     }
   }

@@ -418,10 +418,15 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
     const bool writes = zero1 || lead;
     const int shard_rank = zero1 ? rank : 0, shard_count = zero1 ? world : 1;
     const ShardRange range = zero1 ? own_params : ShardRange{0, total_params};
+    // The copy goes into the buffers of the last background save, when there was one: no second
+    // copy of the state in host memory at the last save.
+    ShardState shard;
+    if (writes) {
+      shard = shard_writer.take_buffers();
+      capture_shard(model, range, shard);
+    }
     if (background) {
       if (writes) {
-        ShardState shard = shard_writer.take_buffers();
-        capture_shard(model, range, shard);
         shard_writer.start(s.staging, shard_rank, shard_count, total_params, std::move(shard));
       }
       s.paid_seconds = seconds_since(s.began);
@@ -429,9 +434,8 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
       return;
     }
     if (writes) {
-      removing_staging_on_failure(s.staging, [&] {
-        write_shard(s.staging, shard_rank, shard_count, total_params, capture_shard(model, range));
-      });
+      removing_staging_on_failure(
+          s.staging, [&] { write_shard(s.staging, shard_rank, shard_count, total_params, shard); });
     }
     comm->barrier();
     finalize(s, false);
