@@ -126,6 +126,22 @@ TEST_CASE("moda info prints the parameter counts of docs/parameter_counts.md", "
   }
 }
 
+TEST_CASE("moda info gives a checkpoint save's host memory: a shard file less its header",
+          "[cli][checkpoint]") {
+  const Result r = moda_run("info");
+  REQUIRE(r.rc == 0);
+  std::smatch m;
+  REQUIRE(
+      std::regex_search(r.output, m,
+                        std::regex(R"(host memory of a checkpoint save: [0-9.]+ MiB \(([0-9]+) )"
+                                   R"(bytes, .*; kept between saves)")));
+  // The default config's one-rank checkpoint: one shard, a 64-byte header and the state.
+  const auto file = std::filesystem::path(tiny_checkpoint()) / "shard-00000-of-00001.bin";
+  CHECK(std::stoull(m[1].str()) + 64 == std::filesystem::file_size(file));
+  CHECK_THAT(moda_run("info --set checkpoint.background=false").output,
+             Contains("; freed after each save (checkpoint.background off)"));
+}
+
 TEST_CASE("config options: an empty --config path and out-of-range values are errors", "[cli]") {
   Result r = moda_run("info --config ''");
   CHECK(r.rc == 1);

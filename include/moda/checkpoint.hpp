@@ -186,6 +186,9 @@ CheckpointState load_checkpoint(const std::string& dir, int rank, int world);
 LoaderState reshard_loader_state(const LoaderState& state, int old_world, int new_world);
 
 // ---- model state <-> host vectors ----
+// Host bytes of the state of `params` parameters (float32 master weights and both Adam moments):
+// what a save copies, and a shard file's size less its 64-byte header.
+uint64_t shard_state_bytes(int64_t params);
 // Copies [range) of the model's master weights and Adam moments to the host (float32, exact for
 // the fp32 master buffers). The range must lie inside the optimizer state the model holds (its
 // ZeRO-1 shard, when sharded).

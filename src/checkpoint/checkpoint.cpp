@@ -59,9 +59,7 @@ std::string shard_file_name(int rank, int shards) {
   return fmt::format("shard-{:05d}-of-{:05d}.bin", rank, shards);
 }
 
-uint64_t shard_file_bytes(int64_t count) {
-  return sizeof(ShardHeader) + 3 * static_cast<uint64_t>(count) * sizeof(float);
-}
+uint64_t shard_file_bytes(int64_t count) { return sizeof(ShardHeader) + shard_state_bytes(count); }
 
 // Parses "step-00000123" (exactly; staging names have a suffix) into 123.
 std::optional<int64_t> parse_step_dir(const std::string& name) {
@@ -744,6 +742,10 @@ int64_t state_index(const Model& model, ShardRange range, const char* what) {
 }
 
 }  // namespace
+
+uint64_t shard_state_bytes(int64_t params) {
+  return 3 * static_cast<uint64_t>(params) * sizeof(float);
+}
 
 ShardState capture_shard(Model& model, ShardRange range) {
   ShardState s;

@@ -4,6 +4,8 @@
 
 #include "cli/commands.hpp"
 #include "cli/config_options.hpp"
+#include "format/byte_size.hpp"
+#include "moda/checkpoint.hpp"
 #include "moda/device_memory.hpp"
 #include "moda/model.hpp"
 
@@ -62,6 +64,14 @@ void print_info(const Config& c) {
       "      + autotuning copy {:.2f} + RoPE tables {:.2f} + CUDA context ~{:.2f} (GiB)\n",
       g(peak.parameters), g(peak.activations), g(peak.op_workspace), g(peak.cublas_workspace),
       g(peak.gemm_tuning), g(peak.rope), g(peak.context));
+  // Host memory, not GPU memory: what a save copies out of the model (docs/checkpoints.md).
+  const uint64_t save_bytes = shard_state_bytes(n.total);
+  fmt::print(
+      "host memory of a checkpoint save: {} ({} bytes, float32 master weights and Adam moments) "
+      "on rank 0, or 1/N of it on each of N ranks with runtime.zero1; {}\n",
+      format_bytes(save_bytes), save_bytes,
+      c.checkpoint.background ? "kept between saves (checkpoint.background)"
+                              : "freed after each save (checkpoint.background off)");
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include "checkpoint/file_io.hpp"
 #include "dist/gradient_buckets.hpp"
+#include "format/byte_size.hpp"
 #include "moda/backend.hpp"
 #include "moda/build_info.hpp"
 #include "moda/checkpoint.hpp"
@@ -137,13 +138,6 @@ class StepPace {
   std::deque<double> recent_;
   int64_t seen_ = 0;
 };
-
-// "11.2 MiB" or "8.41 GiB".
-std::string format_bytes(uint64_t bytes) {
-  const double b = static_cast<double>(bytes);
-  return b >= (1 << 30) ? fmt::format("{:.2f} GiB", b / (1 << 30))
-                        : fmt::format("{:.1f} MiB", b / (1 << 20));
-}
 
 // What rank 0 found at startup: the checkpoint to resume from ("" for step 0) and the keys of the
 // config that differ from the checkpoint's.
