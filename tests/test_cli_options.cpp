@@ -142,6 +142,14 @@ TEST_CASE("moda info gives a checkpoint save's host memory: a shard file less it
              Contains("; freed after each save (checkpoint.background off)"));
 }
 
+TEST_CASE("train refuses an empty --resume (an unset variable), starting nothing", "[cli]") {
+  const std::string dir = moda::test::temp_dir("cli_resume_empty");
+  const Result r = moda_run(fmt::format("train --set logging.dir={} --resume ''", dir));
+  CHECK(r.rc == kValidationError);
+  CHECK_THAT(r.output, Contains("--resume: empty; pass auto or a checkpoint directory"));
+  CHECK_FALSE(fs::exists(dir + "/metrics.jsonl"));
+}
+
 TEST_CASE("config options: an empty --config path and out-of-range values are errors", "[cli]") {
   Result r = moda_run("info --config ''");
   CHECK(r.rc == 1);
@@ -226,6 +234,18 @@ TEST_CASE("eval: an empty choices file and a missing --json folder are errors", 
                                             "not exist",
                                             dir)));
   CHECK_THAT(r.output, !Contains("perplexity"));  // stopped before evaluating
+  // Sets too small for a window or a micro-batch: named by the options, and no table printed.
+  std::ofstream(dir + "/short.txt") << "a few words";
+  r = moda_run(fmt::format("eval --checkpoint {} --data s={}/short.txt", checkpoint, dir));
+  CHECK(r.rc == 1);
+  CHECK_THAT(r.output, Contains(fmt::format("--data s [{}/short.txt] (1 documents) has ", dir)) &&
+                           Contains("fewer than one window of 129 (--seq-len + 1)") &&
+                           !Contains("data.train"));
+  r = moda_run(
+      fmt::format("eval --checkpoint {} --data s={}/short.txt --seq-len 4", checkpoint, dir));
+  CHECK(r.rc == 1);
+  CHECK_THAT(r.output, Contains("fewer than one micro-batch of 8 (use --micro-batch 1)") &&
+                           !Contains("perplexity"));
 }
 
 TEST_CASE("tokenize: no training documents and a file as --output are errors", "[cli]") {

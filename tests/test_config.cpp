@@ -88,7 +88,7 @@ Config every_field_changed() {
   c.batch.seq_len = 512;
   c.batch.micro_batch = 3;
   c.batch.global_batch = 12;
-  c.checkpoint.dir = "~";
+  c.checkpoint.dir = "null";
   c.checkpoint.interval = 100;
   c.checkpoint.keep_last = 1;
   c.checkpoint.keep_every = 500;
@@ -202,7 +202,7 @@ TEST_CASE("to_yaml round-trips a config with every field changed") {
   CHECK(parsed.data.train == original.data.train);
   CHECK(parsed.data.val == original.data.val);
   CHECK(parsed.data.seed == original.data.seed);
-  CHECK(parsed.checkpoint.dir == "~");
+  CHECK(parsed.checkpoint.dir == "null");
   CHECK(parsed.logging.dir == "runs/a: b #c");
   CHECK(parsed.logging.plot == false);
   CHECK(parsed.runtime.device == moda::DeviceKind::cuda);
@@ -337,7 +337,10 @@ TEST_CASE("repeated keys and sections are errors, not a silent last-one-wins") {
 
 TEST_CASE("YAML syntax errors name the file and line") {
   const std::string message = parse_error("model:\n  d_model: 64\n  n_heads: [4, 2\nbatch: 3\n");
-  CHECK_THAT(message, Contains("configs/x.yaml:4: invalid YAML"));
+  CHECK_THAT(message, Contains("configs/x.yaml:4: invalid YAML") && !Contains("tab"));
+  CHECK_THAT(parse_error("model:\n  d_model: 64\n\tn_heads: 4\n"),
+             Contains("invalid YAML") &&
+                 Contains("(line 3 is indented with a tab; YAML indents with spaces only)"));
 }
 
 TEST_CASE("load_config names the path it cannot read or parse") {
@@ -521,6 +524,15 @@ TEST_CASE("validation rejects out-of-range values and inconsistent shapes") {
       {[](Config& c) { c.checkpoint.keep_every = -5; },
        "checkpoint.keep_every must be >= 0, got -5"},
       {[](Config& c) { c.logging.dir = ""; }, "logging.dir is empty"},
+      {[](Config& c) { c.logging.dir = "~/runs/x"; },
+       "logging.dir ~/runs/x: moda does not expand ~ (no shell reads the config or --set "
+       "key=~/...); write the full path"},
+      {[](Config& c) { c.checkpoint.dir = "~/ckpt"; }, "checkpoint.dir ~/ckpt: moda does not"},
+      {[](Config& c) {
+         c.data.train = {"a.bin", "~/b.bin"};
+       },
+       "data.train[1] ~/b.bin: moda"},
+      {[](Config& c) { c.data.val = {"~user/v.txt"}; }, "data.val[0] ~user/v.txt: moda"},
       {[](Config& c) { c.logging.interval = 0; }, "logging.interval must be > 0, got 0"},
       {[](Config& c) { c.logging.val_interval = -1; }, "logging.val_interval must be >= 0, got -1"},
       {[](Config& c) { c.logging.val_batches = 0; }, "logging.val_batches must be > 0, got 0"},
@@ -640,12 +652,13 @@ TEST_CASE("parse_config validates and names the file") {
              Contains("config: batch.micro_batch must be > 0, got 0"));
 }
 
-TEST_CASE("docs/config.md documents every key") {
+TEST_CASE("docs/config.md documents every key, in the order of the resolved config") {
   std::ifstream in(source_path("docs/config.md"));
   REQUIRE(in);
   const std::string docs((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::string section;
   int keys = 0;
+  size_t last_row = 0;  // the previous key's row: the log prints the config in the page's order
   const std::vector<std::string> lines = absl::StrSplit(moda::to_yaml(Config{}), '\n');
   for (const std::string& line : lines) {
     if (line.empty()) continue;
@@ -656,6 +669,10 @@ TEST_CASE("docs/config.md documents every key") {
     const std::string key = section + "." + line.substr(2, line.find(':') - 2);
     CAPTURE(key);
     CHECK_THAT(docs, Contains("`" + key + "`"));
+    const size_t row = docs.find("\n| `" + key + "` |");
+    REQUIRE(row != std::string::npos);
+    CHECK(row > last_row);
+    last_row = row;
     ++keys;
   }
   CHECK(keys == 58);  // every key of the field table; a new key must be documented too

@@ -113,9 +113,14 @@ TEST_CASE("a run that does not fit names the numbers and the micro-batch that fi
   CHECK(memory_fit_error(olmo2_700m(4), 1, exact).empty());
 }
 
-TEST_CASE("host backends have no device memory to check", "[memory]") {
+TEST_CASE("host backends are checked against the host's memory, with no prediction", "[memory]") {
   const auto cpu = make_backend("cpu", 1);
-  CHECK_FALSE(check_memory_fit(olmo2_700m(4), *cpu, 1).has_value());
+  Config tiny;
+  tiny.source = "tiny.yaml";
+  CHECK_FALSE(check_memory_fit(tiny, *cpu, 1).has_value());
+  // About 16 TB of activations: no machine this runs on has them.
+  CHECK_THROWS_WITH(check_memory_fit(olmo2_700m(1024), *cpu, 1),
+                    Catch::StartsWith("700m.yaml: the run does not fit in host memory"));
 }
 
 TEST_CASE("the memory line after step 1 compares prediction, counter and device", "[memory]") {
@@ -164,3 +169,25 @@ TEST_CASE("cuda backend: the allocation counter matches the memory prediction", 
   }
 }
 #endif
+
+TEST_CASE("the CPU backend's run is checked against the host's available memory", "[memory]") {
+  const Config c = olmo2_700m(8);
+  const auto plan = [&](int64_t b) {
+    return plan_memory(c, b, 4096, DType::f32, DType::f32, DType::f32, DType::f32, DType::f32)
+        .total();
+  };
+  CHECK(host_memory_fit_error(c, 1, plan(8)).empty());
+  CHECK(host_memory_fit_error(c, 1, 0).empty());  // unknown: nothing checked
+  // One byte short: 7, 6 and 5 do not divide the global batch of 1024, so 4 is offered.
+  const std::string error = host_memory_fit_error(c, 1, plan(8) - 1);
+  CHECK_THAT(error,
+             Catch::StartsWith(fmt::format(
+                 "700m.yaml: the run does not fit in host memory: the CPU backend's plan for "
+                 "micro-batch 8 x 4096 is {:.2f} GiB (`moda info`)",
+                 static_cast<double>(plan(8)) / (1 << 30))) &&
+                 Catch::Contains("Try --set batch.micro_batch=4 (") &&
+                 Catch::Contains("accumulating 256 micro-batches per step"));
+  CHECK_THAT(host_memory_fit_error(c, 1, plan(1) - 1), Catch::Contains("Even batch.micro_batch=1"));
+  // The machine this runs on reports some memory.
+  CHECK(host_available_bytes() > 0);
+}

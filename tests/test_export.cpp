@@ -386,6 +386,10 @@ TEST_CASE("multiple-choice files: parsing, encode_pair, acc and acc_norm", "[exp
     f << "{\"context\": \"x\", \"choices\": [\"a\"], \"answer\": 3}\n";
   }
   CHECK_THROWS_WITH(read_choices_jsonl(path), Catch::Contains(":4:") && Catch::Contains("answer"));
+  // An answer given as a string, as some converted datasets write it.
+  std::ofstream(path) << "{\"context\": \"x\", \"choices\": [\"a\", \"b\"], \"answer\": \"0\"}\n";
+  CHECK_THROWS_WITH(read_choices_jsonl(path),
+                    Catch::Contains(":1: answer \"0\" is not an integer index of the choices"));
   fs::remove(path);
 
   auto tokenizer = make_tokenizer("byte", "");

@@ -187,3 +187,24 @@ TEST_CASE("a directory named as a text source is an error, not an empty document
   data.train = {dir + "/a.txt"};
   CHECK(open_dataset(data, 16).train->size() > 16);
 }
+
+TEST_CASE("text sources take globs, and a glob matching text among shards says so", "[data]") {
+  const std::string dir = moda::test::temp_dir("loader_text_glob");
+  std::ofstream(dir + "/a.txt") << std::string(3000, 'a');
+  std::ofstream(dir + "/b.txt") << std::string(2000, 'b');
+  DataConfig data;
+  data.val_fraction = 0;
+  data.train = {dir + "/*.txt"};
+  // Two documents, each followed by the byte tokenizer's end-of-text token.
+  CHECK(open_dataset(data, 16).train->size() == 3000 + 2000 + 2);
+  data.train = {dir + "/none-*.txt"};
+  CHECK_THROWS_WITH(open_dataset(data, 16),
+                    Catch::Contains("no file matches " + dir + "/none-*.txt"));
+  data.train = {dir + "/missing.txt"};
+  CHECK_THROWS_WITH(open_dataset(data, 16),
+                    Catch::Contains("data file " + dir + "/missing.txt does not exist"));
+  // No extension in the glob: the matches go to the shard reader, which names the text file.
+  data.train = {dir + "/*"};
+  CHECK_THROWS_WITH(open_dataset(data, 16),
+                    Catch::Contains(dir + "/a.txt: is a text file among token shards"));
+}

@@ -115,10 +115,18 @@ int64_t lines_in(const std::string& path) {
   return n;
 }
 
+// How spawn_moda_train starts the process: as under nohup (SIGHUP ignored), and its output into
+// an open descriptor (a pipe) instead of the log file.
+struct SpawnOptions {
+  bool ignore_hangup = false;
+  int output_fd = -1;
+};
+
 // Starts `moda train` with small_overrides(dir, steps) and `extra` arguments; stdout and stderr
 // go to `log`. Returns its pid.
+
 pid_t spawn_moda_train(const std::string& dir, int64_t steps, const std::vector<std::string>& extra,
-                       const std::string& log) {
+                       const std::string& log, SpawnOptions spawn = {}) {
   std::vector<std::string> args = {MODA_BINARY, "train"};
   for (const std::string& o : small_overrides(dir, steps)) {
     args.push_back("--set");
@@ -131,9 +139,11 @@ pid_t spawn_moda_train(const std::string& dir, int64_t steps, const std::vector<
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int out = spawn.output_fd >= 0 ? spawn.output_fd
+                                         : ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(out, 1);
     ::dup2(out, 2);
+    if (spawn.ignore_hangup) ::signal(SIGHUP, SIG_IGN);  // kept across exec, as nohup does
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
@@ -323,6 +333,53 @@ TEST_CASE("SIGINT is acknowledged at once, and a second one stops the run withou
   CHECK(list_checkpoints(dir + "/checkpoints").empty());
 }
 
+TEST_CASE(
+    "SIGHUP saves like SIGTERM, also when the hangup ended the log's reader, but not under nohup",
+    "[checkpoint][train]") {
+  // The log goes into a pipe, as with `moda train | tee`; its reader is gone before the hangup.
+  const std::string dir = temp_dir("sighup");
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);  // the child keeps no copy of the reading end
+  const pid_t pid = spawn_moda_train(dir, 100000, {}, "", SpawnOptions{false, fds[1]});
+  ::close(fds[1]);
+  std::string seen;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (seen.find("micro-batches per step") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    char buf[4096];
+    const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n <= 0) break;
+    seen.append(buf, static_cast<size_t>(n));
+  }
+  REQUIRE_THAT(seen, Catch::Contains("micro-batches per step"));
+  ::close(fds[0]);
+  ::kill(pid, SIGHUP);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  REQUIRE(WIFEXITED(status));  // not killed by SIGPIPE on its next log line
+  CHECK(WEXITSTATUS(status) == 0);
+  const auto latest = find_latest_checkpoint(dir + "/checkpoints");
+  REQUIRE(latest.has_value());
+  CHECK(load_checkpoint_meta(*latest).step < 100000);
+
+  // Under nohup the hangup changes nothing: the run takes all its steps.
+  const std::string kept = temp_dir("nohup"), log = kept + "/moda.log";
+  const pid_t nohup_pid =
+      spawn_moda_train(kept, 3, {"--set", "batch.global_batch=4096"}, log, SpawnOptions{true, -1});
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (test::read_text(log).find("micro-batches per step") == std::string::npos &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(nohup_pid, SIGHUP);
+  ::waitpid(nohup_pid, &status, 0);
+  const std::string text = test::read_text(log);
+  INFO(text);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK_THAT(text, Catch::Contains("step      3/3") && !Catch::Contains("hangup"));
+}
+
 TEST_CASE("a fresh start moves an earlier run's checkpoints aside and --resume auto continues",
           "[checkpoint][train]") {
   const std::string dir = temp_dir("fresh_again"), root = dir + "/checkpoints";
@@ -421,6 +478,41 @@ TEST_CASE("resume auto moves damaged newer checkpoints aside and refuses when no
                         Catch::Contains(root + "/step-00000002: ") && Catch::Contains("crc32"));
   CHECK(lines_in(dir + "/metrics.jsonl") == metrics_lines);
   CHECK(steps_in(root) == std::vector<int64_t>{3, 2});
+}
+
+TEST_CASE("resume names a missing path, a run's checkpoint root and a renamed checkpoint",
+          "[checkpoint][train]") {
+  const std::string dir = temp_dir("resume_paths"), root = dir + "/checkpoints";
+  train_saving_every_two(dir);
+  const auto resume = [&](const std::string& from) {
+    train(small_config(dir, 8), TrainOptions{false, from});
+  };
+  CHECK_THROWS_WITH(resume(dir + "/nope"), Catch::Contains(dir + "/nope does not exist"));
+  CHECK_THROWS_WITH(resume(root), Catch::Contains(root + " is a folder of 3 checkpoints") &&
+                                      Catch::Contains("the newest, " + root + "/step-00000006"));
+  // Step 4's checkpoint copied under step 7's name: refused, and nothing moved aside (it would
+  // have set aside the very folder it was asked to resume from).
+  fs::copy(root + "/step-00000004", root + "/step-00000007");
+  CHECK_THROWS_WITH(resume(root + "/step-00000007"),
+                    Catch::Contains("its folder is named for step 7, its meta.yaml says step 4") &&
+                        Catch::Contains("rename the folder to step-00000004"));
+  CHECK(steps_in(root) == std::vector<int64_t>{7, 6, 4, 2});
+  // Other training data with fewer windows than the saved position: named as such.
+  const std::string small = dir + "/small.txt";
+  std::ofstream(small) << "A few words, fewer than one micro-batch's windows of 33 tokens.\n";
+  Config other_data = small_config(dir, 8);
+  apply_overrides(other_data, {"data.train=" + small});
+  CHECK_THROWS_WITH(train(other_data, TrainOptions{false, root + "/step-00000006"}),
+                    Catch::Contains("cannot resume from " + root +
+                                    "/step-00000006: its data "
+                                    "position (epoch 0, window ") &&
+                        Catch::Contains("lies outside") &&
+                        Catch::Contains("resume with the data it was saved with"));
+  CHECK(steps_in(root) == std::vector<int64_t>{7, 6, 4, 2});  // a refused resume moves nothing
+  // --resume auto skips it as damaged and takes step 6.
+  LogCapture log;
+  CHECK(train(small_config(dir, 8), TrainOptions{false, "auto"}).start_step == 6);
+  CHECK_THAT(log.text(), Catch::Contains("its folder is named for step 7"));
 }
 
 TEST_CASE("startup removes staging leftovers and stops early on an unwritable checkpoint.dir",

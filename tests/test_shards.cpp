@@ -174,7 +174,7 @@ TEST_CASE("bad shards are rejected with the file named", "[shards]") {
   };
 
   rejects({dir / "missing.npy"}, "uint16", "missing.npy", "does not exist");
-  rejects({dir / "none-*.npy"}, "uint16", "none-*.npy", "no shard file matches");
+  rejects({dir / "none-*.npy"}, "uint16", "none-*.npy", "no file matches");
   rejects({dir.path.string()}, "uint16", dir.path.string(), "is a directory");
 
   write_bytes(dir / "odd.npy", tokens.data(), 7);
@@ -185,7 +185,9 @@ TEST_CASE("bad shards are rejected with the file named", "[shards]") {
   write_bytes(dir / "numpy.npy", "\x93NUMPY\x01\x00", 8);
   rejects({dir / "numpy.npy"}, "uint16", "numpy.npy", "NumPy header");
   write_bytes(dir / "tokens.txt", tokens.data(), 16);
-  rejects({dir / "tokens.txt"}, "uint16", "tokens.txt", "cannot tell the format");
+  rejects({dir / "tokens.txt"}, "uint16", "tokens.txt", "is a text file among token shards");
+  write_bytes(dir / "tokens.dat", tokens.data(), 16);
+  rejects({dir / "tokens.dat"}, "uint16", "tokens.dat", "cannot tell the format");
 
   const std::vector<uint16_t> big = {1, 2, 100, 3};
   write_bytes(dir / "vocab.npy", big.data(), 8);
@@ -271,6 +273,12 @@ TEST_CASE("corpus reader: text files whole, JSONL by line, gzip transparently", 
   CHECK_THROWS_WITH(moda::document_text(doc, bad_files),
                     Catch::Contains("bad.jsonl:2") && Catch::Contains("no \"text\""));
   CHECK_THROWS_WITH(moda::list_input_files({dir / "nope"}), Catch::Contains("nope"));
+  // A file reached twice: named twice, or named beside its directory.
+  const std::string b = dir / "b.txt";
+  CHECK_THROWS_WITH(moda::list_input_files({b, b}),
+                    Catch::Contains("input file " + b + " is given twice: its documents"));
+  CHECK_THROWS_WITH(moda::list_input_files({dir.path.string(), dir.path.string() + "/./b.txt"}),
+                    Catch::Contains("is given twice (also as " + b + ")"));
 }
 
 TEST_CASE("corpus reader: a gzip file cut short is an error naming it, not a shorter text",

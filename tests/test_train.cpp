@@ -130,3 +130,30 @@ TEST_CASE("durations in the log read at the precision one plans by", "[train]") 
   CHECK(moda::format_duration(3 * 86400 + 4 * 3600 + 59 * 60) == "3d04h");
   CHECK(moda::format_duration(-3) == "0s");
 }
+
+TEST_CASE("the log says when there is no validation data or too little of it", "[train]") {
+  const std::string dir = temp_dir("val_data");
+  std::ofstream(dir + "/one.txt") << std::string(3000, 'x');
+  std::ofstream(dir + "/short.txt") << std::string(40, 'y');  // one window of 33 tokens
+  const auto run = [&](const std::vector<std::string>& overrides) {
+    Config c = small_config(dir + "/run");
+    c.schedule.total_steps = 3;
+    apply_overrides(c, overrides);
+    test::LogCapture log;
+    train(c, TrainOptions{true, ""});
+    return log.text();
+  };
+  // One document: val_fraction holds out none of it.
+  CHECK_THAT(run({"data.train=" + dir + "/one.txt"}),
+             Catch::Contains("no validation data: data.val is not set and data.val_fraction "
+                             "(0.05) held out nothing usable"));
+  CHECK_THAT(run({"data.val=" + dir + "/short.txt"}),
+             Catch::Contains("the validation data holds 1 windows of 33 tokens, fewer than one "
+                             "micro-batch of 2: each validation repeats them to fill one"));
+  CHECK_THAT(run({"logging.val_batches=100000"}),
+             Catch::Contains("micro-batches, all the validation data holds (logging.val_batches "
+                             "is 100000)"));
+  // Enough for what is asked: no line about it.
+  const std::string plain = run({});
+  CHECK_THAT(plain, !Catch::Contains("validation data"));
+}

@@ -152,11 +152,10 @@ std::vector<std::string> list_set_aside_folders(const std::string& root);
 
 // ---- finding and loading ----
 // An empty optional when `dir` is a complete checkpoint whose files all match the metadata
-// (size, crc32 and shard headers), else what is wrong, naming the file.
+// (size, crc32 and shard headers) and whose name, when it is step-N, matches its step; else what
+// is wrong, naming the file. Every load names a missing directory, a file in its place and a
+// run's checkpoint root passed for a checkpoint (with its newest checkpoint).
 std::optional<std::string> verify_checkpoint(const std::string& dir);
-// Throws CheckpointError when `dir` is not a checkpoint but a folder of step-* checkpoints (a
-// run's checkpoint root), naming the newest; the loader would only say that meta.yaml is missing.
-void check_not_checkpoint_root(const std::string& dir);
 // The newest complete, verified checkpoint under root (nullopt if none). A damaged one is skipped
 // with a spdlog warning naming it and the file at fault; staging directories are ignored.
 std::optional<std::string> find_latest_checkpoint(const std::string& root);

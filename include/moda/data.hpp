@@ -66,6 +66,8 @@ class BatchLoader {
   // Fills out[micro_batch * (seq_len + 1)] with the next micro-batch of this rank.
   void next(int32_t* out);
   LoaderState state() const { return state_; }
+  // Throws when `state` lies outside this loader's data (a checkpoint of other data), naming both.
+  void check_restorable(const LoaderState& state) const;
   void restore(const LoaderState& state);
   int64_t windows_per_epoch() const { return n_windows_; }
   int64_t windows_per_rank() const { return n_windows_ / world_; }
@@ -94,6 +96,7 @@ class PrefetchLoader {
   PrefetchLoader& operator=(const PrefetchLoader&) = delete;
   void next(int32_t* out);
   LoaderState state() const;
+  void check_restorable(const LoaderState& state) const;
   void restore(const LoaderState& state);
 
  private:
@@ -108,6 +111,12 @@ struct Dataset {
   int64_t vocab_size = 0;  // what the tokenizer can emit; must not exceed model.vocab_size
   int32_t eos = 0;
 };
-Dataset open_dataset(const DataConfig& data, int64_t seq_len);
+// What errors and descriptions call the training sources and the sequence length: the config's
+// keys in `moda train`, the options in `moda eval --data`.
+struct DatasetNames {
+  std::string train = "data.train";
+  std::string seq_len = "batch.seq_len";
+};
+Dataset open_dataset(const DataConfig& data, int64_t seq_len, const DatasetNames& names = {});
 
 }  // namespace moda

@@ -1,5 +1,6 @@
 // Device memory of a training run on the CUDA backend: a prediction counted from the buffers the
-// code allocates, the check before step 1 that the run fits, and the report after it.
+// code allocates, the check before step 1 that the run fits, and the report after it; the host
+// backend's check against the machine's available memory.
 #pragma once
 
 #include <cstdint>
@@ -43,9 +44,19 @@ CudaMemoryPrediction predict_cuda_memory(const Config& config, int64_t micro_bat
 // peak and its parts, the free memory, and the largest micro-batch that fits, if any.
 std::string memory_fit_error(const Config& config, int64_t shards, const DeviceMemory& device);
 
+// The host backend's counterpart: empty when plan_memory's total for one rank's run (all
+// float32) fits `available` bytes (0: unknown, nothing checked); otherwise the error with the
+// plan, the available memory and the largest micro-batch that fits, if any. The plan counts the
+// model's buffers, not the process around them (on the build machine a run of a 3.33 GiB plan
+// peaked at 3.72 GiB resident), so a refused run would not have fit.
+std::string host_memory_fit_error(const Config& config, int64_t shards, int64_t available);
+// /proc/meminfo's MemAvailable (what the kernel says can be taken without swapping), 0 where
+// unknown.
+int64_t host_available_bytes();
+
 // The trainer's check before its large allocations: throws std::runtime_error with
 // memory_fit_error's text when the run cannot fit, else returns the prediction. Host backends
-// (device_memory().total == 0) have nothing to check: nullopt.
+// (device_memory().total == 0) are checked by host_memory_fit_error instead: nullopt.
 std::optional<CudaMemoryPrediction> check_memory_fit(const Config& config, const Backend& backend,
                                                      int64_t shards);
 

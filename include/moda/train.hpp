@@ -15,7 +15,9 @@
 namespace moda {
 
 // Learning rate at optimizer step `step` (0-based): linear warmup to the peak over
-// warmup_steps, then cosine / linear decay to min_lr at total_steps (constant: stays at peak).
+// warmup_steps ((step + 1) / warmup_steps), then cosine / linear decay at progress
+// (step - warmup_steps) / (total_steps - warmup_steps), which reaches min_lr at step total_steps,
+// one past the last (constant: stays at peak). llm.c's schedule.
 double learning_rate(const ScheduleConfig& schedule, double peak, int64_t step);
 
 struct GradientStats {

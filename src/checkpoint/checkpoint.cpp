@@ -116,7 +116,21 @@ FileEntry parse_file_entry(const YAML::Node& node, const std::string& path) {
 
 MetaFile read_meta(const std::string& dir) {
   const std::string path = (fs::path(dir) / kMetaFile).string();
-  if (!fs::exists(path)) throw CheckpointError(fmt::format("{} is missing", path));
+  if (!fs::exists(path)) {
+    std::error_code ec;
+    if (!fs::exists(dir, ec)) throw CheckpointError(fmt::format("{} does not exist", dir));
+    if (!fs::is_directory(dir, ec)) {
+      throw CheckpointError(fmt::format("{} is not a checkpoint directory", dir));
+    }
+    // A run's checkpoint root passed for one of its checkpoints: name the newest.
+    if (const std::vector<CheckpointDir> steps = list_checkpoints(dir); !steps.empty()) {
+      throw CheckpointError(
+          fmt::format("{} is a folder of {} checkpoints, not a checkpoint: pass one of its step-* "
+                      "directories, e.g. the newest, {}",
+                      dir, steps.size(), steps.front().path));
+    }
+    throw CheckpointError(fmt::format("{} is missing", path));
+  }
   YAML::Node root;
   try {
     root = YAML::Load(fileio::read_file(path));
@@ -591,20 +605,18 @@ std::vector<std::string> list_set_aside_folders(const std::string& root) {
   return folders;
 }
 
-void check_not_checkpoint_root(const std::string& dir) {
-  std::error_code ec;
-  if (fs::exists(fs::path(dir) / kMetaFile, ec) || !fs::is_directory(dir, ec)) return;
-  const std::vector<CheckpointDir> steps = list_checkpoints(dir);
-  if (steps.empty()) return;
-  throw CheckpointError(fmt::format(
-      "{} is a folder of {} checkpoints, not a checkpoint: pass one of its step-* directories, "
-      "e.g. the newest, {}",
-      dir, steps.size(), steps.front().path));
-}
-
 std::optional<std::string> verify_checkpoint(const std::string& dir) {
   try {
     const MetaFile m = read_meta(dir);
+    // A step-N folder holds step N: retention, resume and setting aside go by the name.
+    const fs::path normal = fs::path(dir).lexically_normal();
+    const std::string name = (normal.has_filename() ? normal : normal.parent_path()).filename();
+    if (const auto named = parse_step_dir(name); named && *named != m.meta.step) {
+      throw CheckpointError(fmt::format(
+          "its folder is named for step {}, its {} says step {} (copied or renamed?): rename the "
+          "folder to {}",
+          *named, kMetaFile, m.meta.step, checkpoint_name(m.meta.step)));
+    }
     for (const FileEntry& f : m.files) verify_plain_file(dir, f);
     check_coverage(m.shards, m.meta.total_params, (fs::path(dir) / kMetaFile).string());
     CheckpointState scratch;

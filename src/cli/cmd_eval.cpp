@@ -8,6 +8,7 @@
 #include <limits>
 #include <random>
 #include <string_view>
+#include <utility>
 
 #include "checkpoint/file_io.hpp"
 #include "cli/commands.hpp"
@@ -113,13 +114,17 @@ void run_eval(const EvalOptions& o) {
     d.val.clear();
     d.val_fraction = 0;
     if (!o.format.empty()) d.format = o.format;
-    sets.emplace_back(spec.substr(0, eq), open_dataset(d, T).train);
+    const std::string name = spec.substr(0, eq);
+    sets.emplace_back(name, open_dataset(d, T, {"--data " + name, "--seq-len"}).train);
   }
   if (!sets.empty()) {
     auto model = make_inference_model(c, w.params, *backend, B, T);
-    fmt::print("{:<16} {:>12} {:>10} {:>12}\n", "set", "tokens", "loss", "perplexity");
+    bool header = false;  // printed with the first result: a refused set leaves no empty table
     for (const auto& [name, store] : sets) {
       const HeldOutResult r = held_out_loss(*model, store, o.max_batches);
+      if (!std::exchange(header, true)) {
+        fmt::print("{:<16} {:>12} {:>10} {:>12}\n", "set", "tokens", "loss", "perplexity");
+      }
       fmt::print("{:<16} {:>12} {:>10.4f} {:>12.3f}\n", name, r.tokens, r.loss, r.perplexity);
       json_sets.push_back(
           fmt::format("{{\"name\": {}, \"tokens\": {}, \"loss\": {}, \"perplexity\": {}}}",
@@ -163,7 +168,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--data", o->data,
                   "Held-out set NAME=PATH[,PATH...] (text files or token shards; repeatable). "
                   "Default: the validation data of the checkpoint's config");
-  cmd->add_option("--format", o->format, "Format of --data files: auto | text | npy | bin");
+  cmd->add_option("--format", o->format, "Format of --data files: auto | text | npy | bin")
+      ->check(CLI::IsMember({"auto", "text", "npy", "bin"}));
   cmd->add_option("--choices", o->choices,
                   "Multiple-choice JSONL ({\"context\", \"choices\", \"answer\"} per line; "
                   "repeatable)");

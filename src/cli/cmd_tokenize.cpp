@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -102,7 +103,7 @@ void register_tokenize(CLI::App& app) {
                   "Tokens per shard file (documents are not split, so a file may exceed it by one "
                   "document)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()));
   cmd->add_option("--tokenizer-cache", args->tokenizer_cache,
                   "Directory of the rank files (default: $MODA_TOKENIZER_CACHE or "
                   "<repo>/.cache/tokenizers)");

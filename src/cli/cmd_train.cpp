@@ -18,7 +18,12 @@ void register_train(CLI::App& app) {
   cmd->add_option("--resume", *resume,
                   "auto: continue from the newest complete checkpoint of the run (if any; an "
                   "error when none verifies), or a checkpoint directory. Without it, checkpoints "
-                  "already in checkpoint.dir are moved aside");
+                  "already in checkpoint.dir are moved aside")
+      // An empty value is a script's unset variable, not a wish to start over (which moves the
+      // run's checkpoints aside).
+      ->check([](const std::string& value) {
+        return value.empty() ? std::string("empty; pass auto or a checkpoint directory") : "";
+      });
   cmd->callback([options, resume] {
     const Config config = options->load();
     TrainOptions train_options;

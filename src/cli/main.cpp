@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <exception>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,13 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const std::bad_alloc&) {
+    // The allocation's size and owner are gone by here; say what to look at.
+    spdlog::error(
+        "out of host memory (std::bad_alloc): the command needs more memory than this process may "
+        "take (free memory, ulimit -v, a container's limit); `moda info` prints a config's plan");
+    moda::abort_other_ranks(1);
+    return 1;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     moda::abort_other_ranks(1);

@@ -195,7 +195,19 @@ Config parse_config(const std::string& yaml_text, const std::string& origin) {
   try {
     documents = YAML::LoadAll(yaml_text);
   } catch (const YAML::Exception& e) {
-    fail(origin, e.mark, fmt::format("invalid YAML: {}", e.msg));
+    // yaml-cpp's message for a tab in the indentation does not say so: name the first such line.
+    std::string hint;
+    int64_t line = 1;
+    for (absl::string_view text : absl::StrSplit(yaml_text, '\n')) {
+      const size_t indent = text.find_first_not_of(" \t");
+      if (text.substr(0, indent).find('\t') != absl::string_view::npos) {
+        hint =
+            fmt::format(" (line {} is indented with a tab; YAML indents with spaces only)", line);
+        break;
+      }
+      ++line;
+    }
+    fail(origin, e.mark, fmt::format("invalid YAML: {}{}", e.msg, hint));
   }
   // YAML::Load would silently drop every document after the first.
   if (documents.size() > 1) {

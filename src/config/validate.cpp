@@ -46,6 +46,16 @@ class Checker {
     }
   }
 
+  // A path that starts with ~ would become a folder named "~" in the working directory: neither
+  // YAML nor `--set key=~/x` (bash expands ~ after = only where the left side is a variable name)
+  // passes through a shell's expansion.
+  void path(std::string_view key, const std::string& value) const {
+    require(!value.starts_with('~'),
+            "{} {}: moda does not expand ~ (no shell reads the config or --set key=~/...); write "
+            "the full path",
+            key, value);
+  }
+
   // The double overloads are written so that NaN fails them.
   void positive(std::string_view key, int64_t v) const {
     require(v > 0, "{} must be > 0, got {}", key, v);
@@ -145,9 +155,11 @@ void check_data(const Checker& check, const DataConfig& d, int64_t vocab_size) {
   check.require(!d.train.empty(), "data.train is empty");
   for (size_t i = 0; i < d.train.size(); ++i) {
     check.require(!d.train[i].empty(), "data.train[{}] is an empty path", i);
+    check.path(fmt::format("data.train[{}]", i), d.train[i]);
   }
   for (size_t i = 0; i < d.val.size(); ++i) {
     check.require(!d.val[i].empty(), "data.val[{}] is an empty path", i);
+    check.path(fmt::format("data.val[{}]", i), d.val[i]);
   }
   check.fraction("data.val_fraction", d.val_fraction);
   check.one_of("data.format", d.format, kFormats);
@@ -185,10 +197,12 @@ void check_checkpoint(const Checker& check, const CheckpointConfig& c) {
   check.non_negative("checkpoint.interval", c.interval);
   check.require(c.keep_last >= 1, "checkpoint.keep_last must be >= 1, got {}", c.keep_last);
   check.non_negative("checkpoint.keep_every", c.keep_every);
+  check.path("checkpoint.dir", c.dir);
 }
 
 void check_logging(const Checker& check, const LoggingConfig& l) {
   check.require(!l.dir.empty(), "logging.dir is empty");
+  check.path("logging.dir", l.dir);
   check.positive("logging.interval", l.interval);
   check.non_negative("logging.val_interval", l.val_interval);
   check.positive("logging.val_batches", l.val_batches);

@@ -4,6 +4,8 @@
 #include <absl/strings/str_split.h>
 #include <fmt/format.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -33,7 +35,10 @@ std::string read_text_file(const std::string& path) {
         fmt::format("text file '{}' is a directory; name the files in it", path));
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(fmt::format("cannot read text file '{}'", path));
+  if (!in) {
+    throw std::runtime_error(
+        fmt::format("cannot read text file '{}': {}", path, std::strerror(errno)));
+  }
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -41,7 +46,7 @@ std::string read_text_file(const std::string& path) {
 
 }  // namespace
 
-Dataset open_dataset(const DataConfig& data, int64_t seq_len) {
+Dataset open_dataset(const DataConfig& data, int64_t seq_len, const DatasetNames& names) {
   auto tokenizer = make_tokenizer(data.tokenizer, default_tokenizer_cache());
   Dataset ds;
   ds.vocab_size = tokenizer->vocab_size();
@@ -59,7 +64,7 @@ Dataset open_dataset(const DataConfig& data, int64_t seq_len) {
           docs.emplace_back(chapter.data(), chapter.size());
         }
       } else {
-        docs.push_back(read_text_file(src));
+        for (const std::string& path : expand_data_paths(src)) docs.push_back(read_text_file(path));
       }
     }
     return docs;
@@ -80,11 +85,12 @@ Dataset open_dataset(const DataConfig& data, int64_t seq_len) {
       std::any_of(data.train.begin(), data.train.end(),
                   [&](const std::string& s) { return is_text_source(s, data.format); });
   if (any_text && !text_train) {
-    throw std::runtime_error(
-        "data.train mixes text sources and token shards; tokenize the text first "
-        "(moda tokenize) or list only one kind");
+    throw std::runtime_error(fmt::format(
+        "{} mixes text sources and token shards; tokenize the text first (moda tokenize) or list "
+        "only one kind",
+        names.train));
   }
-  const std::string train_desc = fmt::format("data.train [{}]", fmt::join(data.train, ", "));
+  const std::string train_desc = fmt::format("{} [{}]", names.train, fmt::join(data.train, ", "));
   if (text_train) {
     const std::vector<std::string> docs = text_documents(data.train);
     std::vector<size_t> train_ids, val_ids;
@@ -130,9 +136,9 @@ Dataset open_dataset(const DataConfig& data, int64_t seq_len) {
     }
   }
   if (ds.train->size() < window) {
-    throw std::runtime_error(
-        fmt::format("{} has {} tokens, fewer than one window of {} (batch.seq_len + 1)",
-                    ds.train->describe(), ds.train->size(), window));
+    throw std::runtime_error(fmt::format("{} has {} tokens, fewer than one window of {} ({} + 1)",
+                                         ds.train->describe(), ds.train->size(), window,
+                                         names.seq_len));
   }
   if (ds.val && ds.val->size() < window) ds.val.reset();  // too small to validate on
   return ds;

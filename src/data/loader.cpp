@@ -69,11 +69,18 @@ void BatchLoader::next(int32_t* out) {
   }
 }
 
-void BatchLoader::restore(const LoaderState& state) {
+void BatchLoader::check_restorable(const LoaderState& state) const {
   if (state.cursor < 0 || state.cursor > windows_per_rank() || state.epoch < 0) {
-    throw std::runtime_error(fmt::format("loader state (epoch {}, cursor {}) does not fit {}",
-                                         state.epoch, state.cursor, store_->describe()));
+    throw std::runtime_error(fmt::format(
+        "its data position (epoch {}, window {} of each rank) lies outside {}, {} windows a rank "
+        "at batch.seq_len {}: the data changed since the save; resume with the data it was saved "
+        "with",
+        state.epoch, state.cursor, store_->describe(), windows_per_rank(), seq_len_));
   }
+}
+
+void BatchLoader::restore(const LoaderState& state) {
+  check_restorable(state);
   state_.seed = state.seed;
   start_epoch(state.epoch);
   state_.cursor = state.cursor;

@@ -86,6 +86,11 @@ LoaderState PrefetchLoader::state() const {
   return impl_->consumed;
 }
 
+// The loader's data and shape never change after construction: no need to halt the thread.
+void PrefetchLoader::check_restorable(const LoaderState& state) const {
+  impl_->loader.check_restorable(state);
+}
+
 void PrefetchLoader::restore(const LoaderState& state) {
   impl_->halt();
   impl_->loader.restore(state);

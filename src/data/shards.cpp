@@ -180,27 +180,6 @@ class ShardStore final : public TokenStore {
   int64_t total_ = 0;
 };
 
-std::vector<std::string> expand(const std::string& path_or_glob) {
-  if (path_or_glob.find_first_of("*?[") == std::string::npos) {
-    std::error_code ec;
-    if (!fs::exists(path_or_glob, ec)) fail(path_or_glob, "does not exist");
-    if (fs::is_directory(path_or_glob, ec)) {
-      fail(path_or_glob, "is a directory; name its files or a glob such as DIR/train-*.npy");
-    }
-    return {path_or_glob};
-  }
-  glob_t g{};
-  const int rc = ::glob(path_or_glob.c_str(), GLOB_ERR, nullptr, &g);
-  std::vector<std::string> out;
-  for (size_t i = 0; i < g.gl_pathc; ++i) out.emplace_back(g.gl_pathv[i]);
-  ::globfree(&g);
-  if (rc == GLOB_NOMATCH || out.empty()) {
-    throw std::runtime_error(fmt::format("no shard file matches {}", path_or_glob));
-  }
-  if (rc != 0) throw std::runtime_error(fmt::format("cannot expand {}", path_or_glob));
-  return out;  // glob sorts its matches
-}
-
 const ShardManifest* manifest_near(const std::string& path,
                                    std::map<std::string, std::optional<ShardManifest>>& cache) {
   const std::string dir = fs::path(path).parent_path().string();
@@ -231,7 +210,10 @@ Shard open_one(const std::string& path, const std::string& format, const std::st
   if (fmt_name == "auto") {
     const std::string ext = fs::path(path).extension().string();
     if (ext != ".npy" && ext != ".bin") {
-      fail(path, "cannot tell the format from the extension (.npy or .bin); set the format");
+      fail(path, ext == ".txt" || ext == ".md"
+                     ? "is a text file among token shards: text and shards do not mix in one "
+                       "list, so a glob must name the extension (DIR/*.npy, DIR/*.txt)"
+                     : "cannot tell the format from the extension (.npy or .bin); set the format");
     }
     fmt_name = ext.substr(1);
   }
@@ -324,6 +306,32 @@ Shard open_one(const std::string& path, const std::string& format, const std::st
 
 }  // namespace
 
+std::vector<std::string> expand_data_paths(const std::string& path_or_glob) {
+  if (path_or_glob.find_first_of("*?[") == std::string::npos) {
+    std::error_code ec;
+    if (!fs::exists(path_or_glob, ec)) {
+      throw std::runtime_error(fmt::format("data file {} does not exist", path_or_glob));
+    }
+    if (fs::is_directory(path_or_glob, ec)) {
+      throw std::runtime_error(fmt::format(
+          "data file {} is a directory; name its files or a glob such as DIR/train-*.npy or "
+          "DIR/*.txt",
+          path_or_glob));
+    }
+    return {path_or_glob};
+  }
+  glob_t g{};
+  const int rc = ::glob(path_or_glob.c_str(), GLOB_ERR, nullptr, &g);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < g.gl_pathc; ++i) out.emplace_back(g.gl_pathv[i]);
+  ::globfree(&g);
+  if (rc == GLOB_NOMATCH || out.empty()) {
+    throw std::runtime_error(fmt::format("no file matches {}", path_or_glob));
+  }
+  if (rc != 0) throw std::runtime_error(fmt::format("cannot expand {}", path_or_glob));
+  return out;  // glob sorts its matches
+}
+
 std::shared_ptr<TokenStore> open_shards(const std::vector<std::string>& paths_or_globs,
                                         const std::string& format, const std::string& dtype,
                                         int64_t vocab_size, int64_t min_tokens) {
@@ -333,7 +341,7 @@ std::shared_ptr<TokenStore> open_shards(const std::vector<std::string>& paths_or
   std::map<std::string, std::optional<ShardManifest>> manifests;
   std::vector<Shard> shards;
   for (const std::string& arg : paths_or_globs) {
-    for (const std::string& path : expand(arg)) {
+    for (const std::string& path : expand_data_paths(arg)) {
       shards.push_back(open_one(path, format, dtype, vocab_size, manifests));
     }
   }

@@ -35,6 +35,10 @@ const char* to_string(ShardFormat f);
 inline constexpr int32_t kLlmcMagic = 20240520;
 inline constexpr int kLlmcHeaderInts = 256;
 
+// A data path as given (it must exist and not be a directory) or a glob's matches, sorted (at
+// least one). Text sources and token shards alike.
+std::vector<std::string> expand_data_paths(const std::string& path_or_glob);
+
 // Opens token shards as one store, the files concatenated in the order given (a glob's matches
 // sorted). format: auto (by extension) | npy | bin; dtype: auto | uint16 | uint32 (auto: a .bin
 // header's, else the dtype of the manifest.json next to a .npy file). Every token is checked

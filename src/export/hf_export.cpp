@@ -196,7 +196,8 @@ void export_hf(const Config& config, std::span<const float> params, const std::s
     if (tools.empty() || !fs::exists(fs::path(tools) / "modeling_moda.py")) {
       throw std::runtime_error(fmt::format(
           "export: this model (moda.enabled {}, norm_placement {}) needs the modeling files of "
-          "tools/hf/, which were not found{}; run from the repository or set MODA_HF_TOOLS",
+          "tools/hf/, which were not found{}; run from the repository, pass --hf-tools or set "
+          "MODA_HF_TOOLS",
           config.moda.enabled, to_string(config.model.norm_placement),
           tools.empty() ? "" : " in " + tools));
     }
@@ -235,7 +236,6 @@ void export_hf(const Config& config, std::span<const float> params, const std::s
 
 void export_checkpoint_hf(const std::string& checkpoint_dir, const std::string& out_dir,
                           const ExportOptions& options) {
-  check_not_checkpoint_root(checkpoint_dir);
   const CheckpointMeta meta = load_checkpoint_meta(checkpoint_dir);
   const Config config =
       parse_config(meta.config_yaml, (fs::path(checkpoint_dir) / "config.yaml").string());

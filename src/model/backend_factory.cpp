@@ -25,13 +25,14 @@ std::unique_ptr<Backend> make_backend(const std::string& kind, int threads) {
 #ifdef MODA_HAVE_CUDA
     if (cuda_device_count() == 0) {
       throw std::runtime_error(
-          "runtime.device is cuda but no GPU is visible (CUDA found no device)");
+          "device cuda (runtime.device, or --device of eval and sample) but no GPU is visible "
+          "(CUDA found no device: the driver, CUDA_VISIBLE_DEVICES)");
     }
     return make_cuda_backend();
 #else
     throw std::runtime_error(
-        "runtime.device is cuda but this moda was built without CUDA (no nvcc found at configure "
-        "time)");
+        "device cuda (runtime.device, or --device of eval and sample) but this moda was built "
+        "without CUDA (no nvcc found at configure time)");
 #endif
   }
   throw std::invalid_argument("unknown backend '" + kind + "' (expected cpu, cpu64 or cuda)");

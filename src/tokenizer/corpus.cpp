@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <stdexcept>
 #include <string_view>
 
@@ -55,6 +56,18 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& inputs
     throw std::runtime_error(
         fmt::format("no input files (.txt, .md, .jsonl, .json.gz or .gz of them) in {}",
                     fmt::join(inputs, ", ")));
+  }
+  // A file reached twice (named twice, or named and inside a named directory) would put its
+  // documents into the shards twice.
+  std::map<fs::path, std::string> seen;
+  for (const std::string& file : files) {
+    std::error_code ec;
+    const fs::path key = fs::weakly_canonical(file, ec);
+    if (const auto [at, fresh] = seen.emplace(ec ? fs::path(file) : key, file); !fresh) {
+      throw std::runtime_error(
+          fmt::format("input file {} is given twice{}: its documents would be tokenized twice",
+                      file, at->second == file ? "" : fmt::format(" (also as {})", at->second)));
+    }
   }
   return files;
 }

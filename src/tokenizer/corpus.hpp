@@ -13,7 +13,8 @@ namespace moda {
 
 // The files named by `inputs`, in order. A directory contributes, recursively and sorted, its
 // files ending in .txt, .md, .jsonl, .json.gz, .jsonl.gz, .txt.gz or .md.gz; a file named
-// directly is always taken. Throws std::runtime_error for a missing input or an empty result.
+// directly is always taken. Throws std::runtime_error for a missing input, an empty result or a
+// file reached twice.
 std::vector<std::string> list_input_files(const std::vector<std::string>& inputs);
 
 // JSONL: .jsonl, .jsonl.gz, .json.gz (Dolma's name for gzipped JSONL); anything else is text.

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <stdexcept>
 
 #include "moda/cuda_backend.hpp"
@@ -102,10 +104,50 @@ std::string memory_fit_error(const Config& config, int64_t shards, const DeviceM
                        gib(one.total()), gib(one.parameters));
 }
 
+std::string host_memory_fit_error(const Config& config, int64_t shards, int64_t available) {
+  const int64_t B = config.batch.micro_batch, T = config.batch.seq_len;
+  const auto plan = [&](int64_t b) {
+    return plan_memory(config, b, T, DType::f32, DType::f32, DType::f32, DType::f32, DType::f32)
+        .total();
+  };
+  if (available <= 0 || plan(B) <= available) return "";
+  std::string message = fmt::format(
+      "{}: the run does not fit in host memory: the CPU backend's plan for micro-batch {} x {} is "
+      "{:.2f} GiB (`moda info`), {:.2f} GiB is available (MemAvailable). ",
+      config.source.empty() ? "config" : config.source, B, T, gib(plan(B)), gib(available));
+  for (int64_t b = B - 1; b >= 1; --b) {
+    if (config.batch.global_batch % (b * shards) != 0 || plan(b) > available) continue;
+    return message + fmt::format(
+                         "Try --set batch.micro_batch={} ({:.2f} GiB; batch.global_batch {} is "
+                         "kept by accumulating {} micro-batches per step), or a shorter "
+                         "batch.seq_len.",
+                         b, gib(plan(b)), config.batch.global_batch,
+                         config.batch.global_batch / (b * shards));
+  }
+  return message + fmt::format(
+                       "Even batch.micro_batch=1 takes {:.2f} GiB: use a shorter batch.seq_len or "
+                       "a smaller model.",
+                       gib(plan(1)));
+}
+
+int64_t host_available_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    long long kib = 0;
+    if (std::sscanf(line.c_str(), "MemAvailable: %lld kB", &kib) == 1) return kib * 1024;
+  }
+  return 0;
+}
+
 std::optional<CudaMemoryPrediction> check_memory_fit(const Config& config, const Backend& backend,
                                                      int64_t shards) {
   const DeviceMemory device = backend.device_memory();
-  if (device.total == 0) return std::nullopt;
+  if (device.total == 0) {
+    const std::string error = host_memory_fit_error(config, shards, host_available_bytes());
+    if (!error.empty()) throw std::runtime_error(error);
+    return std::nullopt;
+  }
   const std::string error = memory_fit_error(config, shards, device);
   if (!error.empty()) throw std::runtime_error(error);
   return predict_cuda_memory(config, config.batch.micro_batch, config.batch.seq_len, shards);

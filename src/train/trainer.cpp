@@ -13,6 +13,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 
@@ -35,10 +36,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// SIGTERM / SIGINT (preemption, Ctrl-C): the loop finishes its step, saves and returns. A step
-// and a save of a large model take tens of seconds, so the first signal is acknowledged at once,
-// and a second SIGINT ends the process without the save (the checkpoints on disk stay whole:
-// a save is renamed into place only when complete).
+// SIGTERM / SIGINT / SIGHUP (preemption, Ctrl-C, a closed terminal): the loop finishes its step,
+// saves and returns. A step and a save of a large model take tens of seconds, so the first signal
+// is acknowledged at once, and a second SIGINT ends the process without the save (the checkpoints
+// on disk stay whole: a save is renamed into place only when complete). A SIGHUP the process
+// inherited as ignored (nohup) stays ignored.
 std::atomic<int> g_stop_signal{0};
 std::atomic<bool> g_announce_stop{false};
 
@@ -50,10 +52,15 @@ extern "C" void on_stop_signal(int sig) {
       static_cast<void>(written);  // nothing to do if stderr is gone
     }
   };
+  // The hangup may also have ended the reader of a pipe the log goes to (`| tee`): a write to it
+  // must not kill the process before its save (it stays ignored: the output is gone for good).
+  if (sig == SIGHUP) ::signal(SIGPIPE, SIG_IGN);
   if (g_stop_signal.exchange(sig) == 0) {
-    say(sig == SIGINT ? "moda: interrupted: stopping after this step with a checkpoint; interrupt "
-                        "again to stop now, without one\n"
-                      : "moda: terminated: stopping after this step with a checkpoint\n");
+    say(sig == SIGINT   ? "moda: interrupted: stopping after this step with a checkpoint; "
+                          "interrupt again to stop now, without one\n"
+        : sig == SIGHUP ? "moda: hangup (terminal closed): stopping after this step with a "
+                          "checkpoint\n"
+                        : "moda: terminated: stopping after this step with a checkpoint\n");
   } else if (sig == SIGINT) {
     say("moda: interrupted again: stopping now, without a checkpoint\n");
     ::signal(SIGINT, SIG_DFL);
@@ -72,10 +79,13 @@ class StopSignals {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, &old_term_);
     sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGHUP, nullptr, &old_hup_);
+    if (old_hup_.sa_handler != SIG_IGN) sigaction(SIGHUP, &sa, nullptr);
   }
   ~StopSignals() {
     sigaction(SIGTERM, &old_term_, nullptr);
     sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGHUP, &old_hup_, nullptr);
   }
   StopSignals(const StopSignals&) = delete;
   StopSignals& operator=(const StopSignals&) = delete;
@@ -83,6 +93,7 @@ class StopSignals {
  private:
   struct sigaction old_term_ {};
   struct sigaction old_int_ {};
+  struct sigaction old_hup_ {};
 };
 
 std::string resolve_device(DeviceKind kind) {
@@ -152,8 +163,10 @@ struct ResumePoint {
 // would continue them. On a fresh start that is all of them (an earlier run: scripts/run.sh
 // reruns into one folder); on a resume from step s those past s (an abandoned branch, or damaged
 // ones that --resume auto skipped).
+// check_data throws when the checkpoint's loader state does not fit this run's data.
 ResumePoint prepare_checkpoints(const std::string& root, const std::string& resume,
-                                const Config& config, bool console) {
+                                const Config& config, bool console,
+                                const std::function<void(const CheckpointMeta&)>& check_data) {
   for (const std::string& name : prepare_checkpoint_root(root)) {
     if (console) spdlog::info("removed {}, left by an interrupted save", name);
   }
@@ -162,9 +175,14 @@ ResumePoint prepare_checkpoints(const std::string& root, const std::string& resu
   ResumePoint point;
   if (found) {
     const CheckpointMeta meta = load_checkpoint_meta(*found);
-    // Model-defining keys first (a changed shape is a ConfigError naming the keys), so that a
-    // refused resume moves nothing.
+    // Model-defining keys and the data position first (a changed shape is a ConfigError naming
+    // the keys), so that a refused resume moves nothing.
     point.changes = check_resume_config(meta.config_yaml, config);
+    try {
+      check_data(meta);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(fmt::format("cannot resume from {}: {}", *found, e.what()));
+    }
     point.checkpoint = *found;
     step = meta.step;
   }
@@ -304,7 +322,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
         throw std::runtime_error(
             fmt::format("cannot create logging.dir {}: {}", config.logging.dir, ec.message()));
       }
-      resume_point = prepare_checkpoints(ckpt_root, options.resume, config, options.log_to_console);
+      resume_point = prepare_checkpoints(
+          ckpt_root, options.resume, config, options.log_to_console,
+          [&](const CheckpointMeta& meta) {
+            loader.check_restorable(reshard_loader_state(meta.loader, meta.world, world));
+          });
     } catch (...) {
       startup_error = std::current_exception();
     }
@@ -322,12 +344,7 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                                    ? load_checkpoint(found, ShardRange{0, total_params}, own_params)
                                    : load_checkpoint(found, own_params);
     restore_model(model, ck.shard);
-    loader.restore(reshard_loader_state(ck.meta.loader, ck.meta.world, world));
     start = ck.meta.step;
-    summary.start_step = start;
-    summary.skipped_steps = ck.meta.skipped_steps;
-    metrics_text = truncate_metrics_jsonl(ck.meta.metrics_jsonl, start);
-    summary.history = parse_metrics_jsonl(metrics_text);
     if (options.log_to_console && lead) {
       // Checkpoints of builds before the written_by key do not say.
       spdlog::info("resuming from {} (step {}){}", found, start,
@@ -336,6 +353,11 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
         spdlog::info("resume: {} changed from {} to {}", c.key, c.before, c.after);
       }
     }
+    loader.restore(reshard_loader_state(ck.meta.loader, ck.meta.world, world));
+    summary.start_step = start;
+    summary.skipped_steps = ck.meta.skipped_steps;
+    metrics_text = truncate_metrics_jsonl(ck.meta.metrics_jsonl, start);
+    summary.history = parse_metrics_jsonl(metrics_text);
   }
   summary.steps = start;  // the final step, also when there is nothing left to train
   // A checkpoint of the state after `step`: its shards go into `staging`, then rank 0 writes the
@@ -491,6 +513,26 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
                  counts.non_embedding, flops_token / 1e9);
     spdlog::info("data: train {} tokens ({}), val {}", data.train->size(), data.train->describe(),
                  data.val ? fmt::format("{} tokens", data.val->size()) : "none");
+    if (config.logging.val_interval > 0 && !data.val) {
+      spdlog::warn(
+          "no validation data: data.val is not set and data.val_fraction ({}) held out nothing "
+          "usable (it holds out whole documents of text sources, the tail of token shards; less "
+          "than a window does not count): val_loss stays null; set data.val",
+          config.data.val_fraction);
+    } else if (config.logging.val_interval > 0) {
+      const int64_t windows = BatchLoader(data.val, T, B, 0, 0, 1, false).windows_per_epoch();
+      if (windows < B) {
+        spdlog::warn(
+            "the validation data holds {} windows of {} tokens, fewer than one micro-batch of {}: "
+            "each validation repeats them to fill one",
+            windows, T + 1, B);
+      } else if (windows / B < config.logging.val_batches) {
+        spdlog::info(
+            "validation: {} micro-batches, all the validation data holds "
+            "(logging.val_batches is {})",
+            windows / B, config.logging.val_batches);
+      }
+    }
     spdlog::info(
         "batch: {} x {} tokens per micro-batch, {} micro-batches per step, {} tokens per step", B,
         T, accum, tokens_per_step);
