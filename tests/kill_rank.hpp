@@ -50,10 +50,11 @@ struct KilledRun {
 };
 
 // Starts `launch` (an mpirun command of 2 ranks writing into `dir`), waits for the checkpoint of
-// step `checkpoint_step`, kills rank 1 with SIGKILL and waits up to `wait_s` seconds for the
-// launcher to end. Requires that the newest checkpoint then verifies.
+// step `checkpoint_step`, sends rank 1 `signal` (SIGKILL: it dies; SIGSTOP: it hangs) and waits
+// up to `wait_s` seconds for the launcher to end. Requires that the newest checkpoint then
+// verifies.
 inline KilledRun kill_rank_mid_run(const std::string& launch, const std::string& dir,
-                                   int checkpoint_step, int wait_s) {
+                                   int checkpoint_step, int wait_s, int signal = SIGKILL) {
   const std::string log_path = dir + "/killed.log";
   auto job = std::async(std::launch::async, [&] {
     return std::system(fmt::format("{} > {} 2>&1", launch, log_path).c_str());
@@ -70,8 +71,10 @@ inline KilledRun kill_rank_mid_run(const std::string& launch, const std::string&
   const pid_t rank1 = find_rank_pid(dir, 1);
   REQUIRE(rank1 > 0);
   const auto killed_at = std::chrono::steady_clock::now();
-  REQUIRE(::kill(rank1, SIGKILL) == 0);
-  REQUIRE(job.wait_for(std::chrono::seconds(wait_s)) == std::future_status::ready);
+  REQUIRE(::kill(rank1, signal) == 0);
+  const bool ended = job.wait_for(std::chrono::seconds(wait_s)) == std::future_status::ready;
+  if (signal != SIGKILL) ::kill(rank1, SIGKILL);  // a stopped rank the launcher left behind
+  REQUIRE(ended);
   out.stop_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
   out.status = job.get();

@@ -154,6 +154,25 @@ TEST_CASE("the log of a run under mpirun holds no colour codes", "[dist]") {
   CHECK(text.find('\x1b') == std::string::npos);
 }
 
+TEST_CASE("a rank that hangs stops the job after runtime.comm_timeout_s, naming the wait",
+          "[dist]") {
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
+  const std::string dir = temp_dir("stop_rank");
+  const std::string args =
+      train_args(dir, 2, 600) + " --set checkpoint.interval=20 --set runtime.comm_timeout_s=3";
+  const std::string launch = fmt::format("{} -np 2 {} {}", kMpirun, MODA_BINARY, args);
+  // SIGSTOP: rank 1 neither dies nor answers; rank 0 waits in a collective.
+  const moda::test::KilledRun stopped = moda::test::kill_rank_mid_run(launch, dir, 40, 60, SIGSTOP);
+  INFO(stopped.log);
+  CHECK(stopped.status != 0);
+  CHECK(stopped.stop_seconds >= 3.0);
+  CHECK(stopped.stop_seconds < 30.0);
+  CHECK_THAT(stopped.log,
+             Contains("rank 0: the ") &&
+                 Contains(": another rank has died or hangs (runtime.comm_timeout_s); stopping "
+                          "the job"));
+}
+
 TEST_CASE("one rank killed mid-run stops the job, and the run resumes from its last checkpoint",
           "[dist]") {
   MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);

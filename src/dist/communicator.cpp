@@ -95,7 +95,7 @@ std::unique_ptr<Communicator> make_communicator(const std::string& device,
         throw std::runtime_error(
             "runtime.comm mpi carries host memory, but the backend is cuda (use nccl or auto)");
       }
-      return make_mpi_communicator();
+      return make_mpi_communicator(false, runtime.comm_timeout_s);
     case CommKind::nccl:
       if (!gpu) {
         throw std::runtime_error(fmt::format(

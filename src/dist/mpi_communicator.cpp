@@ -1,14 +1,20 @@
 #include "dist/mpi_communicator.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 // The C API only: Open MPI's deprecated C++ bindings would need libmpi_cxx.
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <vector>
+
+#include "dist/watchdog.hpp"
 
 namespace moda {
 
@@ -31,7 +37,7 @@ void check(int rc, const char* what) {
 
 class MpiCommunicator final : public Communicator {
  public:
-  explicit MpiCommunicator(bool any_thread) {
+  MpiCommunicator(bool any_thread, std::optional<double> timeout_s) {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
@@ -52,6 +58,11 @@ class MpiCommunicator final : public Communicator {
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
     MPI_Comm_rank(local, &local_rank_);
     MPI_Comm_free(&local);
+    if (timeout_s) {
+      watchdog_ = std::make_unique<Watchdog>(
+          std::chrono::duration<double>(*timeout_s), [] { return std::string(); },
+          [this](const std::string& message) { stop_job(message); });
+    }
   }
   int rank() const override { return rank_; }
   int world() const override { return world_; }
@@ -59,6 +70,7 @@ class MpiCommunicator final : public Communicator {
   std::string name() const override { return fmt::format("MPI rank {} of {}", rank_, world_); }
 
   void all_reduce_sum(const Tensor& t) override {
+    const auto wait = watch("the gradient all-reduce");
     check(MPI_Allreduce(MPI_IN_PLACE, t.data, static_cast<int>(t.numel), mpi_type(t.dtype), MPI_SUM,
                         MPI_COMM_WORLD),
           "MPI_Allreduce");
@@ -66,32 +78,56 @@ class MpiCommunicator final : public Communicator {
   void reduce_scatter_sum(const Tensor& t, int64_t shard) override {
     const size_t bytes = static_cast<size_t>(shard) * dtype_size(t.dtype);
     std::vector<char> mine(bytes);
+    const auto wait = watch("the gradient reduce-scatter");
     check(MPI_Reduce_scatter_block(t.data, mine.data(), static_cast<int>(shard), mpi_type(t.dtype),
                                    MPI_SUM, MPI_COMM_WORLD),
           "MPI_Reduce_scatter_block");
     std::memcpy(static_cast<char*>(t.data) + rank_ * bytes, mine.data(), bytes);
   }
   void all_gather(const Tensor& t, int64_t shard) override {
+    const auto wait = watch("the parameter all-gather");
     check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, t.data, static_cast<int>(shard),
                         mpi_type(t.dtype), MPI_COMM_WORLD),
           "MPI_Allgather");
   }
   void all_reduce_host(std::span<double> values) override {
+    const auto wait = watch("the host all-reduce");
     check(MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE,
                         MPI_SUM, MPI_COMM_WORLD),
           "MPI_Allreduce");
   }
   std::string broadcast(const std::string& value) override {
+    const auto wait = watch("the broadcast from rank 0");
     int size = static_cast<int>(value.size());
     MPI_Bcast(&size, 1, MPI_INT, 0, MPI_COMM_WORLD);
     std::string out = rank_ == 0 ? value : std::string(static_cast<size_t>(size), '\0');
     MPI_Bcast(out.data(), size, MPI_CHAR, 0, MPI_COMM_WORLD);
     return out;
   }
-  void barrier() override { MPI_Barrier(MPI_COMM_WORLD); }
+  void barrier() override {
+    const auto wait = watch("the barrier");
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
 
  private:
+  // The wait registered with the watchdog for the call's duration (none without a timeout).
+  std::unique_ptr<Watchdog::Wait> watch(const char* what) {
+    return watchdog_ ? std::make_unique<Watchdog::Wait>(*watchdog_, what) : nullptr;
+  }
+
+  // Runs on the watchdog's thread while the main thread is blocked in an MPI call: MPI_Abort
+  // from here needs MPI_THREAD_MULTIPLE, which a communicator with a timeout asks for.
+  [[noreturn]] void stop_job(const std::string& message) {
+    spdlog::error(
+        "rank {}: {}: another rank has died or hangs (runtime.comm_timeout_s); stopping the job",
+        rank_, message);
+    spdlog::default_logger()->flush();
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);
+  }
+
   int rank_ = 0, world_ = 1, local_rank_ = 0;
+  std::unique_ptr<Watchdog> watchdog_;  // last: its thread may call stop_job
 };
 
 }  // namespace
@@ -105,8 +141,9 @@ void abort_mpi_job(int exit_code) {
   if (world > 1) MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
 
-std::unique_ptr<Communicator> make_mpi_communicator(bool any_thread) {
-  return std::make_unique<MpiCommunicator>(any_thread);
+std::unique_ptr<Communicator> make_mpi_communicator(bool any_thread,
+                                                    std::optional<double> timeout_s) {
+  return std::make_unique<MpiCommunicator>(any_thread || timeout_s.has_value(), timeout_s);
 }
 
 }  // namespace moda
