@@ -135,7 +135,8 @@ TEST_CASE("ranks started with different configs stop with a clear error", "[dist
                   MODA_BINARY, train_args(dir, 2), MODA_BINARY, train_args(dir, 2), log)
           .c_str());
   CHECK(rc != 0);
-  CHECK_THAT(read_text(log), Contains("rank 1: the resolved config differs from rank 0's"));
+  CHECK_THAT(read_text(log), Contains("rank 1: the resolved config differs from rank 0's") &&
+                                 Contains("\n  optimizer.lr: 0.003 on rank 0, 0.1 here"));
 }
 
 TEST_CASE("the log of a run under mpirun holds no colour codes", "[dist]") {

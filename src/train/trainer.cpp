@@ -269,11 +269,18 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   }
   // Every rank must run the same configuration: compare with rank 0's resolved YAML.
   const std::string resolved = to_yaml(config);
-  if (comm->broadcast(resolved) != resolved) {
+  if (const std::string lead_yaml = comm->broadcast(resolved); lead_yaml != resolved) {
+    const ConfigDiff diff = compare_configs(lead_yaml, config);
+    std::string keys;
+    for (const auto* changes : {&diff.shape, &diff.other}) {
+      for (const ConfigChange& c : *changes) {
+        keys += fmt::format("\n  {}: {} on rank 0, {} here", c.key, c.before, c.after);
+      }
+    }
     throw std::runtime_error(
-        fmt::format("rank {}: the resolved config differs from rank 0's "
-                    "(same file and --set on every rank?)",
-                    rank));
+        fmt::format("rank {}: the resolved config differs from rank 0's (same file and --set on "
+                    "every rank?):{}",
+                    rank, keys));
   }
   const int64_t accum = config.batch.global_batch / (B * world);
   auto backend = make_backend(device, static_cast<int>(config.runtime.threads));
@@ -333,7 +340,9 @@ TrainSummary train(const Config& config, const TrainOptions& options) {
   }
   if (!comm->broadcast(std::string(startup_error ? "failed" : "")).empty()) {
     if (startup_error) std::rethrow_exception(startup_error);
-    throw std::runtime_error("rank 0 could not prepare checkpoint.dir or the resume");
+    throw std::runtime_error(
+        "rank 0 stopped at startup (logging.dir, checkpoint.dir or the resume): its error says "
+        "why");
   }
   const std::string found = comm->broadcast(resume_point.checkpoint);
   int64_t start = 0;
