@@ -5,9 +5,14 @@
 // Runs the real binary under mpirun.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
+#include <thread>
 
 #include "kill_rank.hpp"
 #include "moda/checkpoint.hpp"
@@ -153,6 +158,42 @@ TEST_CASE("the log of a run under mpirun holds no colour codes", "[dist]") {
   INFO(text);
   CHECK_THAT(text, Contains("[error] embedded default (configs/tiny.yaml)"));
   CHECK(text.find('\x1b') == std::string::npos);
+}
+
+TEST_CASE("SIGUSR1 to mpirun reaches every rank: a checkpoint, and the job exits 0", "[dist]") {
+  MODA_SKIP_UNLESS(have_mpirun(), kNoMpirun);
+  // mpirun kills the ranks a second after a SIGTERM or SIGINT of its own, too soon for a save of
+  // a large model; it forwards SIGUSR1, which moda takes as a stop with a checkpoint.
+  const std::string dir = temp_dir("usr1"), log = dir + "/log.txt";
+  auto job = std::async(std::launch::async, [&] {
+    return std::system(fmt::format("exec {} -np 2 {} {} > {} 2>&1", kMpirun, MODA_BINARY,
+                                   train_args(dir, 2, 100000), log)
+                           .c_str());
+  });
+  pid_t launcher = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (moda::test::run_losses(dir).size() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(moda::test::run_losses(dir).size() >= 3);
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string cmdline = read_text(entry.path().string() + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.starts_with("mpirun ") && cmdline.find(dir) != std::string::npos) {
+      launcher = static_cast<pid_t>(std::stol(entry.path().filename().string()));
+    }
+  }
+  REQUIRE(launcher > 0);
+  REQUIRE(::kill(launcher, SIGUSR1) == 0);
+  REQUIRE(job.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  const int status = job.get();
+  const std::string text = read_text(log);
+  INFO(text);
+  CHECK(status == 0);
+  CHECK_THAT(text, Contains("moda: SIGUSR1: stopping after this step with a checkpoint"));
+  const auto latest = moda::find_latest_checkpoint(dir + "/checkpoints");
+  REQUIRE(latest.has_value());
+  CHECK(moda::load_checkpoint_meta(*latest).step < 100000);
 }
 
 TEST_CASE("a rank that hangs stops the job after runtime.comm_timeout_s, naming the wait",

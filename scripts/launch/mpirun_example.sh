@@ -22,6 +22,18 @@ export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 
 # -x exports a variable to every rank; --bind-to none leaves the CPU cores to OpenMP and the data
 # loader's thread; the local rank picks the GPU inside moda.
-exec mpirun -np "$gpus" --bind-to none \
+mpirun -np "$gpus" --bind-to none \
   -x NCCL_NVLS_ENABLE -x NCCL_DEBUG -x LD_LIBRARY_PATH -x PATH \
-  "$moda" train --config "$config" --set runtime.device=cuda "$@"
+  "$moda" train --config "$config" --set runtime.device=cuda "$@" &
+launcher=$!
+# A stop (SIGTERM of a scheduler, Ctrl-C: mpirun runs in the background, so the terminal's SIGINT
+# reaches this script only) becomes a SIGUSR1 to mpirun, which forwards it to every rank: they
+# finish the step, save a checkpoint and exit 0. mpirun's own SIGTERM handling would kill the
+# ranks a second later, before a large model's save.
+trap 'kill -USR1 "$launcher" 2> /dev/null || true' TERM INT
+status=0
+# wait returns early when a trapped signal arrives: wait again until mpirun has ended.
+while kill -0 "$launcher" 2> /dev/null; do
+  wait "$launcher" && status=0 || status=$?
+done
+exit "$status"

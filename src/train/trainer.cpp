@@ -36,11 +36,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// SIGTERM / SIGINT / SIGHUP (preemption, Ctrl-C, a closed terminal): the loop finishes its step,
-// saves and returns. A step and a save of a large model take tens of seconds, so the first signal
-// is acknowledged at once, and a second SIGINT ends the process without the save (the checkpoints
-// on disk stay whole: a save is renamed into place only when complete). A SIGHUP the process
-// inherited as ignored (nohup) stays ignored.
+// SIGTERM / SIGINT / SIGHUP / SIGUSR1 (preemption, Ctrl-C, a closed terminal, a launcher's
+// forwarded stop: Open MPI's mpirun forwards SIGUSR1 to every rank, while on SIGTERM it kills
+// them a second later): the loop finishes its step, saves and returns. A step and a save of a large
+// model take tens of seconds, so the first signal is acknowledged at once, and a second SIGINT ends
+// the process without the save (the checkpoints on disk stay whole: a save is renamed into place
+// only when complete). A SIGHUP the process inherited as ignored (nohup) stays ignored.
 std::atomic<int> g_stop_signal{0};
 std::atomic<bool> g_announce_stop{false};
 
@@ -56,11 +57,12 @@ extern "C" void on_stop_signal(int sig) {
   // must not kill the process before its save (it stays ignored: the output is gone for good).
   if (sig == SIGHUP) ::signal(SIGPIPE, SIG_IGN);
   if (g_stop_signal.exchange(sig) == 0) {
-    say(sig == SIGINT   ? "moda: interrupted: stopping after this step with a checkpoint; "
-                          "interrupt again to stop now, without one\n"
-        : sig == SIGHUP ? "moda: hangup (terminal closed): stopping after this step with a "
-                          "checkpoint\n"
-                        : "moda: terminated: stopping after this step with a checkpoint\n");
+    say(sig == SIGINT    ? "moda: interrupted: stopping after this step with a checkpoint; "
+                           "interrupt again to stop now, without one\n"
+        : sig == SIGHUP  ? "moda: hangup (terminal closed): stopping after this step with a "
+                           "checkpoint\n"
+        : sig == SIGUSR1 ? "moda: SIGUSR1: stopping after this step with a checkpoint\n"
+                         : "moda: terminated: stopping after this step with a checkpoint\n");
   } else if (sig == SIGINT) {
     say("moda: interrupted again: stopping now, without a checkpoint\n");
     ::signal(SIGINT, SIG_DFL);
@@ -79,12 +81,14 @@ class StopSignals {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, &old_term_);
     sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
     sigaction(SIGHUP, nullptr, &old_hup_);
     if (old_hup_.sa_handler != SIG_IGN) sigaction(SIGHUP, &sa, nullptr);
   }
   ~StopSignals() {
     sigaction(SIGTERM, &old_term_, nullptr);
     sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
     sigaction(SIGHUP, &old_hup_, nullptr);
   }
   StopSignals(const StopSignals&) = delete;
@@ -94,6 +98,7 @@ class StopSignals {
   struct sigaction old_term_ {};
   struct sigaction old_int_ {};
   struct sigaction old_hup_ {};
+  struct sigaction old_usr1_ {};
 };
 
 std::string resolve_device(DeviceKind kind) {
