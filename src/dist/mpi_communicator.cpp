@@ -1,7 +1,6 @@
 #include "dist/mpi_communicator.hpp"
 
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 // The C API only: Open MPI's deprecated C++ bindings would need libmpi_cxx.
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
@@ -61,7 +60,7 @@ class MpiCommunicator final : public Communicator {
     if (timeout_s) {
       watchdog_ = std::make_unique<Watchdog>(
           std::chrono::duration<double>(*timeout_s), [] { return std::string(); },
-          [this](const std::string& message) { stop_job(message); });
+          [this](const std::string& message) { stop_hung_job(rank_, message); });
     }
   }
   int rank() const override { return rank_; }
@@ -115,19 +114,8 @@ class MpiCommunicator final : public Communicator {
     return watchdog_ ? std::make_unique<Watchdog::Wait>(*watchdog_, what) : nullptr;
   }
 
-  // Runs on the watchdog's thread while the main thread is blocked in an MPI call: MPI_Abort
-  // from here needs MPI_THREAD_MULTIPLE, which a communicator with a timeout asks for.
-  [[noreturn]] void stop_job(const std::string& message) {
-    spdlog::error(
-        "rank {}: {}: another rank has died or hangs (runtime.comm_timeout_s); stopping the job",
-        rank_, message);
-    spdlog::default_logger()->flush();
-    MPI_Abort(MPI_COMM_WORLD, 1);
-    std::_Exit(1);
-  }
-
   int rank_ = 0, world_ = 1, local_rank_ = 0;
-  std::unique_ptr<Watchdog> watchdog_;  // last: its thread may call stop_job
+  std::unique_ptr<Watchdog> watchdog_;  // last: its thread may end the process
 };
 
 }  // namespace

@@ -63,7 +63,7 @@ class NcclCommunicator final : public Communicator {
       : host_(std::move(host)), rank_(host_->rank()) {
     watchdog_ = std::make_unique<Watchdog>(
         std::chrono::duration<double>(timeout_s), [this] { return probe(); },
-        [this](const std::string& message) { stop_job(message); });
+        [this](const std::string& message) { stop_hung_job(rank_, message); });
     select_device();
     ncclUniqueId id{};
     if (rank_ == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
@@ -227,17 +227,6 @@ class NcclCommunicator final : public Communicator {
     if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) return "ncclCommGetAsyncError failed";
     if (state == ncclSuccess || state == ncclInProgress) return {};
     return fmt::format("NCCL reported an error: {}", ncclGetErrorString(state));
-  }
-
-  // Runs on the watchdog's thread, while the main thread may be blocked in a wait that will never
-  // end: stops every rank from here.
-  [[noreturn]] void stop_job(const std::string& message) {
-    spdlog::error(
-        "rank {}: {}: another rank has died or hangs (runtime.comm_timeout_s); stopping the job",
-        rank_, message);
-    spdlog::default_logger()->flush();
-    abort_other_ranks(1);
-    std::_Exit(1);
   }
 
   std::unique_ptr<Communicator> host_;

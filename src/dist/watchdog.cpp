@@ -1,9 +1,13 @@
 #include "dist/watchdog.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
+
+#include "moda/dist.hpp"
 
 namespace moda {
 
@@ -61,6 +65,15 @@ void Watchdog::run() {
       return;
     }
   }
+}
+
+void stop_hung_job(int rank, const std::string& message) {
+  spdlog::error(
+      "rank {}: {}: another rank has died or hangs (runtime.comm_timeout_s); stopping the job",
+      rank, message);
+  spdlog::default_logger()->flush();
+  abort_other_ranks(1);
+  std::_Exit(1);
 }
 
 }  // namespace moda

@@ -60,4 +60,9 @@ class Watchdog {
   std::thread thread_;                   // last: started once everything above exists
 };
 
+// The handler of a communicator's watchdog: logs that `rank` waited too long in `message`'s wait,
+// then ends every rank (MPI_Abort, which needs MPI_THREAD_MULTIPLE from this thread) and this
+// process.
+[[noreturn]] void stop_hung_job(int rank, const std::string& message);
+
 }  // namespace moda
